@@ -1,0 +1,1 @@
+"""The contracts of the HAVIP control plane: messages, topics, errors, migrations."""

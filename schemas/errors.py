@@ -1,0 +1,94 @@
+"""Every failure a tenant, an agent or an operator can see, in one place.
+
+    HaVipError                        (code, HTTP status, message)
+    ├── NotFound.HaVip / .Instance / .VSwitch / .Attachment / .Operation   404
+    ├── QuotaExceeded.HaVipAssociation / .InstanceHaVip / .HaVipEip         409
+    ├── InvalidIpAddress.Version / .Malformed / .OutOfRange / .Reserved     400
+    ├── InvalidIpAddress.InUse / InvalidVSwitch.Mismatch                    409
+    ├── IncorrectInstanceStatus / IncorrectHaVipStatus                      409
+    ├── DependencyViolation.HaVip / IdempotentParameterMismatch             409
+    ├── InvalidParameter                                                    400
+    ├── Unauthorized / Forbidden                                            401 / 403
+    └── ServiceUnavailable                                                  503
+
+The same codes travel in `havip.command-results` (a rejected command) and as
+dead-letter reasons, so an operator reading a dead letter and a tenant
+reading an operation see the same words.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    NOT_FOUND_HAVIP = "NotFound.HaVip"
+    NOT_FOUND_INSTANCE = "NotFound.Instance"
+    NOT_FOUND_VSWITCH = "NotFound.VSwitch"
+    NOT_FOUND_ATTACHMENT = "NotFound.Attachment"
+    NOT_FOUND_OPERATION = "NotFound.Operation"
+    QUOTA_HAVIP_ASSOCIATION = "QuotaExceeded.HaVipAssociation"
+    QUOTA_INSTANCE_HAVIP = "QuotaExceeded.InstanceHaVip"
+    QUOTA_HAVIP_EIP = "QuotaExceeded.HaVipEip"
+    IP_VERSION = "InvalidIpAddress.Version"
+    IP_MALFORMED = "InvalidIpAddress.Malformed"
+    IP_OUT_OF_RANGE = "InvalidIpAddress.OutOfRange"
+    IP_RESERVED = "InvalidIpAddress.Reserved"
+    IP_IN_USE = "InvalidIpAddress.InUse"
+    IP_EXHAUSTED = "InvalidIpAddress.Exhausted"
+    VSWITCH_MISMATCH = "InvalidVSwitch.Mismatch"
+    INSTANCE_STATUS = "IncorrectInstanceStatus"
+    HAVIP_STATUS = "IncorrectHaVipStatus"
+    DEPENDENCY_HAVIP = "DependencyViolation.HaVip"
+    ALREADY_ATTACHED = "InvalidAssociation.Duplicate"
+    IDEMPOTENT_MISMATCH = "IdempotentParameterMismatch"
+    INVALID_PARAMETER = "InvalidParameter"
+    UNAUTHORIZED = "Unauthorized"
+    FORBIDDEN = "Forbidden"
+    SERVICE_UNAVAILABLE = "ServiceUnavailable"
+    # dead-letter reasons
+    MALFORMED_MESSAGE = "MalformedMessage"
+    REPORTER_NOT_ATTACHED = "VrrpReport.NotAttached"
+    UNKNOWN_HAVIP = "VrrpReport.UnknownHaVip"
+    APPLY_FAILED = "ApplyFailed"
+
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.NOT_FOUND_HAVIP: 404,
+    ErrorCode.NOT_FOUND_INSTANCE: 404,
+    ErrorCode.NOT_FOUND_VSWITCH: 404,
+    ErrorCode.NOT_FOUND_ATTACHMENT: 404,
+    ErrorCode.NOT_FOUND_OPERATION: 404,
+    ErrorCode.QUOTA_HAVIP_ASSOCIATION: 409,
+    ErrorCode.QUOTA_INSTANCE_HAVIP: 409,
+    ErrorCode.QUOTA_HAVIP_EIP: 409,
+    ErrorCode.IP_VERSION: 400,
+    ErrorCode.IP_MALFORMED: 400,
+    ErrorCode.IP_OUT_OF_RANGE: 400,
+    ErrorCode.IP_RESERVED: 400,
+    ErrorCode.IP_IN_USE: 409,
+    ErrorCode.IP_EXHAUSTED: 409,
+    ErrorCode.VSWITCH_MISMATCH: 409,
+    ErrorCode.INSTANCE_STATUS: 409,
+    ErrorCode.HAVIP_STATUS: 409,
+    ErrorCode.DEPENDENCY_HAVIP: 409,
+    ErrorCode.ALREADY_ATTACHED: 409,
+    ErrorCode.IDEMPOTENT_MISMATCH: 409,
+    ErrorCode.INVALID_PARAMETER: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.SERVICE_UNAVAILABLE: 503,
+}
+
+
+class HaVipError(Exception):
+    """A failure with a stable code; raised by rules, mapped once at each edge."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 400)

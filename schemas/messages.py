@@ -1,0 +1,272 @@
+"""Every message on every topic: a small typed record with an envelope.
+
+Commands say what to do (`CreateHaVip`), events say what happened
+(`AttachmentAccepted`, `VrrpReported`). Each carries `message_id`, `type`,
+`occurred_at` and `schema_version`, so a consumer can de-duplicate, route and
+reject what it does not understand.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message_id: str = Field(default_factory=new_message_id)
+    occurred_at: datetime = Field(default_factory=utcnow)
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+# --- ens.inventory (compacted, key: resource id) -----------------------------
+
+
+class InstanceStatus(StrEnum):
+    PENDING = "Pending"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    STOPPING = "Stopping"
+    STOPPED = "Stopped"
+    DELETED = "Deleted"
+
+
+class VSwitchChanged(Message):
+    type: Literal["VSwitchChanged"] = "VSwitchChanged"
+    vswitch_id: Id
+    tenant_id: Id
+    vpc_id: Id
+    zone_id: Id
+    cidr: str
+    revision: int = Field(ge=0, description="Monotonic per resource; older revisions are ignored.")
+
+
+class InstanceChanged(Message):
+    type: Literal["InstanceChanged"] = "InstanceChanged"
+    instance_id: Id
+    tenant_id: Id
+    vpc_id: Id
+    vswitch_id: Id
+    private_ip: str
+    status: InstanceStatus
+    host_id: Id
+    revision: int = Field(ge=0)
+
+
+class EniChanged(Message):
+    type: Literal["EniChanged"] = "EniChanged"
+    eni_id: Id
+    instance_id: Id
+    tenant_id: Id
+    vswitch_id: Id
+    private_ip: str
+    revision: int = Field(ge=0)
+
+
+class EipChanged(Message):
+    type: Literal["EipChanged"] = "EipChanged"
+    eip_id: Id
+    tenant_id: Id
+    ip_address: str
+    revision: int = Field(ge=0)
+
+
+InventoryRecord = Annotated[
+    VSwitchChanged | InstanceChanged | EniChanged | EipChanged, Field(discriminator="type")
+]
+
+
+# --- havip.commands (key: havip_id) ------------------------------------------
+
+
+class CreateHaVip(Message):
+    type: Literal["CreateHaVip"] = "CreateHaVip"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    vswitch_id: Id
+    ip_address: str | None = None
+    name: str = ""
+    description: str = ""
+
+
+class AttachHaVip(Message):
+    type: Literal["AttachHaVip"] = "AttachHaVip"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    target_id: Id = Field(description="An instance id or an ENI id.")
+
+
+class DetachHaVip(Message):
+    type: Literal["DetachHaVip"] = "DetachHaVip"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    target_id: Id
+
+
+HaVipCommand = Annotated[CreateHaVip | AttachHaVip | DetachHaVip, Field(discriminator="type")]
+
+
+# --- havip.commands.accepted (key: havip_id) ---------------------------------
+
+
+class HaVipCreationAccepted(Message):
+    type: Literal["HaVipCreationAccepted"] = "HaVipCreationAccepted"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    vpc_id: Id
+    vswitch_id: Id
+    ip_address: str
+    name: str = ""
+    description: str = ""
+
+
+class AttachmentAccepted(Message):
+    type: Literal["AttachmentAccepted"] = "AttachmentAccepted"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    target_id: Id
+    instance_id: Id
+    eni_id: Id | None = None
+
+
+class DetachmentAccepted(Message):
+    type: Literal["DetachmentAccepted"] = "DetachmentAccepted"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    target_id: Id
+
+
+AcceptedCommand = Annotated[
+    HaVipCreationAccepted | AttachmentAccepted | DetachmentAccepted, Field(discriminator="type")
+]
+
+
+# --- havip.command-results (key: command_id) ---------------------------------
+
+
+class CommandSucceeded(Message):
+    type: Literal["CommandSucceeded"] = "CommandSucceeded"
+    command_id: Id
+    havip_id: Id
+    stage: Literal["quota", "mapping"]
+
+
+class CommandRejected(Message):
+    type: Literal["CommandRejected"] = "CommandRejected"
+    command_id: Id
+    havip_id: Id
+    stage: Literal["quota", "mapping"]
+    code: str
+    reason: str
+
+
+CommandResult = Annotated[CommandSucceeded | CommandRejected, Field(discriminator="type")]
+
+
+# --- vrrp.events (key: havip_id) ---------------------------------------------
+
+
+class VrrpState(StrEnum):
+    MASTER = "MASTER"
+    BACKUP = "BACKUP"
+    FAULT = "FAULT"
+    STOP = "STOP"
+
+
+class VrrpReported(Message):
+    """One keepalived state transition on one instance, as its agent saw it."""
+
+    type: Literal["VrrpReported"] = "VrrpReported"
+    havip_id: Id
+    tenant_id: Id
+    instance_id: Id
+    state: VrrpState
+    priority: int = Field(ge=0, le=255)
+    seq: int = Field(ge=0, description="Monotonic per instance agent; orders its reports.")
+    reported_at: datetime
+    received_at: datetime = Field(description="Gateway clock; compares reports of different instances.")
+
+
+# --- havip.mappings (compacted, key: havip_id) -------------------------------
+
+
+class HaVipStatus(StrEnum):
+    CREATING = "Creating"
+    AVAILABLE = "Available"
+    IN_USE = "InUse"
+    DELETING = "Deleting"
+    DELETED = "Deleted"
+
+
+class Route(BaseModel):
+    """Where traffic for a HAVIP goes right now."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instance_id: str
+    eni_id: str | None = None
+    private_ip: str
+    host_id: str
+
+
+class MappedAttachment(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_id: str
+    instance_id: str
+    eni_id: str | None = None
+
+
+class HaVipMappingChanged(Message):
+    """The whole forwarding state of one HAVIP; a newer version replaces an older one."""
+
+    type: Literal["HaVipMappingChanged"] = "HaVipMappingChanged"
+    havip_id: Id
+    tenant_id: Id
+    vpc_id: Id
+    vswitch_id: Id
+    ip_address: str
+    eip_address: str | None = None
+    status: HaVipStatus
+    owner: Route | None = None
+    attachments: list[MappedAttachment] = Field(default_factory=list)
+    version: int = Field(ge=1)
+
+
+# --- havip.dead-letters (key: the original key) ------------------------------
+
+
+class DeadLettered(Message):
+    type: Literal["DeadLettered"] = "DeadLettered"
+    source_topic: str
+    partition: int
+    offset: int
+    consumer: str
+    code: str
+    reason: str
+    original_key_b64: str | None = None
+    original_value_b64: str
+    original_value_text: str | None = Field(default=None, description="The value as UTF-8, when it is.")

@@ -1,0 +1,1 @@
+"""The HAVIP control plane services: gateway, quota, mapping, forwarder."""

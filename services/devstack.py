@@ -1,0 +1,152 @@
+"""`havip dev up` and `havip dev seed`: the whole system on one machine.
+
+The demo inventory and tokens are fixed so the README's walk-through works
+as written; they are for a laptop, never for a real cloud.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import asyncpg
+
+from schemas import topics
+from schemas.messages import EipChanged, InstanceChanged, InstanceStatus, Message, VSwitchChanged
+from services.gateway.tokens import Principal, store_token
+from services.runtime.db import connect_pool, migrate
+from services.runtime.embedded import EmbeddedBroker, EmbeddedPostgres
+from services.runtime.kafka import ensure_topics, new_producer, topic_name, wait_for_broker
+from services.runtime.processes import ServiceProcess
+from services.runtime.settings import Settings
+
+DEMO_TENANT = "tenant-demo"
+DEMO_TENANT_TOKEN = "dev-tenant-token"
+
+
+def demo_inventory(revision: int) -> list[tuple[str, Message]]:
+    def instance(iid: str, ip: str, host: str, vsw: str = "vsw-demo-a", status: InstanceStatus = InstanceStatus.RUNNING) -> tuple[str, Message]:
+        return iid, InstanceChanged(instance_id=iid, tenant_id=DEMO_TENANT, vpc_id="vpc-demo", vswitch_id=vsw,
+                                    private_ip=ip, status=status, host_id=host, revision=revision)
+
+    return [
+        ("vsw-demo-a", VSwitchChanged(vswitch_id="vsw-demo-a", tenant_id=DEMO_TENANT, vpc_id="vpc-demo",
+                                      zone_id="edge-zone-1", cidr="192.168.1.0/24", revision=revision)),
+        ("vsw-demo-b", VSwitchChanged(vswitch_id="vsw-demo-b", tenant_id=DEMO_TENANT, vpc_id="vpc-demo",
+                                      zone_id="edge-zone-1", cidr="192.168.2.0/24", revision=revision)),
+        instance("i-demo-web1", "192.168.1.11", "host-a"),
+        instance("i-demo-web2", "192.168.1.12", "host-b"),
+        instance("i-demo-web3", "192.168.1.13", "host-c"),
+        instance("i-demo-other", "192.168.2.10", "host-a", vsw="vsw-demo-b"),
+        instance("i-demo-stopped", "192.168.1.20", "host-b", status=InstanceStatus.STOPPED),
+        ("eip-demo-1", EipChanged(eip_id="eip-demo-1", tenant_id=DEMO_TENANT, ip_address="203.0.113.10",
+                                  revision=revision)),
+    ]
+
+
+def demo_agent_tokens() -> dict[str, str]:
+    return {iid: f"dev-agent-{iid}" for iid in ("i-demo-web1", "i-demo-web2", "i-demo-web3")}
+
+
+async def seed(settings: Settings) -> None:
+    await wait_for_broker(settings)
+    await ensure_topics(settings)
+    producer = new_producer(settings)
+    await producer.start()
+    try:
+        inventory = topic_name(settings, topics.INVENTORY)
+        for key, record in demo_inventory(revision=time.time_ns()):
+            await producer.send_and_wait(inventory, key=key.encode(), value=topics.encode(record))
+    finally:
+        await producer.stop()
+    pool = await connect_pool(settings.database_url, max_size=1)
+    try:
+        await store_token(pool, DEMO_TENANT_TOKEN, Principal("tenant", DEMO_TENANT))
+        for iid, token in demo_agent_tokens().items():
+            await store_token(pool, token, Principal("agent", DEMO_TENANT, iid))
+    finally:
+        await pool.close()
+
+
+async def _prepare_database(admin_dsn: str, database: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            await conn.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await conn.close()
+
+
+async def _migrate(dsn: str) -> None:
+    pool = await connect_pool(dsn, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+    finally:
+        await pool.close()
+
+
+def run_dev_stack(settings: Settings, workdir: str) -> int:
+    """Start everything, print how to use it, and stop everything on Ctrl-C or SIGTERM."""
+    work = Path(workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    broker = postgres = None
+    services: list[ServiceProcess] = []
+    try:
+        if "HAVIP_KAFKA_BOOTSTRAP" not in os.environ:
+            broker = EmbeddedBroker(work).start()
+            settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        if "HAVIP_DATABASE_URL" not in os.environ:
+            postgres = EmbeddedPostgres(work).start()
+            asyncio.run(_prepare_database(postgres.dsn(), "havip"))
+            settings = settings.model_copy(update={"database_url": postgres.dsn("havip")})
+        asyncio.run(_migrate(settings.database_url))
+        asyncio.run(seed(settings))
+        services = [ServiceProcess(name, settings, work).start() for name in ("quota", "mapping", "forwarder", "gateway")]
+        for service in services:
+            service.wait_ready()
+        _print_banner(settings, services, work)
+        while not stop.is_set():
+            for service in services:
+                if service.process is not None and service.process.poll() is not None:
+                    print(f"{service.service} exited with {service.process.returncode}; see {service.log}")
+                    stop.set()
+            stop.wait(1.0)
+        return 0
+    finally:
+        print("stopping...", flush=True)
+        for service in reversed(services):
+            service.stop()
+        if postgres:
+            postgres.stop()
+        if broker:
+            broker.stop()
+        print("stopped", flush=True)
+
+
+def _print_banner(settings: Settings, services: list[ServiceProcess], work: Path) -> None:
+    urls = {s.service: s.url for s in services}
+    lines = [
+        "",
+        "HAVIP control plane is up (Ctrl-C stops everything)",
+        f"  gateway    {urls['gateway']}   (API docs: {urls['gateway']}/docs)",
+        f"  forwarder  {urls['forwarder']}",
+        f"  quota      {urls['quota']}/readyz",
+        f"  mapping    {urls['mapping']}/readyz",
+        f"  kafka      {settings.kafka_bootstrap}",
+        f"  postgres   {settings.database_url}",
+        f"  logs       {work}",
+        "",
+        f"  tenant token ({DEMO_TENANT}):  {DEMO_TENANT_TOKEN}",
+    ]
+    lines += [f"  agent token for {iid}:  {token}" for iid, token in demo_agent_tokens().items()]
+    lines.append("")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,1 @@
+"""Answers "who receives traffic for this address?" from memory."""

@@ -1,0 +1,1 @@
+"""The tenant REST API and the agent endpoint for VRRP reports."""

@@ -1,0 +1,1 @@
+"""Applies accepted commands and VRRP reports; decides and publishes the owner."""

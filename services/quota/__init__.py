@@ -1,0 +1,1 @@
+"""Validates every command against limits, inventory and ownership."""

@@ -1,0 +1,1 @@
+"""What every service shares: settings, logging, Kafka, Postgres, health and metrics."""

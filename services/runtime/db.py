@@ -1,0 +1,91 @@
+"""Postgres: the pool, and the one migration runner.
+
+Migrations are the numbered SQL files in `schemas/migrations`, applied in
+order under an advisory lock and recorded in `schema_migrations`. Services
+call `require_current_schema` and refuse to start against an older schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+# Any fixed number; only `havip migrate` takes this lock.
+_MIGRATION_LOCK = 0x4A71_0001
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+class SchemaOutOfDate(RuntimeError):
+    pass
+
+
+def migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("schemas").joinpath("migrations").iterdir():
+        match = re.fullmatch(r"(\d+)_(.+)\.sql", entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+    return sorted(found, key=lambda mig: mig.version)
+
+
+async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 60.0) -> asyncpg.Pool:
+    """A pool, retrying while the database is still starting."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+        except (OSError, asyncpg.CannotConnectNowError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Apply what is missing; safe to run from several places at once."""
+    applied_now: list[int] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for mig in migrations():
+            if mig.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(mig.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", mig.version, mig.name
+                )
+            log.info("applied migration version=%s name=%s", mig.version, mig.name)
+            applied_now.append(mig.version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+async def require_current_schema(pool: asyncpg.Pool) -> None:
+    expected = migrations()[-1].version
+    try:
+        current = await pool.fetchval("SELECT max(version) FROM schema_migrations")
+    except asyncpg.UndefinedTableError:
+        current = None
+    if current is None or current < expected:
+        raise SchemaOutOfDate(
+            f"database schema is at version {current}, this build needs {expected}: run `havip migrate`"
+        )

@@ -1,0 +1,93 @@
+"""Liveness, readiness and metrics, served the same way by every service.
+
+Liveness says "my event loop is making progress", never "the broker answers":
+a broker outage must not restart every pod. Readiness says "connected,
+migrated, caught up", from checks each service registers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+ReadinessCheck = Callable[[], str | None]  # None when ready, else why not
+
+
+class Health:
+    def __init__(self, service: str, stall_after_seconds: float = 10.0) -> None:
+        self.service = service
+        self._stall_after = stall_after_seconds
+        self._last_tick = time.monotonic()
+        self._checks: dict[str, ReadinessCheck] = {}
+        self._ticker: asyncio.Task[None] | None = None
+
+    def add_check(self, name: str, check: ReadinessCheck) -> None:
+        self._checks[name] = check
+
+    def start(self) -> None:
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def stop(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            self._last_tick = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    def live(self) -> bool:
+        return time.monotonic() - self._last_tick < self._stall_after
+
+    def not_ready(self) -> dict[str, str]:
+        reasons = {}
+        for name, check in self._checks.items():
+            reason = check()
+            if reason is not None:
+                reasons[name] = reason
+        return reasons
+
+
+def health_router(health: Health) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz(response: Response) -> dict[str, str]:
+        if not health.live():
+            response.status_code = 503
+            return {"status": "stalled"}
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz(response: Response) -> dict[str, object]:
+        reasons = health.not_ready()
+        if reasons:
+            response.status_code = 503
+            return {"status": "not ready", "reasons": reasons}
+        return {"status": "ready"}
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def health_app(health: Health) -> FastAPI:
+    """For the stream workers, which have no API of their own."""
+    app = FastAPI(title=f"havip {health.service}", version="1")
+    app.include_router(health_router(health))
+    return app
+
+
+async def serve_http(app: FastAPI, host: str, port: int) -> None:
+    """Run an ASGI app in the current event loop until cancelled."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    await server.serve()
