@@ -1,0 +1,68 @@
+"""The published state of a HAVIP, read from the mapping tables.
+
+The mapping service publishes it to `havip.mappings` after every change; a
+forwarder reads all of it once at start as its snapshot. One query for both,
+so the two can never disagree on what a HAVIP's state is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from schemas.messages import HaVipMappingChanged, HaVipStatus, MappedAttachment, Route
+
+_HAVIPS = """
+SELECT h.havip_id, h.tenant_id, h.vpc_id, h.vswitch_id, host(h.ip_address) AS ip_address,
+       host(h.eip_address) AS eip_address, h.status, h.version,
+       a.instance_id AS owner_instance_id, a.eni_id AS owner_eni_id,
+       host(coalesce(e.private_ip, i.private_ip)) AS owner_private_ip, i.host_id AS owner_host_id
+  FROM havips h
+  LEFT JOIN attachments a ON a.havip_id = h.havip_id AND a.target_id = h.owner_target_id
+  LEFT JOIN instances i ON i.instance_id = a.instance_id
+  LEFT JOIN enis e ON e.eni_id = a.eni_id
+ WHERE ($1::text[] IS NULL OR h.havip_id = ANY($1::text[]))
+"""
+
+_ATTACHMENTS = """
+SELECT havip_id, target_id, instance_id, eni_id FROM attachments
+ WHERE ($1::text[] IS NULL OR havip_id = ANY($1::text[]))
+ ORDER BY havip_id, target_id
+"""
+
+
+async def load_mappings(
+    conn: asyncpg.Connection | asyncpg.Pool, havip_ids: Sequence[str] | None = None
+) -> list[HaVipMappingChanged]:
+    ids = list(havip_ids) if havip_ids is not None else None
+    attachments: dict[str, list[MappedAttachment]] = {}
+    for row in await conn.fetch(_ATTACHMENTS, ids):
+        attachments.setdefault(row["havip_id"], []).append(
+            MappedAttachment(target_id=row["target_id"], instance_id=row["instance_id"], eni_id=row["eni_id"])
+        )
+    found = []
+    for row in await conn.fetch(_HAVIPS, ids):
+        owner = None
+        if row["owner_instance_id"] is not None and row["owner_private_ip"] is not None:
+            owner = Route(
+                instance_id=row["owner_instance_id"],
+                eni_id=row["owner_eni_id"],
+                private_ip=row["owner_private_ip"],
+                host_id=row["owner_host_id"],
+            )
+        found.append(
+            HaVipMappingChanged(
+                havip_id=row["havip_id"],
+                tenant_id=row["tenant_id"],
+                vpc_id=row["vpc_id"],
+                vswitch_id=row["vswitch_id"],
+                ip_address=row["ip_address"],
+                eip_address=row["eip_address"],
+                status=HaVipStatus(row["status"]),
+                owner=owner,
+                attachments=attachments.get(row["havip_id"], []),
+                version=row["version"],
+            )
+        )
+    return found
