@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
@@ -95,3 +95,41 @@ async def ensure_topics(settings: Settings) -> list[str]:
     finally:
         await admin.close()
     return created
+
+
+class ConsumerGroupProgress:
+    """Has a consumer group committed everything a topic held when we asked?
+
+    Lets a worker tell "this resource does not exist" from "our inventory
+    copy has not caught up yet" before it answers a tenant with NotFound.
+    Uses a consumer that never subscribes, so it never joins the group.
+    """
+
+    def __init__(self, settings: Settings, group_id: str, topic: str) -> None:
+        self._settings = settings
+        self._group_id = group_id
+        self._topic = topic
+        self._probe: AIOKafkaConsumer | None = None
+
+    async def wait_caught_up(self, timeout: float) -> bool:
+        if self._probe is None:
+            self._probe = new_consumer(self._settings, self._group_id)
+            await self._probe.start()
+        partitions = self._probe.partitions_for_topic(self._topic)
+        if not partitions:
+            await self._probe._client.force_metadata_update()  # first use: learn the topic's partitions
+            partitions = self._probe.partitions_for_topic(self._topic) or set()
+        wanted = await self._probe.end_offsets([TopicPartition(self._topic, p) for p in partitions])
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            committed = {tp: await self._probe.committed(tp) or 0 for tp in wanted}
+            if all(committed[tp] >= end for tp, end in wanted.items()):
+                return True
+            if asyncio.get_running_loop().time() > deadline:
+                log.warning("group has not caught up with %s after %ss: %s < %s", self._topic, timeout, committed, wanted)
+                return False
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._probe is not None:
+            await self._probe.stop()

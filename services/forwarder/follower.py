@@ -1,0 +1,264 @@
+"""Keeps a RouteTable in step with `havip.mappings`: a snapshot, then the stream.
+
+Every forwarder replica reads every partition (no consumer group, manual
+assignment), so each holds the whole table.
+
+Start-up order, and why:
+  (a) read the end offset of every partition;
+  (b) load the snapshot from Postgres and apply it;
+  (c) seek every partition to the end offset of (a) and follow from there.
+The mapping service publishes a HAVIP's state after committing it, so every
+record before the offsets of (a) is already in the snapshot of (b), and every
+change committed after the snapshot was read is published after (a), hence
+read from the stream. Reading the offsets after the snapshot instead would
+skip a change committed and published between the two. Records the snapshot
+and the stream both carry are harmless: the table applies by version.
+
+The table is "caught up" once every partition's position reached the offsets
+of (a). After a broker or database error the follower logs, waits and carries
+on from the next offset it has not applied yet; the table keeps answering
+from memory meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from prometheus_client import Counter, Gauge
+from pydantic import ValidationError
+
+from schemas import topics
+from schemas.errors import ErrorCode
+from schemas.messages import HaVipMappingChanged
+from services.forwarder.routes import RouteTable
+from services.mapping.published import load_mappings
+from services.runtime.deadletters import DeadLetters
+from services.runtime.kafka import new_consumer, new_producer, topic_name
+from services.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONSUMER_NAME = "forwarder"
+
+APPLIED = Counter(
+    "havip_forwarder_records_applied_total", "Mapping records that changed the route table", ["source"]
+)
+STALE = Counter(
+    "havip_forwarder_records_stale_total", "Mapping records ignored: not newer than the table, or a tombstone"
+)
+TABLE_SIZE = Gauge("havip_forwarder_table_havips", "Live HAVIPs in the route table")
+APPLY_LAG = Gauge(
+    "havip_forwarder_apply_lag_seconds", "Time from a mapping record's occurred_at to its application, last record"
+)
+CAUGHT_UP = Gauge("havip_forwarder_caught_up", "1 once the route table reached the topic's end at start")
+ERRORS = Counter("havip_forwarder_follow_errors_total", "Broker or database errors while following")
+
+
+class MappingFollower:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        table: RouteTable | None = None,
+        *,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self.table = table if table is not None else RouteTable()
+        self._settings = settings
+        self._pool = pool
+        self._topic = topic_name(settings, topics.MAPPINGS)
+        self._retry_seconds = retry_seconds
+        # The next offset to apply per partition; None until the snapshot is in.
+        self._next: dict[TopicPartition, int] | None = None
+        self._start_offsets: dict[TopicPartition, int] = {}
+        self._caught_up = False
+        self._stage = "not started"
+        self._producer: AIOKafkaProducer | None = None
+        self._dead_letters: DeadLetters | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="mapping-follower")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up
+
+    def positions(self) -> dict[int, int]:
+        """The next offset to apply, per partition of the mappings topic (empty before the snapshot)."""
+        return {tp.partition: offset for tp, offset in (self._next or {}).items()}
+
+    def not_caught_up(self) -> str | None:
+        """A readiness check: None once caught up, else what it is doing."""
+        return None if self._caught_up else self._stage
+
+    # --- the loop --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            consumer = new_consumer(self._settings, None)
+            try:
+                self._stage = "connecting to the broker"
+                await consumer.start()
+                await self._ensure_dead_letters()
+                partitions = await self._partitions(consumer)
+                consumer.assign(partitions)
+                if self._next is None:
+                    await self._bootstrap(consumer, partitions)
+                else:
+                    for tp in partitions:
+                        if tp in self._next:
+                            consumer.seek(tp, self._next[tp])
+                        else:  # a partition added since start: all of it is new
+                            await consumer.seek_to_beginning(tp)
+                await self._follow(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                ERRORS.inc()
+                log.exception("following %s failed while %s; retrying in %ss", self._topic, self._stage,
+                              self._retry_seconds)
+            finally:
+                await _quietly_stop(consumer)
+            await asyncio.sleep(self._retry_seconds)
+
+    async def _ensure_dead_letters(self) -> None:
+        if self._producer is not None:
+            return
+        self._stage = "starting the dead-letter producer"
+        producer = new_producer(self._settings)
+        try:
+            await producer.start()
+        except BaseException:
+            await _quietly_stop(producer)
+            raise
+        self._producer = producer
+        self._dead_letters = DeadLetters(producer, self._settings, CONSUMER_NAME)
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        self._stage = f"waiting for topic {self._topic}"
+        while True:
+            await consumer.topics()  # refreshes the cluster metadata
+            found = consumer.partitions_for_topic(self._topic)
+            if found:
+                return [TopicPartition(self._topic, p) for p in sorted(found)]
+            log.warning("topic %s has no partitions yet; waiting", self._topic)
+            await asyncio.sleep(self._retry_seconds)
+
+    async def _bootstrap(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
+        self._stage = "reading end offsets"
+        ends = await consumer.end_offsets(partitions)
+        self._stage = "loading the snapshot"
+        snapshot = await load_mappings(self._pool)
+        applied = sum(self._apply(mapping, source="snapshot") for mapping in snapshot)
+        TABLE_SIZE.set(len(self.table))
+        log.info("snapshot applied havips=%s changed=%s end_offsets=%s", len(snapshot), applied,
+                 {tp.partition: offset for tp, offset in ends.items()})
+        self._start_offsets = dict(ends)
+        self._next = dict(ends)
+        for tp, offset in ends.items():
+            consumer.seek(tp, offset)
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        self._stage = "catching up" if not self._caught_up else "following"
+        await self._check_caught_up(consumer)
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=1000)
+            for records in batch.values():
+                await self._handle(records)
+            if not self._caught_up:
+                await self._check_caught_up(consumer)
+
+    async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
+        for tp, end in self._start_offsets.items():
+            if await consumer.position(tp) < end:
+                return
+        if not self._caught_up:
+            log.info("caught up havips=%s", len(self.table))
+        self._caught_up = True
+        self._stage = "following"
+        CAUGHT_UP.set(1)
+
+    async def _handle(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
+        assert self._next is not None
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            if record.value is None:
+                # A tombstone carries no version to order it by; deletion
+                # travels as a `Deleted` state, so there is nothing to do.
+                STALE.inc()
+            else:
+                mapping, problem = _parse(record)
+                if mapping is None:
+                    await self._dead_letter(record, problem)
+                else:
+                    try:
+                        changed = self._apply(mapping, source="stream")
+                    except ValueError as exc:
+                        await self._dead_letter(record, f"unusable address: {exc}")
+                    else:
+                        if changed:
+                            APPLY_LAG.set(max(0.0, time.time() - mapping.occurred_at.timestamp()))
+            self._next[tp] = record.offset + 1
+        TABLE_SIZE.set(len(self.table))
+
+    def _apply(self, mapping: HaVipMappingChanged, *, source: str) -> bool:
+        if self.table.apply(mapping):
+            APPLIED.labels(source).inc()
+            return True
+        STALE.inc()
+        return False
+
+    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        assert self._dead_letters is not None
+        await self._dead_letters.send(
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            code=ErrorCode.MALFORMED_MESSAGE,
+            reason=reason,
+        )
+
+
+def _parse(record: ConsumerRecord[bytes, bytes]) -> tuple[HaVipMappingChanged | None, str]:
+    try:
+        mapping: HaVipMappingChanged = topics.MAPPINGS.parse(record.value)
+    except ValidationError as exc:
+        return None, str(exc)
+    # Compaction keeps the last record per key: a key that is not the HAVIP
+    # would let compaction drop this HAVIP's state or keep a stale one.
+    if record.key is not None and record.key != mapping.havip_id.encode():
+        return None, f"key {record.key!r} is not the havip_id {mapping.havip_id!r}"
+    return mapping, ""
+
+
+async def _quietly_stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    try:
+        await client.stop()
+    except Exception:
+        log.debug("stopping a Kafka client failed", exc_info=True)

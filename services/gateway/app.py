@@ -1,0 +1,110 @@
+"""The gateway's wiring: the FastAPI app and what its lifespan opens and closes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+from fastapi import FastAPI
+
+from schemas import topics
+from services.gateway.api import router
+from services.gateway.commands import CommandSubmitter
+from services.gateway.context import GatewayContext
+from services.gateway.errors import install_error_handlers
+from services.gateway.observability import RequestContext
+from services.gateway.results import CommandResults
+from services.runtime.db import connect_pool, require_current_schema
+from services.runtime.deadletters import DeadLetters
+from services.runtime.health import Health, health_router
+from services.runtime.kafka import new_producer, topic_name
+from services.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "gateway"
+
+
+class DatabaseProbe:
+    """Readiness checks are synchronous; this keeps the last answer of a periodic `SELECT 1`."""
+
+    def __init__(self, pool: asyncpg.Pool, every_seconds: float = 5.0) -> None:
+        self._pool = pool
+        self._every = every_seconds
+        self.problem: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._probe(), name="database-probe")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _probe(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._pool.fetchval("SELECT 1"), timeout=self._every)
+                self.problem = None
+            except Exception as exc:
+                self.problem = f"database unreachable: {exc!r}"[:200]
+            await asyncio.sleep(self._every)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    health = Health(SERVICE)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            health.start()
+            stack.push_async_callback(health.stop)
+
+            pool = await connect_pool(settings.database_url)
+            stack.push_async_callback(pool.close)
+            # Refuse to serve against an older schema: `havip migrate` runs first.
+            await require_current_schema(pool)
+            probe = DatabaseProbe(pool)
+            probe.start()
+            stack.push_async_callback(probe.stop)
+
+            producer = new_producer(settings)
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+
+            results = CommandResults(settings, pool, DeadLetters(producer, settings, SERVICE))
+            await results.start()
+            # Stopped before the producer and pool it uses (the stack unwinds in reverse).
+            stack.push_async_callback(results.stop)
+
+            health.add_check("database", lambda: probe.problem)
+            health.add_check("command_results", results.not_ready)
+            app.state.gateway = GatewayContext(
+                settings=settings,
+                pool=pool,
+                producer=producer,
+                commands=CommandSubmitter(pool, producer, settings),
+                vrrp_topic=topic_name(settings, topics.VRRP),
+            )
+            log.info("gateway started host=%s port=%s", settings.http_host, settings.gateway_port)
+            yield
+            log.info("gateway stopping")
+
+    app = FastAPI(
+        title="HAVIP gateway",
+        version="1",
+        description="High-availability virtual IPs: the tenant API and the agent endpoint for VRRP reports.",
+        lifespan=lifespan,
+    )
+    # Set last in the lifespan: the pool, the producer and the consumer are all started.
+    health.add_check("started", lambda: None if hasattr(app.state, "gateway") else "starting")
+    app.include_router(health_router(health))
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(RequestContext)
+    return app

@@ -1,0 +1,44 @@
+"""Who is calling: a tenant (its HAVIPs and operations) or an agent (one instance's VRRP reports)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from schemas.errors import ErrorCode, HaVipError
+from services.gateway.context import GatewayContext, gateway_context
+from services.gateway.tokens import Principal, find_principal
+
+# auto_error=False: a missing token must answer our 401 body, not FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="A tenant token, or an agent token for /v1/vrrp-events")
+
+
+async def _principal(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    context: Annotated[GatewayContext, Depends(gateway_context)],
+) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise HaVipError(ErrorCode.UNAUTHORIZED, "an Authorization: Bearer token is required")
+    principal = await find_principal(context.pool, credentials.credentials)
+    if principal is None:
+        raise HaVipError(ErrorCode.UNAUTHORIZED, "the token is not valid")
+    return principal
+
+
+async def tenant(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if principal.kind != "tenant":
+        raise HaVipError(ErrorCode.FORBIDDEN, "this call needs a tenant token")
+    return principal
+
+
+async def agent(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    # An agent token speaks for exactly one instance and nothing else.
+    if principal.kind != "agent" or principal.instance_id is None:
+        raise HaVipError(ErrorCode.FORBIDDEN, "this call needs an agent token")
+    return principal
+
+
+Tenant = Annotated[Principal, Depends(tenant)]
+Agent = Annotated[Principal, Depends(agent)]

@@ -1,0 +1,169 @@
+"""Reading HAVIPs as a tenant sees them.
+
+The `havips` table is the mapping service's; until it has applied a create,
+the HAVIP exists only as the tenant's Pending create operation, and is shown
+as `Creating` from that request. Everything here is scoped to one tenant:
+another tenant's HAVIP is indistinguishable from one that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from schemas.messages import HaVipStatus
+from services.gateway.models import AttachmentView, HaVipView, OwnerView, VrrpReportView
+from services.gateway.operations import PENDING, Operation
+from services.mapping.published import load_mappings
+
+# Two sources, one shape: HAVIPs the mapping service wrote, and creates it has
+# not applied yet. {where} filters both; the NOT EXISTS hides a create whose
+# row already exists while its operation is still Pending.
+_VISIBLE = f"""
+SELECT * FROM (
+  SELECT h.havip_id, h.vpc_id, h.vswitch_id, host(h.ip_address) AS ip_address, h.name, h.description,
+         h.status, h.version, h.created_at
+    FROM havips h
+   WHERE h.tenant_id = $1
+  UNION ALL
+  SELECT o.havip_id, NULL, o.request->>'vswitch_id', o.request->>'ip_address',
+         coalesce(o.request->>'name', ''), coalesce(o.request->>'description', ''),
+         '{HaVipStatus.CREATING}', NULL, o.created_at
+    FROM operations o
+   WHERE o.tenant_id = $1 AND o.kind = 'CreateHaVip' AND o.status = '{PENDING}'
+     AND NOT EXISTS (SELECT 1 FROM havips h WHERE h.havip_id = o.havip_id)
+) AS visible
+{{where}}
+ORDER BY havip_id
+LIMIT {{limit}}
+"""
+
+_VRRP_REPORTS = """
+SELECT havip_id, instance_id, state, priority, seq, reported_at FROM vrrp_reports WHERE havip_id = ANY($1::text[])
+"""
+
+
+@dataclass(frozen=True)
+class HaVipFilters:
+    vswitch_id: str | None = None
+    status: str | None = None
+    ip_address: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"vswitch_id": self.vswitch_id, "status": self.status, "ip_address": self.ip_address}
+
+
+async def find_havip(pool: asyncpg.Pool, tenant_id: str, havip_id: str) -> HaVipView | None:
+    found = await _load(pool, tenant_id, ["havip_id = $2"], [havip_id], limit=1)
+    return found[0] if found else None
+
+
+async def list_havips(
+    pool: asyncpg.Pool, tenant_id: str, filters: HaVipFilters, *, after: str | None, limit: int
+) -> list[HaVipView]:
+    conditions: list[str] = []
+    params: list[object] = []
+    for column, value in (
+        ("vswitch_id", filters.vswitch_id),
+        ("status", filters.status),
+        ("ip_address", filters.ip_address),
+    ):
+        if value is not None:
+            params.append(value)
+            conditions.append(f"{column} = ${len(params) + 1}")
+    if after is not None:
+        params.append(after)
+        conditions.append(f"havip_id > ${len(params) + 1}")
+    return await _load(pool, tenant_id, conditions, params, limit=limit)
+
+
+async def havip_visible(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, havip_id: str) -> bool:
+    """Whether the tenant may act on this HAVIP: it exists, or its create is Pending."""
+    return bool(
+        await db.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM havips WHERE havip_id = $1 AND tenant_id = $2)"
+            " OR EXISTS (SELECT 1 FROM operations WHERE havip_id = $1 AND tenant_id = $2"
+            f" AND kind = 'CreateHaVip' AND status = '{PENDING}')",
+            havip_id, tenant_id,
+        )
+    )
+
+
+async def havip_of_tenant(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, havip_id: str) -> bool:
+    """One primary-key lookup: the VRRP report path has no time for more."""
+    return bool(
+        await db.fetchval("SELECT true FROM havips WHERE havip_id = $1 AND tenant_id = $2", havip_id, tenant_id)
+    )
+
+
+def creating_view(operation: Operation) -> HaVipView:
+    request = operation.request
+    return HaVipView(
+        havip_id=operation.havip_id,
+        vswitch_id=request["vswitch_id"],
+        ip_address=request.get("ip_address"),
+        name=request.get("name", ""),
+        description=request.get("description", ""),
+        status=HaVipStatus.CREATING,
+        created_at=operation.created_at,
+    )
+
+
+async def _load(
+    pool: asyncpg.Pool, tenant_id: str, conditions: Sequence[str], params: Sequence[object], *, limit: int
+) -> list[HaVipView]:
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    sql = _VISIBLE.format(where=where, limit=int(limit))
+    async with pool.acquire() as conn:
+        # One snapshot, so a HAVIP's owner, attachments and reports agree with each other.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(sql, tenant_id, *params)
+            mapped_ids = [row["havip_id"] for row in rows if row["version"] is not None]
+            mappings = {m.havip_id: m for m in await load_mappings(conn, mapped_ids)} if mapped_ids else {}
+            reports = (
+                {(r["havip_id"], r["instance_id"]): r for r in await conn.fetch(_VRRP_REPORTS, mapped_ids)}
+                if mapped_ids
+                else {}
+            )
+    views = []
+    for row in rows:
+        mapping = mappings.get(row["havip_id"])
+        attachments = []
+        owner = None
+        eip_address = None
+        if mapping is not None:
+            eip_address = mapping.eip_address
+            if mapping.owner is not None:
+                owner = OwnerView(**mapping.owner.model_dump())
+            for attachment in mapping.attachments:
+                report = reports.get((row["havip_id"], attachment.instance_id))
+                attachments.append(
+                    AttachmentView(
+                        target_id=attachment.target_id,
+                        instance_id=attachment.instance_id,
+                        eni_id=attachment.eni_id,
+                        vrrp=VrrpReportView(
+                            state=report["state"], priority=report["priority"], seq=report["seq"],
+                            reported_at=report["reported_at"],
+                        ) if report else None,
+                    )
+                )
+        views.append(
+            HaVipView(
+                havip_id=row["havip_id"],
+                vpc_id=row["vpc_id"],
+                vswitch_id=row["vswitch_id"],
+                ip_address=row["ip_address"],
+                name=row["name"],
+                description=row["description"],
+                status=HaVipStatus(row["status"]),
+                eip_address=eip_address,
+                owner=owner,
+                attachments=attachments,
+                version=row["version"],
+                created_at=row["created_at"],
+            )
+        )
+    return views

@@ -1,0 +1,152 @@
+"""What the REST API accepts and answers, as pydantic models.
+
+Request models forbid unknown fields: a typo in a field name must be a 400,
+not a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.errors import ErrorCode, HaVipError
+from schemas.messages import HaVipStatus, Id, VrrpState
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateHaVipRequest(_Request):
+    vswitch_id: Id
+    ip_address: str | None = Field(default=None, description="IPv4; quota picks a free one when absent.")
+    name: str = Field(default="", max_length=128)
+    description: str = Field(default="", max_length=256)
+
+
+class AssociationRequest(_Request):
+    instance_id: Id | None = None
+    eni_id: Id | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_target(self) -> AssociationRequest:
+        if (self.instance_id is None) == (self.eni_id is None):
+            raise ValueError("give exactly one of instance_id or eni_id")
+        return self
+
+    @property
+    def target_id(self) -> str:
+        return self.instance_id or self.eni_id or ""
+
+
+class VrrpEventRequest(_Request):
+    havip_id: Id
+    state: VrrpState
+    priority: int = Field(ge=0, le=255)
+    seq: int = Field(ge=0)
+    reported_at: datetime | None = None
+
+    @field_validator("reported_at")
+    @classmethod
+    def _naive_means_utc(cls, value: datetime | None) -> datetime | None:
+        # Agents on instances with a naive clock string still mean UTC; a
+        # report must never be compared across offsets by accident.
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def check_havip_address(value: str) -> str:
+    """The canonical form of a HAVIP address, or the error a tenant sees.
+
+    Only syntax is checked here; whether the address lies in the vSwitch and
+    is free is quota's decision, made against its ledger.
+    """
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise HaVipError(ErrorCode.IP_MALFORMED, f"{value!r} is not an IP address") from None
+    if address.version != 4:
+        raise HaVipError(ErrorCode.IP_VERSION, "a HAVIP address must be IPv4")
+    return str(address)
+
+
+# --- answers -----------------------------------------------------------------
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    request_id: str
+
+
+class OperationError(BaseModel):
+    code: str
+    message: str
+
+
+class OperationView(BaseModel):
+    operation_id: str
+    kind: str
+    havip_id: str
+    status: Literal["Pending", "Succeeded", "Failed"]
+    error: OperationError | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class VrrpReportView(BaseModel):
+    state: VrrpState
+    priority: int
+    seq: int
+    reported_at: datetime
+
+
+class AttachmentView(BaseModel):
+    target_id: str
+    instance_id: str
+    eni_id: str | None = None
+    vrrp: VrrpReportView | None = Field(default=None, description="The instance's last VRRP report, if any.")
+
+
+class OwnerView(BaseModel):
+    instance_id: str
+    eni_id: str | None = None
+    private_ip: str
+    host_id: str
+
+
+class HaVipView(BaseModel):
+    havip_id: str
+    vpc_id: str | None = None
+    vswitch_id: str
+    ip_address: str | None = Field(description="Absent while Creating when quota picks the address.")
+    name: str
+    description: str
+    status: HaVipStatus
+    eip_address: str | None = None
+    owner: OwnerView | None = None
+    attachments: list[AttachmentView] = Field(default_factory=list)
+    version: int | None = Field(default=None, description="Absent until the mapping service has applied it.")
+    created_at: datetime
+
+
+class HaVipAccepted(BaseModel):
+    havip: HaVipView
+    operation: OperationView
+
+
+class OperationAccepted(BaseModel):
+    operation: OperationView
+
+
+class HaVipPage(BaseModel):
+    havips: list[HaVipView]
+    next_page_token: str | None = None
+
+
+class VrrpEventAccepted(BaseModel):
+    message_id: str

@@ -1,0 +1,151 @@
+"""What the mapping service does with each message: parse → decide (pure) → persist → publish.
+
+After every message, even one that changed nothing, the HAVIP's full state is
+published again: if the worker died between its database commit and its
+publish, the redelivered message republishes what the first attempt lost.
+Forwarders apply a state only if its version is newer, so repeats are free.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import asyncpg
+from prometheus_client import Counter
+
+from schemas import topics
+from schemas.errors import ErrorCode
+from schemas.messages import (
+    AttachmentAccepted,
+    CommandSucceeded,
+    DetachmentAccepted,
+    EniChanged,
+    HaVipCreationAccepted,
+    HaVipStatus,
+    InstanceChanged,
+    VrrpReported,
+)
+from services.mapping import store
+from services.mapping.election import HaVipView, Report, ReportVerdict, elect, explain, judge_report
+from services.mapping.published import load_mappings
+from services.runtime.inventory import InventoryChange, record_inventory
+from services.runtime.stream import Unappliable
+
+log = logging.getLogger(__name__)
+
+OWNER_CHANGES = Counter("havip_owner_changes_total", "Owner changes", ["cause"])
+REPORTS = Counter("havip_vrrp_reports_total", "VRRP reports by verdict", ["verdict"])
+
+Publish = Callable[[topics.Topic, str, bytes], Awaitable[None]]
+AcceptedCommand = HaVipCreationAccepted | AttachmentAccepted | DetachmentAccepted
+
+
+class MappingHandlers:
+    def __init__(self, pool: asyncpg.Pool, publish: Publish, split_brain_window: timedelta) -> None:
+        self._pool = pool
+        self._publish = publish
+        self._window = split_brain_window
+
+    async def on_accepted(self, command: AcceptedCommand) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            first_time = await conn.fetchval(
+                "INSERT INTO applied_commands (command_id, havip_id) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                command.command_id, command.havip_id,
+            )
+            if first_time:
+                await self._apply_command(conn, command)
+        await self.publish_state(command.havip_id)
+        result = CommandSucceeded(command_id=command.command_id, havip_id=command.havip_id, stage="mapping")
+        await self._publish(topics.RESULTS, command.command_id, topics.encode(result))
+
+    async def _apply_command(self, conn: asyncpg.Connection, command: AcceptedCommand) -> None:
+        if isinstance(command, HaVipCreationAccepted):
+            await conn.execute(
+                "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, name, description,"
+                " status, version) VALUES ($1, $2, $3, $4, $5::inet, $6, $7, $8, 1)"
+                " ON CONFLICT (havip_id) DO NOTHING",
+                command.havip_id, command.tenant_id, command.vpc_id, command.vswitch_id, command.ip_address,
+                command.name, command.description, HaVipStatus.AVAILABLE.value,
+            )
+            return
+        havip = await store.lock_havip(conn, command.havip_id)
+        if havip is None:
+            # Quota accepted it, so the create was accepted before it on the same partition.
+            raise Unappliable(ErrorCode.APPLY_FAILED, f"{command.havip_id} does not exist in the mapping tables")
+        before = await store.load_view(conn, command.havip_id, havip["owner_target_id"])
+        if isinstance(command, AttachmentAccepted):
+            await conn.execute(
+                "INSERT INTO attachments (havip_id, target_id, instance_id, eni_id) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT DO NOTHING",
+                command.havip_id, command.target_id, command.instance_id, command.eni_id,
+            )
+        else:
+            detached = await conn.fetchval(
+                "DELETE FROM attachments WHERE havip_id = $1 AND target_id = $2 RETURNING instance_id",
+                command.havip_id, command.target_id,
+            )
+            # A detached instance's old MASTER must not count if it is attached again later.
+            await conn.execute(
+                "DELETE FROM vrrp_reports WHERE havip_id = $1 AND instance_id = $2"
+                " AND NOT EXISTS (SELECT 1 FROM attachments WHERE havip_id = $1 AND instance_id = $2)",
+                command.havip_id, detached,
+            )
+        await self._reelect(conn, command.havip_id, before)
+
+    async def on_report(self, reported: VrrpReported) -> None:
+        report = Report(
+            instance_id=reported.instance_id, state=reported.state, priority=reported.priority,
+            seq=reported.seq, reported_at=reported.reported_at, received_at=reported.received_at,
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            havip = await store.lock_havip(conn, reported.havip_id)
+            if havip is None or havip["tenant_id"] != reported.tenant_id:
+                raise Unappliable(ErrorCode.UNKNOWN_HAVIP, f"no HAVIP {reported.havip_id} for this tenant")
+            before = await store.load_view(conn, reported.havip_id, havip["owner_target_id"])
+            verdict = judge_report(before, report)
+            REPORTS.labels(verdict.value).inc()
+            if verdict is ReportVerdict.NOT_ATTACHED:
+                raise Unappliable(
+                    ErrorCode.REPORTER_NOT_ATTACHED,
+                    f"{reported.instance_id} is not attached to {reported.havip_id}; only attached instances may own it",
+                )
+            if verdict is ReportVerdict.FRESH:
+                await store.save_report(conn, reported.havip_id, report)
+                # A report alone changes the published state only if it moves the owner.
+                await self._reelect(conn, reported.havip_id, before, only_if_owner_changed=True)
+        await self.publish_state(reported.havip_id)
+
+    async def on_inventory(self, change: InventoryChange) -> None:
+        instance_id = change.instance_id if isinstance(change, InstanceChanged | EniChanged) else None
+        affected: list[str] = []
+        async with self._pool.acquire() as conn, conn.transaction():
+            havips = await store.lock_havips_of_instance(conn, instance_id) if instance_id else []
+            befores = [await store.load_view(conn, h["havip_id"], h["owner_target_id"]) for h in havips]
+            if not await record_inventory(conn, change):
+                return
+            for havip, before in zip(havips, befores, strict=True):
+                # A stopped instance loses ownership; a moved one changes the route: publish either way.
+                await self._reelect(conn, havip["havip_id"], before)
+                affected.append(havip["havip_id"])
+        for havip_id in affected:
+            await self.publish_state(havip_id)
+
+    async def _reelect(
+        self, conn: asyncpg.Connection, havip_id: str, before: HaVipView, *, only_if_owner_changed: bool = False
+    ) -> None:
+        after = await store.load_view(conn, havip_id, before.owner_target_id)
+        owner = elect(after, self._window)
+        change = explain(before, after, owner, self._window)
+        if change is None and only_if_owner_changed:
+            return
+        await store.save_outcome(conn, havip_id, after, owner, change)
+        if change is not None:
+            OWNER_CHANGES.labels(change.cause.value).inc()
+            log.info("owner changed havip=%s cause=%s detail=%s", havip_id, change.cause.value, change.detail)
+
+    async def publish_state(self, havip_id: str) -> None:
+        for mapping in await load_mappings(self._pool, [havip_id]):
+            await self._publish(topics.MAPPINGS, havip_id, topics.encode(mapping))

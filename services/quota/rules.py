@@ -1,0 +1,132 @@
+"""The quota rules, as plain functions: no database, no broker.
+
+Each check raises `HaVipError` with the code a tenant will read; the ledger
+feeds them the counts it read under row locks, so the checks themselves
+never race.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from schemas.errors import ErrorCode, HaVipError
+
+ATTACHABLE_STATUSES = frozenset({"Running", "Stopped"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    attachments_per_havip: int = 10
+    havips_per_instance: int = 5
+    eips_per_havip: int = 1
+
+
+@dataclass(frozen=True)
+class VSwitch:
+    vswitch_id: str
+    tenant_id: str
+    vpc_id: str
+    cidr: IPv4Network
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a HAVIP would be attached to: an instance, or one of its ENIs."""
+
+    target_id: str
+    instance_id: str
+    eni_id: str | None
+    tenant_id: str
+    vswitch_id: str
+    instance_status: str
+
+
+@dataclass(frozen=True)
+class ReservedHaVip:
+    havip_id: str
+    tenant_id: str
+    vswitch_id: str
+
+
+def parse_havip_address(text: str) -> IPv4Address:
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise HaVipError(ErrorCode.IP_MALFORMED, f"{text!r} is not an IP address") from None
+    if not isinstance(address, IPv4Address):
+        raise HaVipError(ErrorCode.IP_VERSION, "a HAVIP is an IPv4 address; IPv6 is not supported")
+    return address
+
+
+def reserved_addresses(cidr: IPv4Network) -> frozenset[IPv4Address]:
+    """The network, its gateway (the first host, as VPC routers use it) and broadcast."""
+    return frozenset({cidr.network_address, cidr.network_address + 1, cidr.broadcast_address})
+
+
+def check_address_in_vswitch(address: IPv4Address, vswitch: VSwitch) -> None:
+    if address not in vswitch.cidr:
+        raise HaVipError(
+            ErrorCode.IP_OUT_OF_RANGE, f"{address} is outside vSwitch {vswitch.vswitch_id} ({vswitch.cidr})"
+        )
+    if address in reserved_addresses(vswitch.cidr):
+        raise HaVipError(
+            ErrorCode.IP_RESERVED,
+            f"{address} is the network, gateway or broadcast address of {vswitch.cidr}",
+        )
+
+
+def check_address_free(address: IPv4Address, used: Iterable[IPv4Address]) -> None:
+    if address in set(used):
+        raise HaVipError(ErrorCode.IP_IN_USE, f"{address} is used by another HAVIP or instance")
+
+
+def choose_free_address(vswitch: VSwitch, used: Iterable[IPv4Address]) -> IPv4Address:
+    """The lowest usable address nobody holds; deterministic, so a replay picks the same."""
+    taken = set(used) | reserved_addresses(vswitch.cidr)
+    for address in vswitch.cidr.hosts():
+        if address not in taken:
+            return address
+    raise HaVipError(ErrorCode.IP_EXHAUSTED, f"vSwitch {vswitch.vswitch_id} has no free address left")
+
+
+def check_attachment(
+    havip: ReservedHaVip,
+    target: Target,
+    *,
+    instance_already_attached: bool,
+    havip_attachments: int,
+    instance_havips: int,
+    limits: Limits,
+) -> None:
+    """May `target` be attached to `havip`, given the counts read under lock?"""
+    if target.tenant_id != havip.tenant_id:
+        # Never reveal that another tenant's instance exists.
+        code = ErrorCode.NOT_FOUND_INSTANCE
+        raise HaVipError(code, f"{target.target_id} was not found")
+    if target.instance_status not in ATTACHABLE_STATUSES:
+        raise HaVipError(
+            ErrorCode.INSTANCE_STATUS,
+            f"instance {target.instance_id} is {target.instance_status}; it must be Running or Stopped",
+        )
+    if target.vswitch_id != havip.vswitch_id:
+        raise HaVipError(
+            ErrorCode.VSWITCH_MISMATCH,
+            f"{target.target_id} is in vSwitch {target.vswitch_id}, the HAVIP in {havip.vswitch_id}",
+        )
+    if instance_already_attached:
+        raise HaVipError(
+            ErrorCode.ALREADY_ATTACHED, f"instance {target.instance_id} is already attached to {havip.havip_id}"
+        )
+    if havip_attachments >= limits.attachments_per_havip:
+        raise HaVipError(
+            ErrorCode.QUOTA_HAVIP_ASSOCIATION,
+            f"{havip.havip_id} already has {havip_attachments} attachments (limit {limits.attachments_per_havip})",
+        )
+    if instance_havips >= limits.havips_per_instance:
+        raise HaVipError(
+            ErrorCode.QUOTA_INSTANCE_HAVIP,
+            f"instance {target.instance_id} already has {instance_havips} HAVIPs (limit {limits.havips_per_instance})",
+        )

@@ -1,0 +1,205 @@
+"""Stream workers on faust-streaming: the app, its resources, and the record loop.
+
+At-least-once, never exactly-once (its exactly-once mode has open
+duplicate/fencing bugs, and the embedded broker has no transactions).
+A record is acknowledged only after its handler returned, i.e. after the
+database commit, so a crash means the record is read again; every handler is
+idempotent. A record that cannot be parsed or applied goes to the dead-letter
+topic; a transient failure (database or broker away) is retried, never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import faust
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+
+from schemas.errors import ErrorCode
+from schemas.topics import Topic
+from services.runtime.db import connect_pool, require_current_schema
+from services.runtime.deadletters import DeadLetters
+from services.runtime.health import Health, health_app, serve_http
+from services.runtime.kafka import new_producer, topic_name
+from services.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RECORDS = Counter("havip_stream_records_total", "Records handled", ["service", "topic", "outcome"])
+HANDLE_SECONDS = Histogram(
+    "havip_stream_handle_seconds", "Time to handle one record", ["service", "topic"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+
+TRANSIENT = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+    asyncpg.TooManyConnectionsError,
+    KafkaError,
+)
+
+
+class Unappliable(Exception):
+    """A well-formed record that can never be applied; it is dead-lettered."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+def new_stream_app(settings: Settings, service: str) -> faust.App:
+    brokers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
+    return faust.App(
+        f"{settings.topic_prefix}havip-{service}",
+        broker=brokers,
+        web_enabled=False,
+        topic_allow_declare=False,  # topics are created by `havip topics`, never on the fly
+        topic_disable_leader=True,
+        producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_rebalance_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=0.5,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        store="memory://",
+    )
+
+
+def raw_topic(app: faust.App, settings: Settings, *topics: Topic) -> faust.TopicT:
+    return app.topic(
+        *(topic_name(settings, t) for t in topics), key_serializer="raw", value_serializer="raw"
+    )
+
+
+class WorkerResources:
+    """What every stream handler needs, opened once when the worker starts."""
+
+    def __init__(self, settings: Settings, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self.health = Health(service)
+        self.ready = asyncio.Event()
+        self.pool: asyncpg.Pool
+        self.producer: AIOKafkaProducer
+        self.dead_letters: DeadLetters
+        self._assigned = False
+        self.health.add_check("resources", lambda: None if self.ready.is_set() else "starting")
+        self.health.add_check("partitions", lambda: None if self._assigned else "waiting for partition assignment")
+
+    def attach(self, app: faust.App, port: int) -> None:
+        @app.task
+        async def keep_resources() -> None:
+            await self._open(port)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await self._close()
+
+        @app.on_rebalance_complete.connect
+        async def on_rebalanced(sender: Any, **_: Any) -> None:
+            self._assigned = True
+
+    async def _open(self, port: int) -> None:
+        self.health.start()
+        self._http = asyncio.get_running_loop().create_task(
+            serve_http(health_app(self.health), self.settings.http_host, port)
+        )
+        self.pool = await connect_pool(self.settings.database_url)
+        await require_current_schema(self.pool)
+        self.producer = new_producer(self.settings)
+        await self.producer.start()
+        self.dead_letters = DeadLetters(self.producer, self.settings, self.service)
+        self.ready.set()
+        log.info("resources ready")
+
+    async def _close(self) -> None:
+        self._http.cancel()
+        await self.producer.stop()
+        await self.pool.close()
+
+    async def publish(self, topic: Topic, key: str, value: bytes) -> None:
+        await self.producer.send_and_wait(topic_name(self.settings, topic), key=key.encode(), value=value)
+
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+async def handle_stream(
+    resources: WorkerResources, stream: faust.StreamT, handlers: dict[str, tuple[Topic, Handler]]
+) -> None:
+    """The loop of one agent. `handlers` maps a topic's full name to its parser and handler."""
+    async for event in stream.events():
+        await resources.ready.wait()
+        msg = event.message
+        topic, handler = handlers[msg.topic]
+        await handle_record(resources, topic, handler, msg.topic, msg.partition, msg.offset, msg.key, event.value)
+
+
+async def handle_record(
+    resources: WorkerResources,
+    topic: Topic,
+    handler: Handler,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+) -> None:
+    async def dead_letter(code: str, reason: str) -> None:
+        await _retry_transient(lambda: resources.dead_letters.send(
+            source_topic=source_topic, partition=partition, offset=offset, key=key, value=value,
+            code=code, reason=reason,
+        ))
+        RECORDS.labels(resources.service, topic.name, "dead-lettered").inc()
+
+    try:
+        parsed = topic.parse(value or b"")
+    except ValidationError as exc:
+        await dead_letter(ErrorCode.MALFORMED_MESSAGE, _validation_reason(exc))
+        return
+    with HANDLE_SECONDS.labels(resources.service, topic.name).time():
+        try:
+            await _retry_transient(lambda: handler(parsed))
+        except Unappliable as exc:
+            await dead_letter(exc.code, exc.reason)
+            return
+        except Exception as exc:  # a bug must not stop the partition; the record is kept
+            log.exception("handler failed topic=%s partition=%s offset=%s", source_topic, partition, offset)
+            await dead_letter(ErrorCode.APPLY_FAILED, f"{type(exc).__name__}: {exc}")
+            return
+    RECORDS.labels(resources.service, topic.name, "applied").inc()
+
+
+async def _retry_transient(action: Callable[[], Awaitable[None]]) -> None:
+    delay = 0.1
+    while True:
+        try:
+            await action()
+            return
+        except TRANSIENT as exc:
+            log.warning("transient failure, retrying in %.1fs: %r", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _validation_reason(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()[:10]
+    )
+
+
+def run_worker(app: faust.App, settings: Settings) -> None:
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
