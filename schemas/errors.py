@@ -1,7 +1,7 @@
 """Every failure a tenant, an agent or an operator can see, in one place.
 
     HaVipError                        (code, HTTP status, message)
-    ├── NotFound.HaVip / .Instance / .VSwitch / .Attachment / .Operation   404
+    ├── NotFound.HaVip / .Instance / .VSwitch / .Attachment / .Operation / .Route   404
     ├── QuotaExceeded.HaVipAssociation / .InstanceHaVip / .HaVipEip         409
     ├── InvalidIpAddress.Version / .Malformed / .OutOfRange / .Reserved     400
     ├── InvalidIpAddress.InUse / InvalidVSwitch.Mismatch                    409
@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND_VSWITCH = "NotFound.VSwitch"
     NOT_FOUND_ATTACHMENT = "NotFound.Attachment"
     NOT_FOUND_OPERATION = "NotFound.Operation"
+    NOT_FOUND_ROUTE = "NotFound.Route"
     QUOTA_HAVIP_ASSOCIATION = "QuotaExceeded.HaVipAssociation"
     QUOTA_INSTANCE_HAVIP = "QuotaExceeded.InstanceHaVip"
     QUOTA_HAVIP_EIP = "QuotaExceeded.HaVipEip"
@@ -59,6 +60,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND_VSWITCH: 404,
     ErrorCode.NOT_FOUND_ATTACHMENT: 404,
     ErrorCode.NOT_FOUND_OPERATION: 404,
+    ErrorCode.NOT_FOUND_ROUTE: 404,
     ErrorCode.QUOTA_HAVIP_ASSOCIATION: 409,
     ErrorCode.QUOTA_INSTANCE_HAVIP: 409,
     ErrorCode.QUOTA_HAVIP_EIP: 409,

@@ -13,7 +13,7 @@ import contextlib
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import pytest
 from services.runtime.db import connect_pool, migrate
 from services.runtime.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from services.runtime.kafka import ensure_topics
+from services.runtime.processes import ServiceProcess
 from services.runtime.settings import Settings
 
 
@@ -109,3 +110,26 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     pool = await connect_pool(settings.database_url, max_size=20)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+def start_service(settings: Settings, workdir: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start `havip serve NAME` as a real process; everything started is stopped after the test."""
+    started: list[ServiceProcess] = []
+    logs = Path(tempfile.mkdtemp(prefix="logs-", dir=workdir))
+
+    def start(name: str, *, wait: bool = True, **overrides: object) -> ServiceProcess:
+        service_settings = settings.model_copy(update=overrides) if overrides else settings
+        process = ServiceProcess(name, service_settings, logs)
+        if name in ("quota", "mapping") and any(s.service == name for s in started):
+            # A second worker of the same group needs its own health port.
+            process.port = free_port()
+            process.settings = service_settings.model_copy(update={f"{name}_port": process.port})
+        started.append(process.start())
+        if wait:
+            process.wait_ready()
+        return process
+
+    yield start
+    for process in reversed(started):
+        process.stop()

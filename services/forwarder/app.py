@@ -33,8 +33,6 @@ from services.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Not (yet) in schemas.errors.ErrorCode; see the report that came with this module.
-NOT_FOUND_ROUTE = "NotFound.Route"
 MAX_BATCH_KEYS = 1000
 
 
@@ -68,10 +66,6 @@ class ErrorOut(BaseModel):
     code: str
     message: str
     request_id: str
-
-
-class _RouteNotFound(Exception):
-    pass
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -119,7 +113,7 @@ def create_app(settings: Settings) -> FastAPI:
         answer = _lookup(table, vpc_id, ip)
         if answer is None:
             where = f"{ip} in {vpc_id}" if vpc_id is not None else f"public address {ip}"
-            raise _RouteNotFound(f"no HAVIP holds {where}")
+            raise HaVipError(ErrorCode.NOT_FOUND_ROUTE, f"no HAVIP holds {where}")
         return JSONResponse(_as_json(answer))
 
     @app.post("/v1/routes:batch", response_model=BatchOut, responses={400: {"model": ErrorOut}})
@@ -160,10 +154,6 @@ def _error(request: Request, status: int, code: str, message: str) -> JSONRespon
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(_RouteNotFound)
-    async def route_not_found(request: Request, exc: _RouteNotFound) -> JSONResponse:
-        return _error(request, 404, NOT_FOUND_ROUTE, str(exc))
-
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = "NotFound" if exc.status_code == 404 else ErrorCode.INVALID_PARAMETER
