@@ -9,7 +9,9 @@
     ├── DependencyViolation.HaVip / IdempotentParameterMismatch             409
     ├── InvalidParameter                                                    400
     ├── Unauthorized / Forbidden                                            401 / 403
-    └── ServiceUnavailable                                                  503
+    ├── NotFound / MethodNotAllowed (no such route or method)               404 / 405
+    ├── ServiceUnavailable                                                  503
+    └── InternalError (a bug; logged, never a stack trace)                  500
 
 The same codes travel in `havip.command-results` (a rejected command) and as
 dead-letter reasons, so an operator reading a dead letter and a tenant
@@ -47,6 +49,10 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "Unauthorized"
     FORBIDDEN = "Forbidden"
     SERVICE_UNAVAILABLE = "ServiceUnavailable"
+    # what the HTTP layer itself answers
+    NOT_FOUND = "NotFound"
+    METHOD_NOT_ALLOWED = "MethodNotAllowed"
+    INTERNAL_ERROR = "InternalError"
     # dead-letter reasons
     MALFORMED_MESSAGE = "MalformedMessage"
     REPORTER_NOT_ATTACHED = "VrrpReport.NotAttached"
@@ -80,6 +86,9 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.INTERNAL_ERROR: 500,
 }
 
 

@@ -60,6 +60,12 @@ def _dev_seed(_: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_failover(args: argparse.Namespace) -> int:
+    from services.bench import run_failover_bench
+
+    return run_failover_bench(load_settings(), rounds=args.rounds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="havip", description="Edge HAVIP control plane")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--workdir", default=".havip-dev", help="logs and scratch files (default: .havip-dev)")
     up.set_defaults(func=_dev_up)
     dev_sub.add_parser("seed", help="publish the demo inventory and tokens").set_defaults(func=_dev_seed)
+
+    bench = sub.add_parser("bench", help="measure the system on this machine")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    failover = bench_sub.add_parser("failover", help="VRRP report to forwarder answer, over many failovers")
+    failover.add_argument("--rounds", type=int, default=100)
+    failover.set_defaults(func=_bench_failover)
     return parser
 
 

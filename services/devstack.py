@@ -90,45 +90,86 @@ async def _migrate(dsn: str) -> None:
         await pool.close()
 
 
+class DevStack:
+    """Broker, database and the four services; embedded unless the environment names them."""
+
+    def __init__(self, settings: Settings, workdir: Path, *, embedded_kafka: bool, embedded_postgres: bool) -> None:
+        self.settings = settings
+        self._embedded_kafka = embedded_kafka
+        self._embedded_postgres = embedded_postgres
+        self.workdir = workdir
+        self.services: list[ServiceProcess] = []
+        self._broker: EmbeddedBroker | None = None
+        self._postgres: EmbeddedPostgres | None = None
+
+    def __enter__(self) -> DevStack:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def url(self, service: str) -> str:
+        return next(s.url for s in self.services if s.service == service)
+
+    def _start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self._embedded_kafka:
+            self._broker = EmbeddedBroker(self.workdir).start()
+            self.settings = self.settings.model_copy(update={"kafka_bootstrap": self._broker.bootstrap})
+        if self._embedded_postgres:
+            self._postgres = EmbeddedPostgres(self.workdir).start()
+            asyncio.run(_prepare_database(self._postgres.dsn(), "havip"))
+            self.settings = self.settings.model_copy(update={"database_url": self._postgres.dsn("havip")})
+        asyncio.run(_migrate(self.settings.database_url))
+        asyncio.run(seed(self.settings))
+        for name in ("quota", "mapping", "forwarder", "gateway"):
+            self.services.append(ServiceProcess(name, self.settings, self.workdir).start())
+        for service in self.services:
+            service.wait_ready()
+
+    def exited(self) -> ServiceProcess | None:
+        return next((s for s in self.services if s.process is not None and s.process.poll() is not None), None)
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        if self._postgres:
+            self._postgres.stop()
+        if self._broker:
+            self._broker.stop()
+
+
+def dev_stack(settings: Settings, workdir: Path) -> DevStack:
+    """Embedded broker and database unless HAVIP_KAFKA_BOOTSTRAP / HAVIP_DATABASE_URL name real ones."""
+    return DevStack(
+        settings, workdir,
+        embedded_kafka="HAVIP_KAFKA_BOOTSTRAP" not in os.environ,
+        embedded_postgres="HAVIP_DATABASE_URL" not in os.environ,
+    )
+
+
 def run_dev_stack(settings: Settings, workdir: str) -> int:
     """Start everything, print how to use it, and stop everything on Ctrl-C or SIGTERM."""
-    work = Path(workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-
-    broker = postgres = None
-    services: list[ServiceProcess] = []
+    stack = dev_stack(settings, Path(workdir).resolve())
     try:
-        if "HAVIP_KAFKA_BOOTSTRAP" not in os.environ:
-            broker = EmbeddedBroker(work).start()
-            settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-        if "HAVIP_DATABASE_URL" not in os.environ:
-            postgres = EmbeddedPostgres(work).start()
-            asyncio.run(_prepare_database(postgres.dsn(), "havip"))
-            settings = settings.model_copy(update={"database_url": postgres.dsn("havip")})
-        asyncio.run(_migrate(settings.database_url))
-        asyncio.run(seed(settings))
-        services = [ServiceProcess(name, settings, work).start() for name in ("quota", "mapping", "forwarder", "gateway")]
-        for service in services:
-            service.wait_ready()
-        _print_banner(settings, services, work)
-        while not stop.is_set():
-            for service in services:
-                if service.process is not None and service.process.poll() is not None:
-                    print(f"{service.service} exited with {service.process.returncode}; see {service.log}")
-                    stop.set()
-            stop.wait(1.0)
+        stack.__enter__()
+        _print_banner(stack.settings, stack.services, stack.workdir)
+        while not stop.wait(1.0):
+            if (gone := stack.exited()) is not None:
+                print(f"{gone.service} exited with {gone.process.returncode if gone.process else '?'}; see {gone.log}")
+                return 1
         return 0
     finally:
         print("stopping...", flush=True)
-        for service in reversed(services):
-            service.stop()
-        if postgres:
-            postgres.stop()
-        if broker:
-            broker.stop()
+        stack.stop()
         print("stopped", flush=True)
 
 

@@ -13,22 +13,20 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas.errors import ErrorCode, HaVipError
 from services.forwarder.follower import MappingFollower
 from services.forwarder.routes import RouteAnswer, RouteTable
 from services.runtime.db import connect_pool, require_current_schema
 from services.runtime.health import Health, health_router
+from services.runtime.http import install_http_conventions
 from services.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -101,7 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.table = table
     app.state.health = health
     app.include_router(health_router(health))
-    _install_error_handlers(app)
+    install_http_conventions(app, "forwarder")
 
     errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}}
 
@@ -142,36 +140,3 @@ def _as_json(answer: RouteAnswer) -> dict[str, Any]:
         "private_ip": owner.private_ip if owner else None,
         "host_id": owner.host_id if owner else None,
     }
-
-
-def _error(request: Request, status: int, code: str, message: str) -> JSONResponse:
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    return JSONResponse(
-        {"code": code, "message": message, "request_id": request_id},
-        status_code=status,
-        headers={"x-request-id": request_id},
-    )
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "NotFound" if exc.status_code == 404 else ErrorCode.INVALID_PARAMETER
-        return _error(request, exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(HaVipError)
-    async def havip_error(request: Request, exc: HaVipError) -> JSONResponse:
-        return _error(request, exc.http_status, exc.code, exc.message)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', 'invalid')}"
-            for error in exc.errors()[:5]
-        )
-        return _error(request, 400, ErrorCode.INVALID_PARAMETER, problems or "invalid request")
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error path=%s", request.url.path)
-        return _error(request, 503, ErrorCode.SERVICE_UNAVAILABLE, "internal error; retry")

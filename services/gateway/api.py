@@ -91,10 +91,16 @@ async def _require_havip(context: GatewayContext, tenant_id: str, havip_id: str)
 
 @router.post("/havips", status_code=202, response_model=HaVipAccepted, tags=["havips"])
 async def create_havip(
-    body: CreateHaVipRequest, request: Request, principal: Tenant, context: Context, idempotency_key: IdempotencyKey = None
+    body: CreateHaVipRequest,
+    request: Request,
+    principal: Tenant,
+    context: Context,
+    idempotency_key: IdempotencyKey = None,
 ) -> HaVipAccepted:
     ip_address = check_havip_address(body.ip_address) if body.ip_address is not None else None
-    wanted = {"vswitch_id": body.vswitch_id, "ip_address": ip_address, "name": body.name, "description": body.description}
+    wanted = {
+        "vswitch_id": body.vswitch_id, "ip_address": ip_address, "name": body.name, "description": body.description,
+    }
     command = CreateHaVip(
         command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=new_havip_id(), **wanted
     )
@@ -203,7 +209,9 @@ async def report_vrrp(body: VrrpEventRequest, principal: Agent, context: Context
             context.vrrp_topic, key=body.havip_id.encode(), value=topics.encode(report)
         )
     except (KafkaError, asyncio.TimeoutError, OSError) as exc:
-        log.warning("VRRP report not published havip=%s instance=%s error=%r", body.havip_id, principal.instance_id, exc)
+        log.warning(
+            "VRRP report not published havip=%s instance=%s error=%r", body.havip_id, principal.instance_id, exc
+        )
         raise HaVipError(ErrorCode.SERVICE_UNAVAILABLE, "the report could not be queued; retry") from exc
     VRRP_REPORTS_ACCEPTED.labels(body.state.value).inc()
     return VrrpEventAccepted(message_id=report.message_id)

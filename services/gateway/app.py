@@ -14,8 +14,7 @@ from schemas import topics
 from services.gateway.api import router
 from services.gateway.commands import CommandSubmitter
 from services.gateway.context import GatewayContext
-from services.gateway.errors import install_error_handlers
-from services.gateway.observability import RequestContext
+from services.runtime.http import install_http_conventions
 from services.gateway.results import CommandResults
 from services.runtime.db import connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
@@ -105,6 +104,5 @@ def create_app(settings: Settings) -> FastAPI:
     health.add_check("started", lambda: None if hasattr(app.state, "gateway") else "starting")
     app.include_router(health_router(health))
     app.include_router(router)
-    install_error_handlers(app)
-    app.add_middleware(RequestContext)
+    install_http_conventions(app, "gateway")
     return app

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
@@ -37,7 +38,9 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self._results = results
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self._results.commit_applied(set(revoked))
+        lost = set(revoked)
+        await self._results.commit_applied(lost)
+        self._results.forget(lost)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         # Joined, even with no partitions: a replica beyond the partition
@@ -93,17 +96,28 @@ class CommandResults:
             return
         try:
             await self._consumer.commit(offsets)
-        except Exception as exc:  # the next owner re-reads them; replays change nothing
+        except Exception as exc:  # whoever reads them next re-applies them; replays change nothing
             log.warning("commit failed offsets=%s error=%r", offsets, exc)
             return
         for tp, offset in offsets.items():
             if self._applied.get(tp) == offset:
                 del self._applied[tp]
 
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        # An offset kept from an earlier ownership could move a later commit backwards.
+        for tp in partitions:
+            self._applied.pop(tp, None)
+
     async def _follow(self) -> None:
         assert self._consumer is not None
         while True:
-            batch = await self._consumer.getmany(timeout_ms=1000, max_records=500)
+            try:
+                batch = await self._consumer.getmany(timeout_ms=1000, max_records=500)
+            except KafkaError as exc:
+                # A broker outage is waited out here, not by restarting the gateway.
+                log.warning("command results not fetched error=%r", exc)
+                await asyncio.sleep(self._retry_delay)
+                continue
             if not batch:
                 continue
             try:

@@ -15,8 +15,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiokafka
 import asyncpg
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Histogram
@@ -58,9 +60,36 @@ class Unappliable(Exception):
         self.reason = reason
 
 
+# faust hard-codes a 1.5 s long-poll for its consumers. Brokers that do not end
+# a long-poll when data arrives (Tansu, the embedded default) then hold every
+# VRRP report for most of that time; a failover must not wait on a timer.
+FETCH_MAX_WAIT_MS = 10
+
+
+class _PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+        return consumer
+
+
+class _PromptConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _PromptConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _PromptTransport(faust_aiokafka.Transport):
+    Consumer = _PromptConsumer
+
+
+class StreamApp(faust.App):
+    def _new_transport(self) -> faust_aiokafka.Transport:
+        return _PromptTransport(self.conf.broker_consumer, self)
+
+
 def new_stream_app(settings: Settings, service: str) -> faust.App:
     brokers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
-    return faust.App(
+    return StreamApp(
         f"{settings.topic_prefix}havip-{service}",
         broker=brokers,
         web_enabled=False,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
+import logging
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,6 +28,7 @@ from schemas.messages import (
 from services.gateway.app import create_app
 from services.gateway.tokens import Principal, store_token
 from services.runtime.kafka import new_producer, topic_name
+from services.runtime.processes import ServiceProcess
 from services.runtime.settings import Settings
 from tests.kafka_tools import read_topic
 
@@ -270,6 +273,9 @@ async def test_concurrent_requests_with_one_key_create_one_operation(
     gateway: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
 ) -> None:
     await seed_havip(db, "havip-1")
+    # Open the pool's connections first: a request waiting for a new connection
+    # would arrive after the race is over.
+    await asyncio.gather(*(gateway.get("/v1/operations/op-none", headers=TENANT_AUTH) for _ in range(10)))
     headers = {**TENANT_AUTH, "Idempotency-Key": "attach-web1"}
     answers = await asyncio.gather(*(
         gateway.post("/v1/havips/havip-1/associations", json={"instance_id": "i-web1"}, headers=headers)
@@ -348,7 +354,9 @@ async def test_a_havip_shows_attachments_their_last_reports_and_the_owner(
     havip = answer.json()
     assert (havip["status"], havip["version"], havip["name"]) == ("InUse", 7, "web")
     assert (havip["ip_address"], havip["eip_address"], havip["vpc_id"]) == ("192.168.1.100", "203.0.113.10", "vpc-1")
-    assert havip["owner"] == {"instance_id": "i-web1", "eni_id": None, "private_ip": "192.168.1.11", "host_id": "host-a"}
+    assert havip["owner"] == {
+        "instance_id": "i-web1", "eni_id": None, "private_ip": "192.168.1.11", "host_id": "host-a",
+    }
     attachments = {a["target_id"]: a for a in havip["attachments"]}
     assert set(attachments) == {"i-web1", "i-web2"}
     assert attachments["i-web1"]["vrrp"]["state"] == "MASTER"
@@ -382,8 +390,9 @@ async def test_listing_pages_through_the_tenants_havips(gateway: httpx.AsyncClie
     by_ip = await gateway.get("/v1/havips", params={"ip_address": "192.168.1.102"}, headers=TENANT_AUTH)
     assert [h["havip_id"] for h in by_ip.json()["havips"]] == ["havip-2"]
 
-    assert_error(await gateway.get("/v1/havips", params={"page_size": 101}, headers=TENANT_AUTH), 400, "InvalidParameter")
-    assert_error(await gateway.get("/v1/havips", params={"page_token": "junk!"}, headers=TENANT_AUTH), 400, "InvalidParameter")
+    for params in ({"page_size": 101}, {"page_size": 0}, {"page_token": "junk!"}, {"status": "Sleeping"}):
+        refused = await gateway.get("/v1/havips", params=params, headers=TENANT_AUTH)
+        assert_error(refused, 400, "InvalidParameter")
     first = await gateway.get("/v1/havips", params={"page_size": 1}, headers=TENANT_AUTH)
     reused = await gateway.get(
         "/v1/havips", params={"page_token": first.json()["next_page_token"], "vswitch_id": "vsw-2"}, headers=TENANT_AUTH
@@ -431,7 +440,8 @@ async def test_a_vrrp_report_is_published_with_the_tokens_instance(
                 {"havip_id": "havip-1", "state": "MASTER", "priority": 256, "seq": 1},
                 {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": -1},
                 {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": 1, "instance_id": "i-web2"}):
-        assert_error(await gateway.post("/v1/vrrp-events", json=bad, headers=bearer(AGENT_TOKEN)), 400, "InvalidParameter")
+        refused = await gateway.post("/v1/vrrp-events", json=bad, headers=bearer(AGENT_TOKEN))
+        assert_error(refused, 400, "InvalidParameter")
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -471,14 +481,14 @@ async def test_a_rejection_fails_the_operation_and_later_results_change_nothing(
     second = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)
     second_id = second.json()["operation"]["operation_id"]
     marker = CommandSucceeded(command_id=second_id, havip_id=second.json()["havip"]["havip_id"], stage="mapping")
-    await producer.send_and_wait(results, key=second_id.encode(), value=topics.encode(marker))
+    # Keyed like `late`, so it lands behind it in the same partition: once the
+    # marker is applied, `late` has been read too.
+    await producer.send_and_wait(results, key=operation_id.encode(), value=topics.encode(marker))
 
     async def second_done() -> bool:
         return (await _operation_status(gateway, second_id))["status"] == "Succeeded"
 
     await eventually(second_done)
-    # The marker shares no partition guarantee with `late`, so wait for the committed offsets to pass both.
-    await asyncio.sleep(1.0)
     assert (await _operation_status(gateway, operation_id))["status"] == "Failed"
 
 
@@ -515,10 +525,8 @@ async def test_results_are_applied_after_a_restart_without_being_lost(
         two = (await first.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)).json()
         results = topic_name(settings, topics.RESULTS)
         op_one = one["operation"]["operation_id"]
-        await producer.send_and_wait(
-            results, key=op_one.encode(),
-            value=topics.encode(CommandSucceeded(command_id=op_one, havip_id=one["havip"]["havip_id"], stage="mapping")),
-        )
+        succeeded = CommandSucceeded(command_id=op_one, havip_id=one["havip"]["havip_id"], stage="mapping")
+        await producer.send_and_wait(results, key=op_one.encode(), value=topics.encode(succeeded))
 
         async def one_done() -> bool:
             return (await _operation_status(first, op_one))["status"] == "Succeeded"
@@ -538,6 +546,39 @@ async def test_results_are_applied_after_a_restart_without_being_lost(
         await eventually(two_failed)
 
 
+
+async def test_a_result_that_met_a_database_failure_is_retried_not_skipped(
+    gateway: httpx.AsyncClient, producer: AIOKafkaProducer, settings: Settings, db: asyncpg.Pool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    created = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)
+    operation_id = created.json()["operation"]["operation_id"]
+    caplog.set_level(logging.ERROR, logger="services.gateway.results")
+    # The table is away: every attempt to apply the result fails until it is back.
+    await db.execute("ALTER TABLE operations RENAME TO operations_away")
+    try:
+        done = CommandSucceeded(command_id=operation_id, havip_id=created.json()["havip"]["havip_id"], stage="mapping")
+        await producer.send_and_wait(
+            topic_name(settings, topics.RESULTS), key=operation_id.encode(), value=topics.encode(done)
+        )
+
+        async def failed_twice() -> bool:
+            return sum("retrying the batch" in r.getMessage() for r in caplog.records) >= 2
+
+        await eventually(failed_twice)
+        # Meanwhile the API answers a bare 500: no SQL, no trace, but an id to quote.
+        broken = await gateway.get(f"/v1/operations/{operation_id}", headers=TENANT_AUTH)
+        body = assert_error(broken, 500, "InternalError")
+        assert "operations" not in body["message"] and "Traceback" not in broken.text
+    finally:
+        await db.execute("ALTER TABLE operations_away RENAME TO operations")
+
+    async def succeeded() -> bool:
+        return await db.fetchval("SELECT status FROM operations WHERE operation_id = $1", operation_id) == "Succeeded"
+
+    await eventually(succeeded)
+
+
 # --- health and failure -------------------------------------------------------------------------
 
 
@@ -548,7 +589,7 @@ async def test_ready_once_the_results_consumer_joined(gateway: httpx.AsyncClient
     await eventually(ready)
     assert (await gateway.get("/healthz")).json() == {"status": "ok"}
     metrics = await gateway.get("/metrics")
-    assert "havip_gateway_requests_total" in metrics.text
+    assert 'havip_http_requests_total{method="GET",route="/readyz",service="gateway"' in metrics.text
     assert 'route="/readyz"' in metrics.text
 
 
@@ -562,3 +603,36 @@ async def test_a_command_the_broker_did_not_take_fails_its_operation(
     assert_error(answer, 503, "ServiceUnavailable")
     row = await db.fetchrow("SELECT status, error_code, idempotency_key FROM operations")
     assert (row["status"], row["error_code"], row["idempotency_key"]) == ("Failed", "ServiceUnavailable", None)
+
+
+# --- as a process ---------------------------------------------------------------------------------
+
+
+def test_havip_serve_gateway_becomes_ready_and_stops_cleanly_on_sigterm(
+    settings: Settings, workdir: Path
+) -> None:
+    gateway = ServiceProcess("gateway", settings, workdir).start()
+    try:
+        gateway.wait_ready(timeout=120)
+    finally:
+        gateway.stop(timeout=30)
+    assert gateway.process is not None
+    # uvicorn re-raises the signal once its shutdown is done, so the parent sees why it ended.
+    assert gateway.process.returncode in (0, -signal.SIGTERM), gateway.tail()
+    log = gateway.tail(200)
+    assert "Application shutdown complete" in log
+    assert "Traceback" not in log
+
+
+async def test_havip_serve_gateway_refuses_an_older_schema(
+    settings: Settings, db: asyncpg.Pool, workdir: Path
+) -> None:
+    await db.execute("DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM schema_migrations)")
+    gateway = ServiceProcess("gateway", settings, workdir).start()
+    assert gateway.process is not None
+    try:
+        returncode = await asyncio.to_thread(gateway.process.wait, 120)
+    finally:
+        gateway.kill()
+    assert returncode != 0
+    assert "havip migrate" in gateway.tail(200)

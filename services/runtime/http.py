@@ -1,0 +1,148 @@
+"""What every HTTP service answers the same way: request ids, metrics and errors.
+
+Errors are `{"code", "message", "request_id"}` with the codes of
+`schemas.errors`, never a stack trace; the request id is echoed in
+`X-Request-ID` so a caller can quote it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter, Histogram
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schemas.errors import ErrorCode, HaVipError
+
+log = logging.getLogger(__name__)
+
+REQUESTS = Counter("havip_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"])
+REQUEST_SECONDS = Histogram(
+    "havip_http_request_seconds", "Time to answer an HTTP request", ["service", "method", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+
+REQUEST_ID_HEADER = "x-request-id"
+_ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Unmatched paths are one label, so a scanner cannot explode the metric's cardinality.
+_UNMATCHED = "unmatched"
+
+
+def request_id_of(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id") or "unknown")
+
+
+def _choose_request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == REQUEST_ID_HEADER.encode():
+            candidate = value.decode("latin-1")
+            # A caller's id is echoed only when it is safe to put in a log line.
+            if _ACCEPTABLE_ID.fullmatch(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+class RequestContext:
+    """Every request gets an id (echoed or made up) and is counted and timed.
+
+    A plain ASGI middleware rather than a `BaseHTTPMiddleware`: it adds no task
+    per request, and it sees the status of every answer, errors included.
+    """
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _choose_request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER.encode()]
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            label = getattr(route, "path", None) or _UNMATCHED
+            REQUESTS.labels(self.service, scope["method"], label, str(status)).inc()
+            REQUEST_SECONDS.labels(self.service, scope["method"], label).observe(time.perf_counter() - started)
+
+
+def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    request_id = request_id_of(request)
+    return JSONResponse(
+        status_code=status,
+        content={"code": str(code), "message": message, "request_id": request_id},
+        # Set here too: a 500 is answered outside the request-id middleware.
+        headers={REQUEST_ID_HEADER: request_id},
+    )
+
+
+def describe_validation_errors(errors: Sequence[Any]) -> str:
+    """One readable sentence per problem, each naming the field."""
+    parts = []
+    for error in errors[:5]:
+        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
+        kind = error.get("type", "")
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if kind == "json_invalid":
+            parts.append("the request body is not valid JSON")
+        elif location:
+            parts.append(f"{'.'.join(location)}: {message}")
+        else:
+            parts.append(message if kind != "missing" else "a JSON request body is required")
+    return "; ".join(parts) or "invalid request"
+
+
+async def _on_havip_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HaVipError)
+    return error_response(request, exc.http_status, exc.code, exc.message)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(request, 400, ErrorCode.INVALID_PARAMETER, describe_validation_errors(exc.errors()))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return error_response(request, 404, ErrorCode.NOT_FOUND, f"no such resource: {request.url.path}")
+    if exc.status_code == 405:
+        return error_response(request, 405, ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here")
+    return error_response(request, exc.status_code, ErrorCode.INVALID_PARAMETER, str(exc.detail))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error request_id=%s path=%s", request_id_of(request), request.url.path, exc_info=exc)
+    return error_response(request, 500, ErrorCode.INTERNAL_ERROR, "internal error; quote the request_id when reporting it")
+
+
+def install_http_conventions(app: FastAPI, service: str) -> None:
+    """Request ids, request metrics and the `{code, message, request_id}` error body."""
+    app.add_middleware(RequestContext, service=service)
+    app.add_exception_handler(HaVipError, _on_havip_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,120 @@
+"""The README walk-through as code: a tenant's HAVIP with two instances, and failovers.
+
+Used by `havip bench failover` and by the end-to-end test, so the numbers we
+quote and the flow we test are the flow the README shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+class WalkthroughError(RuntimeError):
+    pass
+
+
+@dataclass
+class Tenant:
+    """Talks to the gateway as a tenant and as the instances' agents, and to the forwarder."""
+
+    gateway: httpx.AsyncClient
+    forwarder: httpx.AsyncClient
+    tenant_token: str
+    agent_tokens: dict[str, str]
+    seq: dict[str, int] = field(default_factory=dict)
+
+    def _tenant(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tenant_token}"}
+
+    async def wait_operation(self, answer: httpx.Response, timeout: float = 60.0) -> dict[str, Any]:
+        if answer.status_code != 202:
+            raise WalkthroughError(f"{answer.request.method} {answer.request.url}: {answer.status_code} {answer.text}")
+        operation_id = answer.json()["operation"]["operation_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            operation: dict[str, Any] = (
+                await self.gateway.get(f"/v1/operations/{operation_id}", headers=self._tenant())
+            ).json()
+            if operation["status"] != "Pending":
+                return operation
+            await asyncio.sleep(0.05)
+        raise WalkthroughError(f"operation {operation_id} still Pending after {timeout}s")
+
+    async def create_havip(self, vswitch_id: str, ip_address: str | None = None, name: str = "") -> dict[str, Any]:
+        body: dict[str, Any] = {"vswitch_id": vswitch_id, "name": name}
+        if ip_address:
+            body["ip_address"] = ip_address
+        answer = await self.gateway.post("/v1/havips", json=body, headers=self._tenant())
+        operation = await self.wait_operation(answer)
+        if operation["status"] != "Succeeded":
+            raise WalkthroughError(f"create failed: {operation}")
+        return await self.havip(answer.json()["havip"]["havip_id"])
+
+    async def havip(self, havip_id: str) -> dict[str, Any]:
+        answer = await self.gateway.get(f"/v1/havips/{havip_id}", headers=self._tenant())
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
+
+    async def attach(self, havip_id: str, instance_id: str) -> dict[str, Any]:
+        answer = await self.gateway.post(
+            f"/v1/havips/{havip_id}/associations", json={"instance_id": instance_id}, headers=self._tenant()
+        )
+        return await self.wait_operation(answer)
+
+    async def report(self, havip_id: str, instance_id: str, state: str, priority: int = 100) -> None:
+        self.seq[instance_id] = self.seq.get(instance_id, 0) + 1
+        answer = await self.gateway.post(
+            "/v1/vrrp-events",
+            json={"havip_id": havip_id, "state": state, "priority": priority, "seq": self.seq[instance_id]},
+            headers={"Authorization": f"Bearer {self.agent_tokens[instance_id]}"},
+        )
+        if answer.status_code != 202:
+            raise WalkthroughError(f"vrrp report refused: {answer.status_code} {answer.text}")
+
+    async def route(self, vpc_id: str, ip: str) -> dict[str, Any] | None:
+        answer = await self.forwarder.get("/v1/routes", params={"vpc_id": vpc_id, "ip": ip})
+        if answer.status_code == 404:
+            return None
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
+
+    async def wait_owner(self, vpc_id: str, ip: str, instance_id: str | None, timeout: float = 30.0) -> float:
+        """Poll the forwarder until it answers `instance_id`; returns when it did (perf_counter)."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            route = await self.route(vpc_id, ip)
+            now = time.perf_counter()
+            if route is not None and route["instance_id"] == instance_id:
+                return now
+            if now > deadline:
+                raise WalkthroughError(f"forwarder still answers {route} for {ip}, not {instance_id}")
+            await asyncio.sleep(0.0005)
+
+
+async def measure_failovers(tenant: Tenant, havip: dict[str, Any], a: str, b: str, rounds: int) -> list[float]:
+    """Seconds from POSTing the new master's MASTER report to the forwarder answering it.
+
+    Each round is a clean keepalived failover: the old master reports BACKUP
+    (not timed; the HAVIP has no owner for a moment), then the new master
+    reports MASTER, and the clock runs until the forwarder answers it.
+    """
+    vpc, ip, havip_id = havip["vpc_id"], havip["ip_address"], havip["havip_id"]
+    await tenant.report(havip_id, a, "MASTER")
+    await tenant.wait_owner(vpc, ip, a)
+    samples = []
+    old, new = a, b
+    for _ in range(rounds):
+        await tenant.report(havip_id, old, "BACKUP")
+        await tenant.wait_owner(vpc, ip, None)
+        started = time.perf_counter()
+        await tenant.report(havip_id, new, "MASTER")
+        samples.append(await tenant.wait_owner(vpc, ip, new) - started)
+        old, new = new, old
+    return samples

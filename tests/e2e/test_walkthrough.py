@@ -1,0 +1,85 @@
+"""The README, end to end: `havip dev up` as a process, driven over HTTP like a tenant would."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from services.devstack import DEMO_TENANT_TOKEN, demo_agent_tokens
+from services.runtime.processes import settings_env
+from services.runtime.settings import Settings
+from services.walkthrough import Tenant, measure_failovers
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def dev_up(settings: Settings, workdir: Path):  # type: ignore[no-untyped-def]
+    """`havip dev up` on the test broker and a fresh database; stopped with SIGTERM like Ctrl-C would."""
+    log = workdir / f"dev-up-{settings.topic_prefix}log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "dev", "up", "--workdir", str(workdir / "dev")],
+            env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + 120
+    while b"HAVIP control plane is up" not in log.read_bytes():
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    children = psutil.Process(process.pid).children(recursive=True)
+    yield process, log, children
+    if process.poll() is None:
+        process.kill()
+
+
+async def test_readme_walkthrough_with_failover(settings: Settings, dev_up) -> None:  # type: ignore[no-untyped-def]
+    process, log, children = dev_up
+    assert len(children) >= 4, "four services as child processes"
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30) as gateway, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.forwarder_port}", timeout=30) as forwarder:
+        tenant = Tenant(gateway, forwarder, DEMO_TENANT_TOKEN, demo_agent_tokens())
+
+        havip = await tenant.create_havip("vsw-demo-a", ip_address="192.168.1.100", name="web")
+        assert havip["status"] == "Available" and havip["ip_address"] == "192.168.1.100"
+        for instance in ("i-demo-web1", "i-demo-web2"):
+            assert (await tenant.attach(havip["havip_id"], instance))["status"] == "Succeeded"
+        # Limits and rules answer with their codes, through the whole pipeline.
+        wrong_vswitch = await tenant.attach(havip["havip_id"], "i-demo-other")
+        assert wrong_vswitch["status"] == "Failed" and wrong_vswitch["error"]["code"] == "InvalidVSwitch.Mismatch"
+        stopped = await tenant.attach(havip["havip_id"], "i-demo-stopped")
+        assert stopped["status"] == "Succeeded"  # a Stopped instance may be attached, but cannot own
+
+        assert await tenant.route("vpc-demo", "192.168.1.100") == {
+            "havip_id": havip["havip_id"], "version": (await tenant.havip(havip["havip_id"]))["version"],
+            "instance_id": None, "eni_id": None, "private_ip": None, "host_id": None,
+        }
+        await tenant.report(havip["havip_id"], "i-demo-web1", "MASTER", priority=150)
+        await tenant.wait_owner("vpc-demo", "192.168.1.100", "i-demo-web1")
+        route = await tenant.route("vpc-demo", "192.168.1.100")
+        assert route is not None and (route["private_ip"], route["host_id"]) == ("192.168.1.11", "host-a")
+
+        # Failover: web1 steps down, web2 takes over; the forwarder follows.
+        await tenant.report(havip["havip_id"], "i-demo-web1", "FAULT", priority=150)
+        await tenant.report(havip["havip_id"], "i-demo-web2", "MASTER", priority=100)
+        await tenant.wait_owner("vpc-demo", "192.168.1.100", "i-demo-web2")
+        shown = await tenant.havip(havip["havip_id"])
+        assert shown["status"] == "InUse" and shown["owner"]["instance_id"] == "i-demo-web2"
+        assert {a["instance_id"] for a in shown["attachments"]} == {"i-demo-web1", "i-demo-web2", "i-demo-stopped"}
+
+        # A few more failovers through the real path, back and forth.
+        samples = await measure_failovers(tenant, shown, "i-demo-web2", "i-demo-web1", rounds=5)
+        assert len(samples) == 5
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0, log.read_text()
+    time.sleep(0.5)
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"left behind: {alive}"
