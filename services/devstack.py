@@ -16,11 +16,22 @@ from pathlib import Path
 import asyncpg
 
 from schemas import topics
-from schemas.messages import EipChanged, InstanceChanged, InstanceStatus, Message, VSwitchChanged
+from schemas.messages import (
+    EipChanged,
+    InstanceChanged,
+    InstanceStatus,
+    Message,
+    VSwitchChanged,
+)
 from services.gateway.tokens import Principal, store_token
 from services.runtime.db import connect_pool, migrate
 from services.runtime.embedded import EmbeddedBroker, EmbeddedPostgres
-from services.runtime.kafka import ensure_topics, new_producer, topic_name, wait_for_broker
+from services.runtime.kafka import (
+    ensure_topics,
+    new_producer,
+    topic_name,
+    wait_for_broker,
+)
 from services.runtime.processes import ServiceProcess
 from services.runtime.settings import Settings
 

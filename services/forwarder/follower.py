@@ -40,6 +40,7 @@ from services.mapping.published import load_mappings
 from services.runtime.deadletters import DeadLetters
 from services.runtime.kafka import new_consumer, new_producer, topic_name
 from services.runtime.settings import Settings
+from services.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,8 @@ class MappingFollower:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="mapping-follower")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

@@ -18,7 +18,15 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 
 from schemas import topics
 from schemas.errors import ErrorCode, HaVipError
-from schemas.messages import AttachHaVip, CreateHaVip, DetachHaVip, HaVipStatus, Id, VrrpReported, utcnow
+from schemas.messages import (
+    AttachHaVip,
+    CreateHaVip,
+    DetachHaVip,
+    HaVipStatus,
+    Id,
+    VrrpReported,
+    utcnow,
+)
 from services.gateway import havips, operations
 from services.gateway.auth import Agent, Tenant
 from services.gateway.commands import Idempotency, new_operation_id

@@ -14,13 +14,14 @@ from schemas import topics
 from services.gateway.api import router
 from services.gateway.commands import CommandSubmitter
 from services.gateway.context import GatewayContext
-from services.runtime.http import install_http_conventions
 from services.gateway.results import CommandResults
 from services.runtime.db import connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_router
+from services.runtime.http import install_http_conventions
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
+from services.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,8 @@ class DatabaseProbe:
         self._task = asyncio.get_running_loop().create_task(self._probe(), name="database-probe")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _probe(self) -> None:
         while True:

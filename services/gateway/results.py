@@ -25,6 +25,7 @@ from services.gateway.observability import COMMAND_RESULTS
 from services.runtime.deadletters import DeadLetters
 from services.runtime.kafka import new_consumer, topic_name
 from services.runtime.settings import Settings
+from services.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,8 @@ class CommandResults:
         self._task = asyncio.get_running_loop().create_task(self._follow(), name="command-results")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._consumer is not None:
             await self._consumer.stop()
 

@@ -28,7 +28,14 @@ from schemas.messages import (
     VrrpReported,
 )
 from services.mapping import store
-from services.mapping.election import HaVipView, Report, ReportVerdict, elect, explain, judge_report
+from services.mapping.election import (
+    HaVipView,
+    Report,
+    ReportVerdict,
+    elect,
+    explain,
+    judge_report,
+)
 from services.mapping.published import load_mappings
 from services.runtime.inventory import InventoryChange, record_inventory
 from services.runtime.stream import Unappliable

@@ -11,7 +11,13 @@ from services.mapping.handlers import MappingHandlers
 from services.runtime.kafka import topic_name
 from services.runtime.logs import setup_logging
 from services.runtime.settings import Settings
-from services.runtime.stream import WorkerResources, handle_stream, new_stream_app, raw_topic, run_worker
+from services.runtime.stream import (
+    WorkerResources,
+    handle_stream,
+    new_stream_app,
+    raw_topic,
+    run_worker,
+)
 
 
 def build_app(settings: Settings) -> faust.App:

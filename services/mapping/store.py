@@ -15,7 +15,6 @@ from schemas.messages import HaVipStatus, VrrpState
 from services.mapping.election import Candidate, HaVipView, OwnerChange, Report
 
 
-
 async def lock_havip(conn: asyncpg.Connection, havip_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "SELECT havip_id, tenant_id, owner_target_id, status, version FROM havips WHERE havip_id = $1 FOR UPDATE",

@@ -146,3 +146,25 @@ def install_http_conventions(app: FastAPI, service: str) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(Exception, _on_unexpected)
+
+
+# uvicorn's exit code for a failed startup (e.g. the schema is out of date).
+STARTUP_FAILURE = 3
+
+
+def run_http_service(app: FastAPI, service: str, host: str, port: int) -> None:
+    """Serve until SIGTERM or Ctrl-C: stop accepting, finish what is in flight,
+    then let the app's lifespan close its consumers, producer and pool."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, host=host, port=port, lifespan="on",
+        log_config=None,  # keep the one logger setup
+        access_log=False,  # requests are counted in /metrics instead
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        log.error("%s did not start", service)
+        raise SystemExit(STARTUP_FAILURE)

@@ -18,9 +18,9 @@ from typing import Any
 import aiokafka
 import asyncpg
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
