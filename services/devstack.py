@@ -147,7 +147,9 @@ class DevStack:
         return next((s for s in self.services if s.process is not None and s.process.poll() is not None), None)
 
     def stop(self) -> None:
-        for service in reversed(self.services):
+        for service in self.services:
+            service.request_stop()
+        for service in self.services:
             service.stop()
         if self._postgres:
             self._postgres.stop()

@@ -91,6 +91,8 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=exit_with_parent,
+                # Ctrl-C reaches only our parent, which stops services before their broker.
+                start_new_session=True,
             )
         wait_for_port(self.host, self.port, self._process, 30, self.log)
         return self
@@ -155,6 +157,7 @@ class EmbeddedPostgres:
                 **self._as_user(),
                 # SIGINT is PostgreSQL's "fast shutdown".
                 preexec_fn=lambda: exit_with_parent(signal.SIGINT),
+                start_new_session=True,
             )
         wait_for_port(self.host, self.port, self._process, 60, self.log)
         return self

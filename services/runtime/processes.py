@@ -32,6 +32,7 @@ class ServiceProcess:
         self.port: int = getattr(settings, PORT_SETTING[service])
         self.log = log_dir / f"{service}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._stop_requested = False
 
     @property
     def url(self) -> str:
@@ -46,6 +47,8 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=exit_with_parent,
+                # Ctrl-C reaches only our parent, which stops services before their broker.
+                start_new_session=True,
             )
         return self
 
@@ -77,10 +80,16 @@ class ServiceProcess:
             self.process.kill()
             self.process.wait()
 
+    def request_stop(self) -> None:
+        """SIGTERM, once: a second one would make uvicorn skip its graceful shutdown."""
+        if self.process is not None and self.process.poll() is None and not self._stop_requested:
+            self.process.send_signal(signal.SIGTERM)
+            self._stop_requested = True
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        self.request_stop()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
