@@ -70,7 +70,8 @@ async def seed(settings: Settings) -> None:
     await producer.start()
     try:
         inventory = topic_name(settings, topics.INVENTORY)
-        for key, record in demo_inventory(revision=time.time_ns()):
+        records = demo_inventory(revision=time.time_ns())
+        for key, record in records:
             await producer.send_and_wait(inventory, key=key.encode(), value=topics.encode(record))
     finally:
         await producer.stop()
@@ -81,6 +82,7 @@ async def seed(settings: Settings) -> None:
             await store_token(pool, token, Principal("agent", DEMO_TENANT, iid))
     finally:
         await pool.close()
+    print(f"seeded {len(records)} inventory records on {inventory} and {1 + len(demo_agent_tokens())} API tokens")
 
 
 async def _prepare_database(admin_dsn: str, database: str) -> None:

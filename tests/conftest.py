@@ -62,7 +62,10 @@ def infra(workdir: Path) -> Iterator[Infra]:
 
                 kafka = stack.enter_context(KafkaContainer().with_kraft()).get_bootstrap_server()
             if dsn is None:
-                from testcontainers.postgres import PostgresContainer
+                try:  # newer testcontainers releases move community modules
+                    from testcontainers.community.postgres import PostgresContainer
+                except ImportError:
+                    from testcontainers.postgres import PostgresContainer
 
                 dsn = stack.enter_context(PostgresContainer("postgres:16")).get_connection_url(driver=None)
         if kafka is None or dsn is None:
