@@ -1,6 +1,7 @@
 -- The HAVIP control plane's tables. Each block names the service that writes it.
 
--- ens.inventory, copied by quota and mapping (idempotent upserts guarded by revision)
+-- mapping: its own copy of ens.inventory (upserts guarded by revision). Each service
+-- keeps its own copy, so "did this change" means exactly that for the one asking.
 CREATE TABLE vswitches (
     vswitch_id  text PRIMARY KEY,
     tenant_id   text NOT NULL,
@@ -33,6 +34,45 @@ CREATE TABLE enis (
 CREATE INDEX enis_instance ON enis (instance_id);
 
 CREATE TABLE eips (
+    eip_id      text PRIMARY KEY,
+    tenant_id   text NOT NULL,
+    ip_address  inet NOT NULL,
+    revision    bigint NOT NULL
+);
+
+-- quota: its own copy of ens.inventory
+CREATE TABLE quota_vswitches (
+    vswitch_id  text PRIMARY KEY,
+    tenant_id   text NOT NULL,
+    vpc_id      text NOT NULL,
+    zone_id     text NOT NULL,
+    cidr        cidr NOT NULL,
+    revision    bigint NOT NULL
+);
+
+CREATE TABLE quota_instances (
+    instance_id text PRIMARY KEY,
+    tenant_id   text NOT NULL,
+    vpc_id      text NOT NULL,
+    vswitch_id  text NOT NULL,
+    private_ip  inet NOT NULL,
+    status      text NOT NULL,
+    host_id     text NOT NULL,
+    revision    bigint NOT NULL
+);
+CREATE INDEX quota_instances_vpc_ip ON quota_instances (vpc_id, private_ip);
+
+CREATE TABLE quota_enis (
+    eni_id      text PRIMARY KEY,
+    instance_id text NOT NULL,
+    tenant_id   text NOT NULL,
+    vswitch_id  text NOT NULL,
+    private_ip  inet NOT NULL,
+    revision    bigint NOT NULL
+);
+CREATE INDEX quota_enis_instance ON quota_enis (instance_id);
+
+CREATE TABLE quota_eips (
     eip_id      text PRIMARY KEY,
     tenant_id   text NOT NULL,
     ip_address  inet NOT NULL,

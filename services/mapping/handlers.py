@@ -131,7 +131,7 @@ class MappingHandlers:
         async with self._pool.acquire() as conn, conn.transaction():
             havips = await store.lock_havips_of_instance(conn, instance_id) if instance_id else []
             befores = [await store.load_view(conn, h["havip_id"], h["owner_target_id"]) for h in havips]
-            if not await record_inventory(conn, change):
+            if not await record_inventory(conn, change, "mapping"):
                 return
             for havip, before in zip(havips, befores, strict=True):
                 # A stopped instance loses ownership; a moved one changes the route: publish either way.

@@ -86,7 +86,7 @@ class QuotaLedger:
 
     async def _create(self, conn: asyncpg.Connection, command: CreateHaVip) -> HaVipCreationAccepted:
         row = await conn.fetchrow(
-            "SELECT vswitch_id, tenant_id, vpc_id, cidr FROM vswitches WHERE vswitch_id = $1", command.vswitch_id
+            "SELECT vswitch_id, tenant_id, vpc_id, cidr FROM quota_vswitches WHERE vswitch_id = $1", command.vswitch_id
         )
         if row is None or row["tenant_id"] != command.tenant_id:
             raise HaVipError(ErrorCode.NOT_FOUND_VSWITCH, f"vSwitch {command.vswitch_id} was not found")
@@ -167,10 +167,10 @@ async def _lock_havip(conn: asyncpg.Connection, havip_id: str, tenant_id: str) -
 
 
 async def _lock_target(conn: asyncpg.Connection, target_id: str) -> rules.Target:
-    eni = await conn.fetchrow("SELECT eni_id, instance_id, vswitch_id FROM enis WHERE eni_id = $1", target_id)
+    eni = await conn.fetchrow("SELECT eni_id, instance_id, vswitch_id FROM quota_enis WHERE eni_id = $1", target_id)
     instance_id = eni["instance_id"] if eni else target_id
     row = await conn.fetchrow(
-        "SELECT instance_id, tenant_id, vswitch_id, status FROM instances WHERE instance_id = $1 FOR UPDATE",
+        "SELECT instance_id, tenant_id, vswitch_id, status FROM quota_instances WHERE instance_id = $1 FOR UPDATE",
         instance_id,
     )
     if row is None:
@@ -188,8 +188,8 @@ async def _lock_target(conn: asyncpg.Connection, target_id: str) -> rules.Target
 async def _addresses_in_use(conn: asyncpg.Connection, vswitch: rules.VSwitch) -> set[IPv4Address]:
     rows = await conn.fetch(
         "SELECT host(ip_address) AS ip FROM quota_havips WHERE vpc_id = $1"
-        " UNION SELECT host(private_ip) FROM instances WHERE vpc_id = $1"
-        " UNION SELECT host(e.private_ip) FROM enis e JOIN vswitches v ON v.vswitch_id = e.vswitch_id"
+        " UNION SELECT host(private_ip) FROM quota_instances WHERE vpc_id = $1"
+        " UNION SELECT host(e.private_ip) FROM quota_enis e JOIN quota_vswitches v ON v.vswitch_id = e.vswitch_id"
         " WHERE v.vpc_id = $1",
         vswitch.vpc_id,
     )

@@ -49,7 +49,7 @@ def build_app(settings: Settings) -> faust.App:
 
     async def on_inventory(change: InventoryChange) -> None:
         async with resources.pool.acquire() as conn:
-            await record_inventory(conn, change)
+            await record_inventory(conn, change, "quota")
 
     @app.agent(raw_topic(app, settings, topics.COMMANDS))
     async def commands(stream: faust.StreamT) -> None:

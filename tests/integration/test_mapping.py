@@ -10,10 +10,10 @@ import pytest
 
 from schemas import topics
 from schemas.errors import ErrorCode
-from schemas.messages import AttachHaVip, CreateHaVip, VrrpReported, VrrpState
+from schemas.messages import AttachHaVip, CreateHaVip, DetachHaVip, InstanceStatus, VrrpReported, VrrpState
 from services.mapping.published import load_mappings
 from services.runtime.settings import Settings
-from tests.inventory_tools import TENANT, Publisher, inventory
+from tests.inventory_tools import TENANT, Publisher, instance, inventory
 from tests.kafka_tools import read_topic
 
 pytestmark = pytest.mark.integration
@@ -121,3 +121,46 @@ async def test_reports_follow_the_owner_rules_end_to_end(settings, db, start_ser
         ("i-0", "i-1", "SplitBrainResolved"),
         ("i-1", "i-0", "Takeover"),
     ]
+
+
+async def test_stopped_moved_and_detached_owners(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
+    """Ownership also follows the platform: a stopped owner loses the HAVIP, a moved one moves its route."""
+    start_service("quota")
+    start_service("mapping")
+
+    async def history_reaches(n: int) -> list[tuple[str | None, str | None, str]]:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            rows = await db.fetch("SELECT previous_instance_id, instance_id, cause FROM owner_changes ORDER BY id")
+            if len(rows) >= n or asyncio.get_running_loop().time() > deadline:
+                return [tuple(row) for row in rows]
+            await asyncio.sleep(0.1)
+
+    async with Publisher(settings) as publish:
+        await _build_havips(publish, settings, havips=1, per_havip=2)
+        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, seq=1))
+        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.BACKUP, seq=1))
+        assert len(await history_reaches(1)) == 1
+        await publish.inventory([instance(0, status=InstanceStatus.STOPPED, revision=2)])
+        assert (await history_reaches(2))[-1] == ("i-0", None, "OwnerInstanceUnavailable")
+
+        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, seq=2))
+        assert (await history_reaches(3))[-1] == (None, "i-1", "MasterReported")
+        version = await db.fetchval("SELECT version FROM havips WHERE havip_id = 'havip-0'")
+        # A live migration: same owner, new host; the published route must follow.
+        await publish.inventory([instance(1, host="host-9", revision=2)])
+        deadline = asyncio.get_running_loop().time() + 30
+        while (await load_mappings(db))[0].owner.host_id != "host-9":  # type: ignore[union-attr]
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.1)
+        assert await db.fetchval("SELECT version FROM havips WHERE havip_id = 'havip-0'") == version + 1
+        # An older revision of the inventory changes nothing.
+        await publish.inventory([instance(1, host="host-old", revision=1)])
+
+        await publish.send(topics.COMMANDS, "havip-0", DetachHaVip(
+            command_id="detach-1", tenant_id=TENANT, havip_id="havip-0", target_id="i-1"))
+        assert (await history_reaches(4))[-1] == ("i-1", None, "OwnerDetached")
+    published = await read_topic(settings, topics.MAPPINGS, until=100, timeout=3)
+    last = [m for m in published if m.havip_id == "havip-0"][-1]
+    assert last.owner is None and [a.instance_id for a in last.attachments] == ["i-0"]
+    assert all(m.owner is None or m.owner.host_id != "host-old" for m in published)
