@@ -88,9 +88,7 @@ class EipChanged(Message):
     revision: int = Field(ge=0)
 
 
-InventoryRecord = Annotated[
-    VSwitchChanged | InstanceChanged | EniChanged | EipChanged, Field(discriminator="type")
-]
+InventoryRecord = Annotated[VSwitchChanged | InstanceChanged | EniChanged | EipChanged, Field(discriminator="type")]
 
 
 # --- havip.commands (key: havip_id) ------------------------------------------

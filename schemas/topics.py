@@ -24,9 +24,7 @@ class Topic:
 
 
 COMMANDS = Topic("havip.commands", "havip_id", TypeAdapter(m.HaVipCommand), doc="gateway → quota")
-ACCEPTED = Topic(
-    "havip.commands.accepted", "havip_id", TypeAdapter(m.AcceptedCommand), doc="quota → mapping"
-)
+ACCEPTED = Topic("havip.commands.accepted", "havip_id", TypeAdapter(m.AcceptedCommand), doc="quota → mapping")
 RESULTS = Topic(
     "havip.command-results",
     "command_id",
@@ -48,9 +46,7 @@ MAPPINGS = Topic(
     compacted=True,
     doc="mapping → forwarder; full state per HAVIP with a version",
 )
-DEAD_LETTERS = Topic(
-    "havip.dead-letters", "original key", TypeAdapter(m.DeadLettered), doc="any consumer → operators"
-)
+DEAD_LETTERS = Topic("havip.dead-letters", "original key", TypeAdapter(m.DeadLettered), doc="any consumer → operators")
 
 ALL: tuple[Topic, ...] = (COMMANDS, ACCEPTED, RESULTS, VRRP, INVENTORY, MAPPINGS, DEAD_LETTERS)
 

@@ -40,22 +40,52 @@ DEMO_TENANT_TOKEN = "dev-tenant-token"
 
 
 def demo_inventory(revision: int) -> list[tuple[str, Message]]:
-    def instance(iid: str, ip: str, host: str, vsw: str = "vsw-demo-a", status: InstanceStatus = InstanceStatus.RUNNING) -> tuple[str, Message]:
-        return iid, InstanceChanged(instance_id=iid, tenant_id=DEMO_TENANT, vpc_id="vpc-demo", vswitch_id=vsw,
-                                    private_ip=ip, status=status, host_id=host, revision=revision)
+    def instance(
+        iid: str, ip: str, host: str, vsw: str = "vsw-demo-a", status: InstanceStatus = InstanceStatus.RUNNING
+    ) -> tuple[str, Message]:
+        return iid, InstanceChanged(
+            instance_id=iid,
+            tenant_id=DEMO_TENANT,
+            vpc_id="vpc-demo",
+            vswitch_id=vsw,
+            private_ip=ip,
+            status=status,
+            host_id=host,
+            revision=revision,
+        )
 
     return [
-        ("vsw-demo-a", VSwitchChanged(vswitch_id="vsw-demo-a", tenant_id=DEMO_TENANT, vpc_id="vpc-demo",
-                                      zone_id="edge-zone-1", cidr="192.168.1.0/24", revision=revision)),
-        ("vsw-demo-b", VSwitchChanged(vswitch_id="vsw-demo-b", tenant_id=DEMO_TENANT, vpc_id="vpc-demo",
-                                      zone_id="edge-zone-1", cidr="192.168.2.0/24", revision=revision)),
+        (
+            "vsw-demo-a",
+            VSwitchChanged(
+                vswitch_id="vsw-demo-a",
+                tenant_id=DEMO_TENANT,
+                vpc_id="vpc-demo",
+                zone_id="edge-zone-1",
+                cidr="192.168.1.0/24",
+                revision=revision,
+            ),
+        ),
+        (
+            "vsw-demo-b",
+            VSwitchChanged(
+                vswitch_id="vsw-demo-b",
+                tenant_id=DEMO_TENANT,
+                vpc_id="vpc-demo",
+                zone_id="edge-zone-1",
+                cidr="192.168.2.0/24",
+                revision=revision,
+            ),
+        ),
         instance("i-demo-web1", "192.168.1.11", "host-a"),
         instance("i-demo-web2", "192.168.1.12", "host-b"),
         instance("i-demo-web3", "192.168.1.13", "host-c"),
         instance("i-demo-other", "192.168.2.10", "host-a", vsw="vsw-demo-b"),
         instance("i-demo-stopped", "192.168.1.20", "host-b", status=InstanceStatus.STOPPED),
-        ("eip-demo-1", EipChanged(eip_id="eip-demo-1", tenant_id=DEMO_TENANT, ip_address="203.0.113.10",
-                                  revision=revision)),
+        (
+            "eip-demo-1",
+            EipChanged(eip_id="eip-demo-1", tenant_id=DEMO_TENANT, ip_address="203.0.113.10", revision=revision),
+        ),
     ]
 
 
@@ -162,7 +192,8 @@ class DevStack:
 def dev_stack(settings: Settings, workdir: Path) -> DevStack:
     """Embedded broker and database unless HAVIP_KAFKA_BOOTSTRAP / HAVIP_DATABASE_URL name real ones."""
     return DevStack(
-        settings, workdir,
+        settings,
+        workdir,
         embedded_kafka="HAVIP_KAFKA_BOOTSTRAP" not in os.environ,
         embedded_postgres="HAVIP_DATABASE_URL" not in os.environ,
     )

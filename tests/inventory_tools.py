@@ -13,15 +13,29 @@ TENANT = "tenant-t"
 
 
 def vswitch(vswitch_id: str = "vsw-a", cidr: str = "10.1.0.0/24", revision: int = 1) -> VSwitchChanged:
-    return VSwitchChanged(vswitch_id=vswitch_id, tenant_id=TENANT, vpc_id="vpc-t", zone_id="zone-1", cidr=cidr,
-                          revision=revision)
+    return VSwitchChanged(
+        vswitch_id=vswitch_id, tenant_id=TENANT, vpc_id="vpc-t", zone_id="zone-1", cidr=cidr, revision=revision
+    )
 
 
-def instance(n: int, *, status: InstanceStatus = InstanceStatus.RUNNING, vswitch_id: str = "vsw-a",
-             revision: int = 1, host: str | None = None) -> InstanceChanged:
-    return InstanceChanged(instance_id=f"i-{n}", tenant_id=TENANT, vpc_id="vpc-t", vswitch_id=vswitch_id,
-                           private_ip=f"10.1.0.{100 + n}", status=status, host_id=host or f"host-{n % 3}",
-                           revision=revision)
+def instance(
+    n: int,
+    *,
+    status: InstanceStatus = InstanceStatus.RUNNING,
+    vswitch_id: str = "vsw-a",
+    revision: int = 1,
+    host: str | None = None,
+) -> InstanceChanged:
+    return InstanceChanged(
+        instance_id=f"i-{n}",
+        tenant_id=TENANT,
+        vpc_id="vpc-t",
+        vswitch_id=vswitch_id,
+        private_ip=f"10.1.0.{100 + n}",
+        status=status,
+        host_id=host or f"host-{n % 3}",
+        revision=revision,
+    )
 
 
 def inventory(instances: int) -> list[Message]:
@@ -30,7 +44,9 @@ def inventory(instances: int) -> list[Message]:
 
 def key_of(message: Message) -> str:
     for field in ("vswitch_id", "instance_id", "eni_id", "eip_id"):
-        if field in type(message).model_fields and not (field == "instance_id" and "eni_id" in type(message).model_fields):
+        if field in type(message).model_fields and not (
+            field == "instance_id" and "eni_id" in type(message).model_fields
+        ):
             return str(getattr(message, field))
     raise ValueError(message)
 

@@ -46,9 +46,7 @@ log = logging.getLogger(__name__)
 
 CONSUMER_NAME = "forwarder"
 
-APPLIED = Counter(
-    "havip_forwarder_records_applied_total", "Mapping records that changed the route table", ["source"]
-)
+APPLIED = Counter("havip_forwarder_records_applied_total", "Mapping records that changed the route table", ["source"])
 STALE = Counter(
     "havip_forwarder_records_stale_total", "Mapping records ignored: not newer than the table, or a tombstone"
 )
@@ -135,8 +133,9 @@ class MappingFollower:
                 raise
             except Exception:
                 ERRORS.inc()
-                log.exception("following %s failed while %s; retrying in %ss", self._topic, self._stage,
-                              self._retry_seconds)
+                log.exception(
+                    "following %s failed while %s; retrying in %ss", self._topic, self._stage, self._retry_seconds
+                )
             finally:
                 await _quietly_stop(consumer)
             await asyncio.sleep(self._retry_seconds)
@@ -171,8 +170,12 @@ class MappingFollower:
         snapshot = await load_mappings(self._pool)
         applied = sum(self._apply(mapping, source="snapshot") for mapping in snapshot)
         TABLE_SIZE.set(len(self.table))
-        log.info("snapshot applied havips=%s changed=%s end_offsets=%s", len(snapshot), applied,
-                 {tp.partition: offset for tp, offset in ends.items()})
+        log.info(
+            "snapshot applied havips=%s changed=%s end_offsets=%s",
+            len(snapshot),
+            applied,
+            {tp.partition: offset for tp, offset in ends.items()},
+        )
         self._start_offsets = dict(ends)
         self._next = dict(ends)
         for tp, offset in ends.items():

@@ -106,6 +106,9 @@ class RouteTable:
             return
         if (current := self._by_private.get(held.private_key)) and current.havip_id == havip_id:
             del self._by_private[held.private_key]
-        if held.public_key is not None:
-            if (current := self._by_public.get(held.public_key)) and current.havip_id == havip_id:
-                del self._by_public[held.public_key]
+        if (
+            held.public_key is not None
+            and (current := self._by_public.get(held.public_key))
+            and current.havip_id == havip_id
+        ):
+            del self._by_public[held.public_key]

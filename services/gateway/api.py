@@ -8,7 +8,6 @@ the tenant learns it from `GET /v1/operations/{id}`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from typing import Annotated, Any
@@ -59,9 +58,7 @@ IdempotencyKey = Annotated[
 HaVipId = Annotated[Id, Path()]
 TargetId = Annotated[Id, Path()]
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 503)
-}
+_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 503)}
 
 router = APIRouter(prefix="/v1", responses=_ERRORS)
 
@@ -107,7 +104,10 @@ async def create_havip(
 ) -> HaVipAccepted:
     ip_address = check_havip_address(body.ip_address) if body.ip_address is not None else None
     wanted = {
-        "vswitch_id": body.vswitch_id, "ip_address": ip_address, "name": body.name, "description": body.description,
+        "vswitch_id": body.vswitch_id,
+        "ip_address": ip_address,
+        "name": body.name,
+        "description": body.description,
     }
     command = CreateHaVip(
         command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=new_havip_id(), **wanted
@@ -216,7 +216,7 @@ async def report_vrrp(body: VrrpEventRequest, principal: Agent, context: Context
         await context.producer.send_and_wait(
             context.vrrp_topic, key=body.havip_id.encode(), value=topics.encode(report)
         )
-    except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, KafkaError, OSError) as exc:
         log.warning(
             "VRRP report not published havip=%s instance=%s error=%r", body.havip_id, principal.instance_id, exc
         )

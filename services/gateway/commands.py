@@ -8,7 +8,6 @@ with the operation it first created, and never publishes twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -58,10 +57,8 @@ class CommandSubmitter:
         if recorded.replayed:
             return recorded
         try:
-            await self._producer.send_and_wait(
-                self._topic, key=command.havip_id.encode(), value=topics.encode(command)
-            )
-        except (KafkaError, asyncio.TimeoutError, OSError) as exc:
+            await self._producer.send_and_wait(self._topic, key=command.havip_id.encode(), value=topics.encode(command))
+        except (TimeoutError, KafkaError, OSError) as exc:
             log.warning("command not published operation=%s error=%r", command.command_id, exc)
             await operations.fail_unpublished(self._pool, command.command_id, "the command could not be queued")
             raise HaVipError(ErrorCode.SERVICE_UNAVAILABLE, "the command could not be queued; retry later") from exc
@@ -96,7 +93,5 @@ class CommandSubmitter:
 
 def _replay(earlier: Operation, idempotency: Idempotency) -> Submitted:
     if earlier.request_hash != idempotency.request_hash:
-        raise HaVipError(
-            ErrorCode.IDEMPOTENT_MISMATCH, "this Idempotency-Key was used with a different request"
-        )
+        raise HaVipError(ErrorCode.IDEMPOTENT_MISMATCH, "this Idempotency-Key was used with a different request")
     return Submitted(earlier, replayed=True)

@@ -86,7 +86,8 @@ async def havip_visible(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, h
             "SELECT EXISTS (SELECT 1 FROM havips WHERE havip_id = $1 AND tenant_id = $2)"
             " OR EXISTS (SELECT 1 FROM operations WHERE havip_id = $1 AND tenant_id = $2"
             f" AND kind = 'CreateHaVip' AND status = '{PENDING}')",
-            havip_id, tenant_id,
+            havip_id,
+            tenant_id,
         )
     )
 
@@ -116,17 +117,16 @@ async def _load(
 ) -> list[HaVipView]:
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     sql = _VISIBLE.format(where=where, limit=int(limit))
-    async with pool.acquire() as conn:
-        # One snapshot, so a HAVIP's owner, attachments and reports agree with each other.
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            rows = await conn.fetch(sql, tenant_id, *params)
-            mapped_ids = [row["havip_id"] for row in rows if row["version"] is not None]
-            mappings = {m.havip_id: m for m in await load_mappings(conn, mapped_ids)} if mapped_ids else {}
-            reports = (
-                {(r["havip_id"], r["instance_id"]): r for r in await conn.fetch(_VRRP_REPORTS, mapped_ids)}
-                if mapped_ids
-                else {}
-            )
+    # One snapshot, so a HAVIP's owner, attachments and reports agree with each other.
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(sql, tenant_id, *params)
+        mapped_ids = [row["havip_id"] for row in rows if row["version"] is not None]
+        mappings = {m.havip_id: m for m in await load_mappings(conn, mapped_ids)} if mapped_ids else {}
+        reports = (
+            {(r["havip_id"], r["instance_id"]): r for r in await conn.fetch(_VRRP_REPORTS, mapped_ids)}
+            if mapped_ids
+            else {}
+        )
     views = []
     for row in rows:
         mapping = mappings.get(row["havip_id"])
@@ -145,9 +145,13 @@ async def _load(
                         instance_id=attachment.instance_id,
                         eni_id=attachment.eni_id,
                         vrrp=VrrpReportView(
-                            state=report["state"], priority=report["priority"], seq=report["seq"],
+                            state=report["state"],
+                            priority=report["priority"],
+                            seq=report["seq"],
                             reported_at=report["reported_at"],
-                        ) if report else None,
+                        )
+                        if report
+                        else None,
                     )
                 )
         views.append(

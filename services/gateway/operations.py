@@ -75,23 +75,26 @@ async def insert_operation(
         f"INSERT INTO operations (operation_id, tenant_id, kind, havip_id, status, request,"
         f" idempotency_key, request_hash) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8)"
         f" RETURNING {_COLUMNS}",
-        operation_id, tenant_id, kind, havip_id, PENDING, json.dumps(request), idempotency_key, request_hash,
+        operation_id,
+        tenant_id,
+        kind,
+        havip_id,
+        PENDING,
+        json.dumps(request),
+        idempotency_key,
+        request_hash,
     )
     return _operation(row)
 
 
-async def find_by_idempotency_key(
-    db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, key: str
-) -> Operation | None:
+async def find_by_idempotency_key(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, key: str) -> Operation | None:
     row = await db.fetchrow(
         f"SELECT {_COLUMNS} FROM operations WHERE tenant_id = $1 AND idempotency_key = $2", tenant_id, key
     )
     return _operation(row) if row else None
 
 
-async def find_operation(
-    db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, operation_id: str
-) -> Operation | None:
+async def find_operation(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, operation_id: str) -> Operation | None:
     row = await db.fetchrow(
         f"SELECT {_COLUMNS} FROM operations WHERE operation_id = $1 AND tenant_id = $2", operation_id, tenant_id
     )
@@ -107,7 +110,10 @@ async def fail_unpublished(db: asyncpg.Pool | asyncpg.Connection, operation_id: 
     row = await db.fetchrow(
         f"UPDATE operations SET status = $2, error_code = $3, error_message = $4, updated_at = now(),"
         f" idempotency_key = NULL WHERE operation_id = $1 RETURNING {_COLUMNS}",
-        operation_id, FAILED, str(ErrorCode.SERVICE_UNAVAILABLE), message,
+        operation_id,
+        FAILED,
+        str(ErrorCode.SERVICE_UNAVAILABLE),
+        message,
     )
     return _operation(row)
 
@@ -122,7 +128,10 @@ async def record_outcome(db: asyncpg.Pool | asyncpg.Connection, result: CommandR
     outcome = await db.execute(
         "UPDATE operations SET status = $2, error_code = $3, error_message = $4, updated_at = now()"
         " WHERE operation_id = $1 AND status = $5",
-        result.command_id, status, code, message, PENDING,
+        result.command_id,
+        status,
+        code,
+        message,
+        PENDING,
     )
     return outcome == "UPDATE 1"
-

@@ -136,8 +136,13 @@ class CommandResults:
                     results.append(topics.RESULTS.parse(record.value))
                 except (ValidationError, ValueError) as exc:
                     await self._dead_letters.send(
-                        source_topic=record.topic, partition=record.partition, offset=record.offset,
-                        key=record.key, value=record.value, code=ErrorCode.MALFORMED_MESSAGE, reason=str(exc),
+                        source_topic=record.topic,
+                        partition=record.partition,
+                        offset=record.offset,
+                        key=record.key,
+                        value=record.value,
+                        code=ErrorCode.MALFORMED_MESSAGE,
+                        reason=str(exc),
                     )
                     COMMAND_RESULTS.labels("malformed").inc()
         outcomes = []

@@ -32,7 +32,10 @@ async def store_token(conn: asyncpg.Connection | asyncpg.Pool, token: str, princ
     await conn.execute(
         "INSERT INTO api_tokens (token_sha256, kind, tenant_id, instance_id) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (token_sha256) DO NOTHING",
-        hash_token(token), principal.kind, principal.tenant_id, principal.instance_id,
+        hash_token(token),
+        principal.kind,
+        principal.tenant_id,
+        principal.instance_id,
     )
 
 

@@ -124,20 +124,30 @@ def explain(
     if previous is None:
         return OwnerChange(None, owner, OwnerCause.MASTER_REPORTED, claim)
     theirs = after.reports.get(previous.instance_id)
-    if _claims_master(after, previous) and theirs and abs(report.received_at - theirs.received_at) <= split_brain_window:
+    if (
+        _claims_master(after, previous)
+        and theirs
+        and abs(report.received_at - theirs.received_at) <= split_brain_window
+    ):
         return OwnerChange(
-            previous, owner, OwnerCause.SPLIT_BRAIN_RESOLVED,
+            previous,
+            owner,
+            OwnerCause.SPLIT_BRAIN_RESOLVED,
             f"both claim MASTER: {owner.instance_id} (priority {report.priority}, {owner.primary_ip}) wins over "
             f"{previous.instance_id} (priority {theirs.priority}, {previous.primary_ip})",
         )
     if _claims_master(after, previous):
         return OwnerChange(
-            previous, owner, OwnerCause.MASTER_REPORTED,
+            previous,
+            owner,
+            OwnerCause.MASTER_REPORTED,
             f"{claim}, after {previous.instance_id}'s last MASTER report: keepalived promoted a backup",
         )
     if before.reports.get(owner.instance_id) != report:
         return OwnerChange(previous, owner, OwnerCause.MASTER_REPORTED, f"{claim}; {_loss_detail(after, previous)}")
-    return OwnerChange(previous, owner, OwnerCause.TAKEOVER, f"{owner.instance_id} was MASTER; {_loss_detail(after, previous)}")
+    return OwnerChange(
+        previous, owner, OwnerCause.TAKEOVER, f"{owner.instance_id} was MASTER; {_loss_detail(after, previous)}"
+    )
 
 
 def _target(candidate: Candidate | None) -> str | None:

@@ -60,7 +60,8 @@ class MappingHandlers:
             first_time = await conn.fetchval(
                 "INSERT INTO applied_commands (command_id, havip_id) VALUES ($1, $2)"
                 " ON CONFLICT DO NOTHING RETURNING true",
-                command.command_id, command.havip_id,
+                command.command_id,
+                command.havip_id,
             )
             if first_time:
                 await self._apply_command(conn, command)
@@ -74,8 +75,14 @@ class MappingHandlers:
                 "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, name, description,"
                 " status, version) VALUES ($1, $2, $3, $4, $5::inet, $6, $7, $8, 1)"
                 " ON CONFLICT (havip_id) DO NOTHING",
-                command.havip_id, command.tenant_id, command.vpc_id, command.vswitch_id, command.ip_address,
-                command.name, command.description, HaVipStatus.AVAILABLE.value,
+                command.havip_id,
+                command.tenant_id,
+                command.vpc_id,
+                command.vswitch_id,
+                command.ip_address,
+                command.name,
+                command.description,
+                HaVipStatus.AVAILABLE.value,
             )
             return
         havip = await store.lock_havip(conn, command.havip_id)
@@ -87,25 +94,34 @@ class MappingHandlers:
             await conn.execute(
                 "INSERT INTO attachments (havip_id, target_id, instance_id, eni_id) VALUES ($1, $2, $3, $4)"
                 " ON CONFLICT DO NOTHING",
-                command.havip_id, command.target_id, command.instance_id, command.eni_id,
+                command.havip_id,
+                command.target_id,
+                command.instance_id,
+                command.eni_id,
             )
         else:
             detached = await conn.fetchval(
                 "DELETE FROM attachments WHERE havip_id = $1 AND target_id = $2 RETURNING instance_id",
-                command.havip_id, command.target_id,
+                command.havip_id,
+                command.target_id,
             )
             # A detached instance's old MASTER must not count if it is attached again later.
             await conn.execute(
                 "DELETE FROM vrrp_reports WHERE havip_id = $1 AND instance_id = $2"
                 " AND NOT EXISTS (SELECT 1 FROM attachments WHERE havip_id = $1 AND instance_id = $2)",
-                command.havip_id, detached,
+                command.havip_id,
+                detached,
             )
         await self._reelect(conn, command.havip_id, before)
 
     async def on_report(self, reported: VrrpReported) -> None:
         report = Report(
-            instance_id=reported.instance_id, state=reported.state, priority=reported.priority,
-            seq=reported.seq, reported_at=reported.reported_at, received_at=reported.received_at,
+            instance_id=reported.instance_id,
+            state=reported.state,
+            priority=reported.priority,
+            seq=reported.seq,
+            reported_at=reported.reported_at,
+            received_at=reported.received_at,
         )
         async with self._pool.acquire() as conn, conn.transaction():
             havip = await store.lock_havip(conn, reported.havip_id)
@@ -117,7 +133,8 @@ class MappingHandlers:
             if verdict is ReportVerdict.NOT_ATTACHED:
                 raise Unappliable(
                     ErrorCode.REPORTER_NOT_ATTACHED,
-                    f"{reported.instance_id} is not attached to {reported.havip_id}; only attached instances may own it",
+                    f"{reported.instance_id} is not attached to {reported.havip_id};"
+                    " only attached instances may own it",
                 )
             if verdict is ReportVerdict.FRESH:
                 await store.save_report(conn, reported.havip_id, report)

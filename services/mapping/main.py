@@ -38,16 +38,27 @@ def build_app(settings: Settings) -> faust.App:
     # topics so they reach the database in the order this worker sees them.
     @app.agent(raw_topic(app, settings, topics.ACCEPTED, topics.VRRP))
     async def havip_changes(stream: faust.StreamT) -> None:
-        await handle_stream(resources, stream, {
-            topic_name(settings, topics.ACCEPTED): (topics.ACCEPTED, lambda cmd: current().on_accepted(cmd)),
-            topic_name(settings, topics.VRRP): (topics.VRRP, lambda report: current().on_report(report)),
-        })
+        await handle_stream(
+            resources,
+            stream,
+            {
+                topic_name(settings, topics.ACCEPTED): (topics.ACCEPTED, lambda cmd: current().on_accepted(cmd)),
+                topic_name(settings, topics.VRRP): (topics.VRRP, lambda report: current().on_report(report)),
+            },
+        )
 
     @app.agent(raw_topic(app, settings, topics.INVENTORY))
     async def inventory(stream: faust.StreamT) -> None:
-        await handle_stream(resources, stream, {
-            topic_name(settings, topics.INVENTORY): (topics.INVENTORY, lambda change: current().on_inventory(change)),
-        })
+        await handle_stream(
+            resources,
+            stream,
+            {
+                topic_name(settings, topics.INVENTORY): (
+                    topics.INVENTORY,
+                    lambda change: current().on_inventory(change),
+                ),
+            },
+        )
 
     return app
 

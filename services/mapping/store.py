@@ -50,8 +50,12 @@ async def load_view(conn: asyncpg.Connection, havip_id: str, owner_target_id: st
     )
     reports = {
         row["instance_id"]: Report(
-            instance_id=row["instance_id"], state=VrrpState(row["state"]), priority=row["priority"],
-            seq=row["seq"], reported_at=row["reported_at"], received_at=row["received_at"],
+            instance_id=row["instance_id"],
+            state=VrrpState(row["state"]),
+            priority=row["priority"],
+            seq=row["seq"],
+            reported_at=row["reported_at"],
+            received_at=row["received_at"],
         )
         for row in await conn.fetch("SELECT * FROM vrrp_reports WHERE havip_id = $1", havip_id)
     }
@@ -64,8 +68,13 @@ async def save_report(conn: asyncpg.Connection, havip_id: str, report: Report) -
         " VALUES ($1, $2, $3, $4, $5, $6, $7)"
         " ON CONFLICT (havip_id, instance_id) DO UPDATE SET state = excluded.state, priority = excluded.priority,"
         " seq = excluded.seq, reported_at = excluded.reported_at, received_at = excluded.received_at",
-        havip_id, report.instance_id, report.state.value, report.priority, report.seq,
-        report.reported_at, report.received_at,
+        havip_id,
+        report.instance_id,
+        report.state.value,
+        report.priority,
+        report.seq,
+        report.reported_at,
+        report.received_at,
     )
 
 
@@ -77,16 +86,20 @@ async def save_outcome(
     version: int = await conn.fetchval(
         "UPDATE havips SET owner_target_id = $2, status = $3, version = version + 1, updated_at = now()"
         " WHERE havip_id = $1 RETURNING version",
-        havip_id, owner.target_id if owner else None, status.value,
+        havip_id,
+        owner.target_id if owner else None,
+        status.value,
     )
     if change is not None:
         await conn.execute(
             "INSERT INTO owner_changes (havip_id, version, previous_instance_id, instance_id, cause, detail)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
-            havip_id, version,
+            havip_id,
+            version,
             change.previous.instance_id if change.previous else None,
             change.owner.instance_id if change.owner else None,
-            change.cause.value, change.detail,
+            change.cause.value,
+            change.detail,
         )
     return version
 

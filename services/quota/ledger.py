@@ -66,12 +66,17 @@ class QuotaLedger:
                 if exc.code in INVENTORY_MISSES and not inventory_settled:
                     raise InventoryMiss(exc.message) from exc
                 decision = CommandRejected(
-                    command_id=command.command_id, havip_id=command.havip_id, stage="quota",
-                    code=exc.code, reason=exc.message,
+                    command_id=command.command_id,
+                    havip_id=command.havip_id,
+                    stage="quota",
+                    code=exc.code,
+                    reason=exc.message,
                 )
             await conn.execute(
                 "INSERT INTO quota_decisions (command_id, havip_id, outcome) VALUES ($1, $2, $3::jsonb)",
-                command.command_id, command.havip_id, _decision_to_json(decision),
+                command.command_id,
+                command.havip_id,
+                _decision_to_json(decision),
             )
             return decision
 
@@ -108,12 +113,21 @@ class QuotaLedger:
         await conn.execute(
             "INSERT INTO quota_havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address)"
             " VALUES ($1, $2, $3, $4, $5::inet)",
-            command.havip_id, command.tenant_id, vswitch.vpc_id, vswitch.vswitch_id, str(address),
+            command.havip_id,
+            command.tenant_id,
+            vswitch.vpc_id,
+            vswitch.vswitch_id,
+            str(address),
         )
         return HaVipCreationAccepted(
-            command_id=command.command_id, tenant_id=command.tenant_id, havip_id=command.havip_id,
-            vpc_id=vswitch.vpc_id, vswitch_id=vswitch.vswitch_id, ip_address=str(address),
-            name=command.name, description=command.description,
+            command_id=command.command_id,
+            tenant_id=command.tenant_id,
+            havip_id=command.havip_id,
+            vpc_id=vswitch.vpc_id,
+            vswitch_id=vswitch.vswitch_id,
+            ip_address=str(address),
+            name=command.name,
+            description=command.description,
         )
 
     async def _attach(self, conn: asyncpg.Connection, command: AttachHaVip) -> AttachmentAccepted:
@@ -124,10 +138,12 @@ class QuotaLedger:
             " (SELECT count(*) FROM quota_attachments WHERE havip_id = $1) AS havip_attachments,"
             " (SELECT count(DISTINCT havip_id) FROM quota_attachments WHERE instance_id = $2) AS instance_havips,"
             " EXISTS (SELECT 1 FROM quota_attachments WHERE havip_id = $1 AND instance_id = $2) AS attached",
-            havip.havip_id, target.instance_id,
+            havip.havip_id,
+            target.instance_id,
         )
         rules.check_attachment(
-            havip, target,
+            havip,
+            target,
             instance_already_attached=counts["attached"],
             havip_attachments=counts["havip_attachments"],
             instance_havips=counts["instance_havips"],
@@ -135,11 +151,17 @@ class QuotaLedger:
         )
         await conn.execute(
             "INSERT INTO quota_attachments (havip_id, target_id, instance_id) VALUES ($1, $2, $3)",
-            havip.havip_id, target.target_id, target.instance_id,
+            havip.havip_id,
+            target.target_id,
+            target.instance_id,
         )
         return AttachmentAccepted(
-            command_id=command.command_id, tenant_id=command.tenant_id, havip_id=havip.havip_id,
-            target_id=target.target_id, instance_id=target.instance_id, eni_id=target.eni_id,
+            command_id=command.command_id,
+            tenant_id=command.tenant_id,
+            havip_id=havip.havip_id,
+            target_id=target.target_id,
+            instance_id=target.instance_id,
+            eni_id=target.eni_id,
         )
 
     async def _detach(self, conn: asyncpg.Connection, command: DetachHaVip) -> DetachmentAccepted:
@@ -148,11 +170,11 @@ class QuotaLedger:
             "DELETE FROM quota_attachments WHERE havip_id = $1 AND target_id = $2", havip.havip_id, command.target_id
         )
         if status == "DELETE 0":
-            raise HaVipError(
-                ErrorCode.NOT_FOUND_ATTACHMENT, f"{command.target_id} is not attached to {havip.havip_id}"
-            )
+            raise HaVipError(ErrorCode.NOT_FOUND_ATTACHMENT, f"{command.target_id} is not attached to {havip.havip_id}")
         return DetachmentAccepted(
-            command_id=command.command_id, tenant_id=command.tenant_id, havip_id=havip.havip_id,
+            command_id=command.command_id,
+            tenant_id=command.tenant_id,
+            havip_id=havip.havip_id,
             target_id=command.target_id,
         )
 

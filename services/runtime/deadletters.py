@@ -55,5 +55,9 @@ class DeadLetters:
         DEAD_LETTERS.labels(self._consumer, code).inc()
         log.warning(
             "dead-lettered topic=%s partition=%s offset=%s code=%s reason=%s",
-            source_topic, partition, offset, code, reason[:300],
+            source_topic,
+            partition,
+            offset,
+            code,
+            reason[:300],
         )

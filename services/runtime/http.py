@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 REQUESTS = Counter("havip_http_requests_total", "HTTP requests answered", ["service", "method", "route", "status"])
 REQUEST_SECONDS = Histogram(
-    "havip_http_request_seconds", "Time to answer an HTTP request", ["service", "method", "route"],
+    "havip_http_request_seconds",
+    "Time to answer an HTTP request",
+    ["service", "method", "route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
 
@@ -136,7 +138,9 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error request_id=%s path=%s", request_id_of(request), request.url.path, exc_info=exc)
-    return error_response(request, 500, ErrorCode.INTERNAL_ERROR, "internal error; quote the request_id when reporting it")
+    return error_response(
+        request, 500, ErrorCode.INTERNAL_ERROR, "internal error; quote the request_id when reporting it"
+    )
 
 
 def install_http_conventions(app: FastAPI, service: str) -> None:
@@ -158,7 +162,10 @@ def run_http_service(app: FastAPI, service: str, host: str, port: int) -> None:
     import uvicorn
 
     config = uvicorn.Config(
-        app, host=host, port=port, lifespan="on",
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
         log_config=None,  # keep the one logger setup
         access_log=False,  # requests are counted in /metrics instead
         timeout_graceful_shutdown=10,

@@ -8,9 +8,9 @@ would see "not newer" and miss that the instance stopped or moved.
 
 from __future__ import annotations
 
-import asyncpg
-
 from typing import Literal
+
+import asyncpg
 
 from schemas.messages import EipChanged, EniChanged, InstanceChanged, VSwitchChanged
 
@@ -71,10 +71,24 @@ def _values(change: InventoryChange) -> tuple[object, ...]:
         case VSwitchChanged():
             return (change.vswitch_id, change.tenant_id, change.vpc_id, change.zone_id, change.cidr, change.revision)
         case InstanceChanged():
-            return (change.instance_id, change.tenant_id, change.vpc_id, change.vswitch_id, change.private_ip,
-                    change.status.value, change.host_id, change.revision)
+            return (
+                change.instance_id,
+                change.tenant_id,
+                change.vpc_id,
+                change.vswitch_id,
+                change.private_ip,
+                change.status.value,
+                change.host_id,
+                change.revision,
+            )
         case EniChanged():
-            return (change.eni_id, change.instance_id, change.tenant_id, change.vswitch_id, change.private_ip,
-                    change.revision)
+            return (
+                change.eni_id,
+                change.instance_id,
+                change.tenant_id,
+                change.vswitch_id,
+                change.private_ip,
+                change.revision,
+            )
         case EipChanged():
             return (change.eip_id, change.tenant_id, change.ip_address, change.revision)

@@ -8,6 +8,7 @@ every in-sync replica, and consumers commit only after their database commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -87,10 +88,8 @@ async def ensure_topics(settings: Settings) -> list[str]:
             if topic_name(settings, topic) not in existing
         ]
         if wanted:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
             created = [t.name for t in wanted]
     finally:
         await admin.close()
@@ -126,7 +125,9 @@ class ConsumerGroupProgress:
             if all(committed[tp] >= end for tp, end in wanted.items()):
                 return True
             if asyncio.get_running_loop().time() > deadline:
-                log.warning("group has not caught up with %s after %ss: %s < %s", self._topic, timeout, committed, wanted)
+                log.warning(
+                    "group has not caught up with %s after %ss: %s < %s", self._topic, timeout, committed, wanted
+                )
                 return False
             await asyncio.sleep(0.05)
 

@@ -14,7 +14,12 @@ import httpx
 from services.runtime.embedded import exit_with_parent
 from services.runtime.settings import Settings
 
-PORT_SETTING = {"gateway": "gateway_port", "forwarder": "forwarder_port", "quota": "quota_port", "mapping": "mapping_port"}
+PORT_SETTING = {
+    "gateway": "gateway_port",
+    "forwarder": "forwarder_port",
+    "quota": "quota_port",
+    "mapping": "mapping_port",
+}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

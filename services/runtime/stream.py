@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 RECORDS = Counter("havip_stream_records_total", "Records handled", ["service", "topic", "outcome"])
 HANDLE_SECONDS = Histogram(
-    "havip_stream_handle_seconds", "Time to handle one record", ["service", "topic"],
+    "havip_stream_handle_seconds",
+    "Time to handle one record",
+    ["service", "topic"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
 
@@ -107,9 +109,7 @@ def new_stream_app(settings: Settings, service: str) -> faust.App:
 
 
 def raw_topic(app: faust.App, settings: Settings, *topics: Topic) -> faust.TopicT:
-    return app.topic(
-        *(topic_name(settings, t) for t in topics), key_serializer="raw", value_serializer="raw"
-    )
+    return app.topic(*(topic_name(settings, t) for t in topics), key_serializer="raw", value_serializer="raw")
 
 
 class WorkerResources:
@@ -187,10 +187,17 @@ async def handle_record(
     value: bytes | None,
 ) -> None:
     async def dead_letter(code: str, reason: str) -> None:
-        await _retry_transient(lambda: resources.dead_letters.send(
-            source_topic=source_topic, partition=partition, offset=offset, key=key, value=value,
-            code=code, reason=reason,
-        ))
+        await _retry_transient(
+            lambda: resources.dead_letters.send(
+                source_topic=source_topic,
+                partition=partition,
+                offset=offset,
+                key=key,
+                value=value,
+                code=code,
+                reason=reason,
+            )
+        )
         RECORDS.labels(resources.service, topic.name, "dead-lettered").inc()
 
     try:
@@ -224,9 +231,7 @@ async def _retry_transient(action: Callable[[], Awaitable[None]]) -> None:
 
 
 def _validation_reason(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()[:10]
-    )
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()[:10])
 
 
 def run_worker(app: faust.App, settings: Settings) -> None:

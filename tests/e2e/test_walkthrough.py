@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -27,7 +28,10 @@ def dev_up(settings: Settings, workdir: Path):  # type: ignore[no-untyped-def]
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "dev", "up", "--workdir", str(workdir / "dev")],
-            env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=settings_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     deadline = time.monotonic() + 120
     while b"HAVIP control plane is up" not in log.read_bytes():
@@ -43,8 +47,10 @@ def dev_up(settings: Settings, workdir: Path):  # type: ignore[no-untyped-def]
 async def test_readme_walkthrough_with_failover(settings: Settings, dev_up) -> None:  # type: ignore[no-untyped-def]
     process, log, children = dev_up
     assert len(children) >= 4, "four services as child processes"
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30) as gateway, \
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.forwarder_port}", timeout=30) as forwarder:
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=30) as gateway,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.forwarder_port}", timeout=30) as forwarder,
+    ):
         tenant = Tenant(gateway, forwarder, DEMO_TENANT_TOKEN, demo_agent_tokens())
 
         havip = await tenant.create_havip("vsw-demo-a", ip_address="192.168.1.100", name="web")
@@ -58,8 +64,12 @@ async def test_readme_walkthrough_with_failover(settings: Settings, dev_up) -> N
         assert stopped["status"] == "Succeeded"  # a Stopped instance may be attached, but cannot own
 
         assert await tenant.route("vpc-demo", "192.168.1.100") == {
-            "havip_id": havip["havip_id"], "version": (await tenant.havip(havip["havip_id"]))["version"],
-            "instance_id": None, "eni_id": None, "private_ip": None, "host_id": None,
+            "havip_id": havip["havip_id"],
+            "version": (await tenant.havip(havip["havip_id"]))["version"],
+            "instance_id": None,
+            "eni_id": None,
+            "private_ip": None,
+            "host_id": None,
         }
         await tenant.report(havip["havip_id"], "i-demo-web1", "MASTER", priority=150)
         await tenant.wait_owner("vpc-demo", "192.168.1.100", "i-demo-web1")
@@ -80,6 +90,6 @@ async def test_readme_walkthrough_with_failover(settings: Settings, dev_up) -> N
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, log.read_text()
-    time.sleep(0.5)
+    await asyncio.sleep(0.5)
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"left behind: {alive}"

@@ -57,27 +57,41 @@ async def insert_havip(
         await conn.execute(
             "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, status, eip_address,"
             " owner_target_id, version) VALUES ($1, 'tenant-1', $2, 'vsw-1', $3::inet, $4, $5::inet, $6, $7)",
-            havip_id, vpc_id, ip, status, eip, owner.instance_id if owner else None, version,
+            havip_id,
+            vpc_id,
+            ip,
+            status,
+            eip,
+            owner.instance_id if owner else None,
+            version,
         )
         for route in {*attached, *([owner] if owner else [])}:
             await conn.execute(
                 "INSERT INTO instances (instance_id, tenant_id, vpc_id, vswitch_id, private_ip, status, host_id,"
                 " revision) VALUES ($1, 'tenant-1', $2, 'vsw-1', $3::inet, 'Running', $4, 1)"
                 " ON CONFLICT (instance_id) DO NOTHING",
-                route.instance_id, vpc_id, route.private_ip, route.host_id,
+                route.instance_id,
+                vpc_id,
+                route.private_ip,
+                route.host_id,
             )
             await conn.execute(
                 "INSERT INTO attachments (havip_id, target_id, instance_id) VALUES ($1, $2, $2)",
-                havip_id, route.instance_id,
+                havip_id,
+                route.instance_id,
             )
 
 
-def mapping(
-    havip_id: str, version: int, *, ip: str, owner: Route | None = None, **changes: Any
-) -> HaVipMappingChanged:
+def mapping(havip_id: str, version: int, *, ip: str, owner: Route | None = None, **changes: Any) -> HaVipMappingChanged:
     fields: dict[str, Any] = dict(
-        havip_id=havip_id, tenant_id="tenant-1", vpc_id="vpc-1", vswitch_id="vsw-1", ip_address=ip,
-        status=HaVipStatus.IN_USE if owner else HaVipStatus.AVAILABLE, owner=owner, version=version,
+        havip_id=havip_id,
+        tenant_id="tenant-1",
+        vpc_id="vpc-1",
+        vswitch_id="vsw-1",
+        ip_address=ip,
+        status=HaVipStatus.IN_USE if owner else HaVipStatus.AVAILABLE,
+        owner=owner,
+        version=version,
     )
     fields.update(changes)
     return HaVipMappingChanged(**fields)
@@ -146,19 +160,16 @@ async def route_version(client: httpx.AsyncClient, ip: str, vpc_id: str = "vpc-1
 
 
 async def waiting_on_lock(db: asyncpg.Pool, table: str) -> bool:
-    return bool(
-        await db.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = $1::regclass", table
-        )
-    )
+    return bool(await db.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = $1::regclass", table))
 
 
 # --- tests ---------------------------------------------------------------------
 
 
 async def test_the_snapshot_answers_lookups_at_start(settings: Settings, db: asyncpg.Pool) -> None:
-    await insert_havip(db, "havip-1", version=3, ip="10.0.0.100", eip="203.0.113.7", owner=OWNER_A,
-                       attached=(OWNER_A, OWNER_B))
+    await insert_havip(
+        db, "havip-1", version=3, ip="10.0.0.100", eip="203.0.113.7", owner=OWNER_A, attached=(OWNER_A, OWNER_B)
+    )
     await insert_havip(db, "havip-2", version=1, ip="10.0.0.101", attached=(OWNER_B,))
     await insert_havip(db, "havip-3", version=1, ip="10.0.0.100", vpc_id="vpc-2")
 
@@ -167,14 +178,26 @@ async def test_the_snapshot_answers_lookups_at_start(settings: Settings, db: asy
 
         answer = await client.get("/v1/routes", params={"vpc_id": "vpc-1", "ip": "10.0.0.100"})
         assert answer.status_code == 200
-        assert answer.json() == {"havip_id": "havip-1", "version": 3, "instance_id": "i-a", "eni_id": None,
-                                 "private_ip": "10.0.0.11", "host_id": "host-a"}
+        assert answer.json() == {
+            "havip_id": "havip-1",
+            "version": 3,
+            "instance_id": "i-a",
+            "eni_id": None,
+            "private_ip": "10.0.0.11",
+            "host_id": "host-a",
+        }
 
         # attached but nobody MASTER: a hit with no owner, traffic is dropped
         answer = await client.get("/v1/routes", params={"vpc_id": "vpc-1", "ip": "10.0.0.101"})
         assert answer.status_code == 200
-        assert answer.json() == {"havip_id": "havip-2", "version": 1, "instance_id": None, "eni_id": None,
-                                 "private_ip": None, "host_id": None}
+        assert answer.json() == {
+            "havip_id": "havip-2",
+            "version": 1,
+            "instance_id": None,
+            "eni_id": None,
+            "private_ip": None,
+            "host_id": None,
+        }
 
         # the same IP in another VPC is another HAVIP
         answer = await client.get("/v1/routes", params={"vpc_id": "vpc-2", "ip": "10.0.0.100"})
@@ -231,9 +254,7 @@ async def _is(client: httpx.AsyncClient, ip: str, version: int) -> bool:
     return await route_version(client, ip) == version
 
 
-async def test_a_change_published_while_the_snapshot_loads_is_not_lost(
-    settings: Settings, db: asyncpg.Pool
-) -> None:
+async def test_a_change_published_while_the_snapshot_loads_is_not_lost(settings: Settings, db: asyncpg.Pool) -> None:
     """The end offsets are read before the snapshot: a change the snapshot misses is on the stream.
 
     The test holds the snapshot query on a table lock, publishes a version the
@@ -268,9 +289,7 @@ async def test_a_change_published_while_the_snapshot_loads_is_not_lost(
                 await follower.stop()
 
 
-async def test_records_published_before_start_are_covered_by_the_snapshot(
-    settings: Settings, db: asyncpg.Pool
-) -> None:
+async def test_records_published_before_start_are_covered_by_the_snapshot(settings: Settings, db: asyncpg.Pool) -> None:
     # The mapping service publishes after committing, so what is on the topic
     # before start is in the database too; the follower starts at the end of
     # the topic and does not replay it.
@@ -378,8 +397,7 @@ async def test_bad_requests_answer_invalid_parameter(settings: Settings, db: asy
 
 
 async def test_batch_answers_every_key_in_order(settings: Settings, db: asyncpg.Pool) -> None:
-    await insert_havip(db, "havip-1", version=2, ip="10.0.0.100", eip="203.0.113.7", owner=OWNER_A,
-                       attached=(OWNER_A,))
+    await insert_havip(db, "havip-1", version=2, ip="10.0.0.100", eip="203.0.113.7", owner=OWNER_A, attached=(OWNER_A,))
     await insert_havip(db, "havip-2", version=1, ip="10.0.0.101")
     async with running(settings) as (_, client):
         await ready(client)
@@ -394,8 +412,14 @@ async def test_batch_answers_every_key_in_order(settings: Settings, db: asyncpg.
         routes = answer.json()["routes"]
         assert [r["havip_id"] if r else None for r in routes] == ["havip-2", None, "havip-1", "havip-1"]
         assert routes[0]["instance_id"] is None
-        assert routes[3] == {"havip_id": "havip-1", "version": 2, "instance_id": "i-a", "eni_id": None,
-                             "private_ip": "10.0.0.11", "host_id": "host-a"}
+        assert routes[3] == {
+            "havip_id": "havip-1",
+            "version": 2,
+            "instance_id": "i-a",
+            "eni_id": None,
+            "private_ip": "10.0.0.11",
+            "host_id": "host-a",
+        }
 
         answer = await client.post("/v1/routes:batch", json={"keys": [{"ip": "10.0.0.1"}] * 1000})
         assert answer.status_code == 200 and answer.json()["routes"] == [None] * 1000

@@ -79,14 +79,26 @@ async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
 
 async def seed_havip(db: asyncpg.Pool, havip_id: str, tenant_id: str = TENANT, **columns: Any) -> None:
     row = {
-        "vpc_id": "vpc-1", "vswitch_id": "vsw-1", "ip_address": "192.168.1.100", "status": "Available",
-        "version": 1, **columns,
+        "vpc_id": "vpc-1",
+        "vswitch_id": "vsw-1",
+        "ip_address": "192.168.1.100",
+        "status": "Available",
+        "version": 1,
+        **columns,
     }
     await db.execute(
         "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, status, version, name,"
         " eip_address, owner_target_id) VALUES ($1, $2, $3, $4, $5::inet, $6, $7, $8, $9::inet, $10)",
-        havip_id, tenant_id, row["vpc_id"], row["vswitch_id"], row["ip_address"], row["status"], row["version"],
-        row.get("name", ""), row.get("eip_address"), row.get("owner_target_id"),
+        havip_id,
+        tenant_id,
+        row["vpc_id"],
+        row["vswitch_id"],
+        row["ip_address"],
+        row["status"],
+        row["version"],
+        row.get("name", ""),
+        row.get("eip_address"),
+        row.get("owner_target_id"),
     )
 
 
@@ -134,7 +146,10 @@ async def test_create_answers_creating_and_publishes_the_command(
     assert command.command_id == operation["operation_id"]
     assert (command.tenant_id, command.havip_id) == (TENANT, havip["havip_id"])
     assert (command.vswitch_id, command.ip_address, command.name, command.description) == (
-        "vsw-1", "192.168.1.50", "web", "front",
+        "vsw-1",
+        "192.168.1.50",
+        "web",
+        "front",
     )
 
     # Until the mapping service writes it, the HAVIP is read from its create operation.
@@ -158,23 +173,22 @@ async def test_create_without_an_address_leaves_the_choice_to_quota(
 
 @pytest.mark.parametrize(
     ("address", "code"),
-    [("2001:db8::1", "InvalidIpAddress.Version"), ("192.168.1.300", "InvalidIpAddress.Malformed"),
-     ("web", "InvalidIpAddress.Malformed")],
+    [
+        ("2001:db8::1", "InvalidIpAddress.Version"),
+        ("192.168.1.300", "InvalidIpAddress.Malformed"),
+        ("web", "InvalidIpAddress.Malformed"),
+    ],
 )
 async def test_create_refuses_addresses_that_are_not_ipv4(
     gateway: httpx.AsyncClient, db: asyncpg.Pool, address: str, code: str
 ) -> None:
-    answer = await gateway.post(
-        "/v1/havips", json={"vswitch_id": "vsw-1", "ip_address": address}, headers=TENANT_AUTH
-    )
+    answer = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1", "ip_address": address}, headers=TENANT_AUTH)
     assert_error(answer, 400, code)
     assert await db.fetchval("SELECT count(*) FROM operations") == 0
 
 
 async def test_a_malformed_body_is_invalid_parameter_naming_the_field(gateway: httpx.AsyncClient) -> None:
-    missing = await gateway.post(
-        "/v1/havips", json={"name": "x"}, headers={**TENANT_AUTH, "X-Request-ID": "req-123"}
-    )
+    missing = await gateway.post("/v1/havips", json={"name": "x"}, headers={**TENANT_AUTH, "X-Request-ID": "req-123"})
     body = assert_error(missing, 400, "InvalidParameter")
     assert body["request_id"] == "req-123"
     assert "vswitch_id" in body["message"]
@@ -223,9 +237,7 @@ async def test_another_tenants_havip_answers_as_if_it_did_not_exist(
         detach = await gateway.delete(f"/v1/havips/{havip_id}/associations/i-web1", headers=TENANT_AUTH)
         assert_error(detach, 404, "NotFound.HaVip")
     assert_error(await gateway.get("/v1/havips/havip-nothing", headers=TENANT_AUTH), 404, "NotFound.HaVip")
-    assert_error(
-        await gateway.get(f"/v1/operations/{operation_id}", headers=TENANT_AUTH), 404, "NotFound.Operation"
-    )
+    assert_error(await gateway.get(f"/v1/operations/{operation_id}", headers=TENANT_AUTH), 404, "NotFound.Operation")
     report = {"havip_id": "havip-of-b", "state": "MASTER", "priority": 100, "seq": 1}
     assert_error(await gateway.post("/v1/vrrp-events", json=report, headers=bearer(AGENT_TOKEN)), 404, "NotFound.HaVip")
     # Only the other tenant's own create reached the commands topic.
@@ -251,14 +263,16 @@ async def test_the_same_idempotency_key_and_request_answer_the_first_operation(
     assert_error(different, 409, "IdempotentParameterMismatch")
     # The same key on another call is another request too.
     other_call = await gateway.post(
-        f"/v1/havips/{first.json()['havip']['havip_id']}/associations", json={"instance_id": "i-web1"},
+        f"/v1/havips/{first.json()['havip']['havip_id']}/associations",
+        json={"instance_id": "i-web1"},
         headers=headers,
     )
     assert_error(other_call, 409, "IdempotentParameterMismatch")
 
     # Keys are per tenant: another tenant's identical key is its own.
     theirs = await gateway.post(
-        "/v1/havips", json={"vswitch_id": "vsw-1", "name": "web"},
+        "/v1/havips",
+        json={"vswitch_id": "vsw-1", "name": "web"},
         headers={**bearer(OTHER_TOKEN), "Idempotency-Key": "create-web-1"},
     )
     assert theirs.status_code == 202
@@ -277,10 +291,12 @@ async def test_concurrent_requests_with_one_key_create_one_operation(
     # would arrive after the race is over.
     await asyncio.gather(*(gateway.get("/v1/operations/op-none", headers=TENANT_AUTH) for _ in range(10)))
     headers = {**TENANT_AUTH, "Idempotency-Key": "attach-web1"}
-    answers = await asyncio.gather(*(
-        gateway.post("/v1/havips/havip-1/associations", json={"instance_id": "i-web1"}, headers=headers)
-        for _ in range(6)
-    ))
+    answers = await asyncio.gather(
+        *(
+            gateway.post("/v1/havips/havip-1/associations", json={"instance_id": "i-web1"}, headers=headers)
+            for _ in range(6)
+        )
+    )
     assert [a.status_code for a in answers] == [202] * 6, [a.text for a in answers]
     assert len({a.json()["operation"]["operation_id"] for a in answers}) == 1
     assert await db.fetchval("SELECT count(*) FROM operations") == 1
@@ -318,9 +334,7 @@ async def test_attach_needs_exactly_one_target(gateway: httpx.AsyncClient, db: a
         assert_error(answer, 400, "InvalidParameter")
 
 
-async def test_a_havip_being_created_can_already_be_attached(
-    gateway: httpx.AsyncClient, settings: Settings
-) -> None:
+async def test_a_havip_being_created_can_already_be_attached(gateway: httpx.AsyncClient, settings: Settings) -> None:
     created = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)
     havip_id = created.json()["havip"]["havip_id"]
     attach = await gateway.post(
@@ -337,7 +351,8 @@ async def test_a_havip_shows_attachments_their_last_reports_and_the_owner(
 ) -> None:
     await db.execute(
         "INSERT INTO instances VALUES ('i-web1', $1, 'vpc-1', 'vsw-1', '192.168.1.11', 'Running', 'host-a', 1),"
-        " ('i-web2', $1, 'vpc-1', 'vsw-1', '192.168.1.12', 'Running', 'host-b', 1)", TENANT,
+        " ('i-web2', $1, 'vpc-1', 'vsw-1', '192.168.1.12', 'Running', 'host-b', 1)",
+        TENANT,
     )
     await seed_havip(
         db, "havip-1", status="InUse", version=7, name="web", eip_address="203.0.113.10", owner_target_id="i-web1"
@@ -346,16 +361,17 @@ async def test_a_havip_shows_attachments_their_last_reports_and_the_owner(
         "INSERT INTO attachments (havip_id, target_id, instance_id) VALUES"
         " ('havip-1', 'i-web1', 'i-web1'), ('havip-1', 'i-web2', 'i-web2')"
     )
-    await db.execute(
-        "INSERT INTO vrrp_reports VALUES ('havip-1', 'i-web1', 'MASTER', 150, 9, now(), now())"
-    )
+    await db.execute("INSERT INTO vrrp_reports VALUES ('havip-1', 'i-web1', 'MASTER', 150, 9, now(), now())")
     answer = await gateway.get("/v1/havips/havip-1", headers=TENANT_AUTH)
     assert answer.status_code == 200, answer.text
     havip = answer.json()
     assert (havip["status"], havip["version"], havip["name"]) == ("InUse", 7, "web")
     assert (havip["ip_address"], havip["eip_address"], havip["vpc_id"]) == ("192.168.1.100", "203.0.113.10", "vpc-1")
     assert havip["owner"] == {
-        "instance_id": "i-web1", "eni_id": None, "private_ip": "192.168.1.11", "host_id": "host-a",
+        "instance_id": "i-web1",
+        "eni_id": None,
+        "private_ip": "192.168.1.11",
+        "host_id": "host-a",
     }
     attachments = {a["target_id"]: a for a in havip["attachments"]}
     assert set(attachments) == {"i-web1", "i-web2"}
@@ -415,8 +431,13 @@ async def test_a_vrrp_report_is_published_with_the_tokens_instance(
     answer = await gateway.post(
         "/v1/vrrp-events",
         # The agent cannot speak for another instance: instance and tenant come from its token.
-        json={"havip_id": "havip-1", "state": "MASTER", "priority": 150, "seq": 42,
-              "reported_at": "2024-05-01T10:00:00+00:00"},
+        json={
+            "havip_id": "havip-1",
+            "state": "MASTER",
+            "priority": 150,
+            "seq": 42,
+            "reported_at": "2024-05-01T10:00:00+00:00",
+        },
         headers=bearer(AGENT_TOKEN),
     )
     assert answer.status_code == 202, answer.text
@@ -429,17 +450,20 @@ async def test_a_vrrp_report_is_published_with_the_tokens_instance(
     assert report.received_at > report.reported_at
 
     no_time = await gateway.post(
-        "/v1/vrrp-events", json={"havip_id": "havip-1", "state": "BACKUP", "priority": 100, "seq": 43},
+        "/v1/vrrp-events",
+        json={"havip_id": "havip-1", "state": "BACKUP", "priority": 100, "seq": 43},
         headers=bearer(AGENT_TOKEN),
     )
     assert no_time.status_code == 202
     reports = await read_topic(settings, topics.VRRP, until=2)
     assert reports[1].reported_at == reports[1].received_at
 
-    for bad in ({"havip_id": "havip-1", "state": "LEADER", "priority": 1, "seq": 1},
-                {"havip_id": "havip-1", "state": "MASTER", "priority": 256, "seq": 1},
-                {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": -1},
-                {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": 1, "instance_id": "i-web2"}):
+    for bad in (
+        {"havip_id": "havip-1", "state": "LEADER", "priority": 1, "seq": 1},
+        {"havip_id": "havip-1", "state": "MASTER", "priority": 256, "seq": 1},
+        {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": -1},
+        {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": 1, "instance_id": "i-web2"},
+    ):
         refused = await gateway.post("/v1/vrrp-events", json=bad, headers=bearer(AGENT_TOKEN))
         assert_error(refused, 400, "InvalidParameter")
 
@@ -461,8 +485,11 @@ async def test_a_rejection_fails_the_operation_and_later_results_change_nothing(
     havip_id = created.json()["havip"]["havip_id"]
     results = topic_name(settings, topics.RESULTS)
     rejected = CommandRejected(
-        command_id=operation_id, havip_id=havip_id, stage="quota",
-        code="InvalidIpAddress.Exhausted", reason="no free address in vsw-1",
+        command_id=operation_id,
+        havip_id=havip_id,
+        stage="quota",
+        code="InvalidIpAddress.Exhausted",
+        reason="no free address in vsw-1",
     )
     await producer.send_and_wait(results, key=operation_id.encode(), value=topics.encode(rejected))
 
@@ -535,20 +562,31 @@ async def test_results_are_applied_after_a_restart_without_being_lost(
     # While no gateway runs, a result arrives; the next gateway must apply it.
     op_two = two["operation"]["operation_id"]
     await producer.send_and_wait(
-        results, key=op_two.encode(),
-        value=topics.encode(CommandRejected(command_id=op_two, havip_id=two["havip"]["havip_id"], stage="quota",
-                                            code="QuotaExceeded.InstanceHaVip", reason="too many")),
+        results,
+        key=op_two.encode(),
+        value=topics.encode(
+            CommandRejected(
+                command_id=op_two,
+                havip_id=two["havip"]["havip_id"],
+                stage="quota",
+                code="QuotaExceeded.InstanceHaVip",
+                reason="too many",
+            )
+        ),
     )
     async with running_gateway(settings) as second:
+
         async def two_failed() -> bool:
             return (await _operation_status(second, op_two))["status"] == "Failed"
 
         await eventually(two_failed)
 
 
-
 async def test_a_result_that_met_a_database_failure_is_retried_not_skipped(
-    gateway: httpx.AsyncClient, producer: AIOKafkaProducer, settings: Settings, db: asyncpg.Pool,
+    gateway: httpx.AsyncClient,
+    producer: AIOKafkaProducer,
+    settings: Settings,
+    db: asyncpg.Pool,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     created = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)
@@ -608,9 +646,7 @@ async def test_a_command_the_broker_did_not_take_fails_its_operation(
 # --- as a process ---------------------------------------------------------------------------------
 
 
-def test_havip_serve_gateway_becomes_ready_and_stops_cleanly_on_sigterm(
-    settings: Settings, workdir: Path
-) -> None:
+def test_havip_serve_gateway_becomes_ready_and_stops_cleanly_on_sigterm(settings: Settings, workdir: Path) -> None:
     gateway = ServiceProcess("gateway", settings, workdir).start()
     try:
         gateway.wait_ready(timeout=120)
@@ -624,9 +660,7 @@ def test_havip_serve_gateway_becomes_ready_and_stops_cleanly_on_sigterm(
     assert "Traceback" not in log
 
 
-async def test_havip_serve_gateway_refuses_an_older_schema(
-    settings: Settings, db: asyncpg.Pool, workdir: Path
-) -> None:
+async def test_havip_serve_gateway_refuses_an_older_schema(settings: Settings, db: asyncpg.Pool, workdir: Path) -> None:
     await db.execute("DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM schema_migrations)")
     gateway = ServiceProcess("gateway", settings, workdir).start()
     assert gateway.process is not None

@@ -21,8 +21,16 @@ pytestmark = pytest.mark.integration
 
 def _report(havip: str, instance: str, state: VrrpState, seq: int, priority: int = 100) -> VrrpReported:
     now = datetime.now(UTC)
-    return VrrpReported(havip_id=havip, tenant_id=TENANT, instance_id=instance, state=state, priority=priority,
-                        seq=seq, reported_at=now, received_at=now)
+    return VrrpReported(
+        havip_id=havip,
+        tenant_id=TENANT,
+        instance_id=instance,
+        state=state,
+        priority=priority,
+        seq=seq,
+        reported_at=now,
+        received_at=now,
+    )
 
 
 def _member(havip: int, k: int, per_havip: int) -> str:
@@ -33,11 +41,22 @@ def _member(havip: int, k: int, per_havip: int) -> str:
 async def _build_havips(publish: Publisher, settings: Settings, havips: int, per_havip: int) -> None:
     await publish.inventory(inventory(instances=havips * per_havip))
     for h in range(havips):
-        await publish.send(topics.COMMANDS, f"havip-{h}", CreateHaVip(
-            command_id=f"create-{h}", tenant_id=TENANT, havip_id=f"havip-{h}", vswitch_id="vsw-a"))
+        await publish.send(
+            topics.COMMANDS,
+            f"havip-{h}",
+            CreateHaVip(command_id=f"create-{h}", tenant_id=TENANT, havip_id=f"havip-{h}", vswitch_id="vsw-a"),
+        )
         for i in range(per_havip):
-            await publish.send(topics.COMMANDS, f"havip-{h}", AttachHaVip(
-                command_id=f"attach-{h}-{i}", tenant_id=TENANT, havip_id=f"havip-{h}", target_id=_member(h, i, per_havip)))
+            await publish.send(
+                topics.COMMANDS,
+                f"havip-{h}",
+                AttachHaVip(
+                    command_id=f"attach-{h}-{i}",
+                    tenant_id=TENANT,
+                    havip_id=f"havip-{h}",
+                    target_id=_member(h, i, per_havip),
+                ),
+            )
     results = await read_topic(settings, topics.RESULTS, until=havips * (1 + per_havip), timeout=90)
     assert {r.type for r in results} == {"CommandSucceeded"}, results
 
@@ -109,7 +128,9 @@ async def test_reports_follow_the_owner_rules_end_to_end(settings, db, start_ser
         # Owner stops: i-0 still claims MASTER, so it takes over.
         await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.STOP, seq=2, priority=200))
     letters = await read_topic(settings, topics.DEAD_LETTERS, until=2, timeout=30)
-    assert sorted(letter.code for letter in letters) == sorted([ErrorCode.REPORTER_NOT_ATTACHED, ErrorCode.MALFORMED_MESSAGE])
+    assert sorted(letter.code for letter in letters) == sorted(
+        [ErrorCode.REPORTER_NOT_ATTACHED, ErrorCode.MALFORMED_MESSAGE]
+    )
     deadline = asyncio.get_running_loop().time() + 30
     while asyncio.get_running_loop().time() < deadline:
         history = await db.fetch("SELECT previous_instance_id, instance_id, cause FROM owner_changes ORDER BY id")
@@ -157,8 +178,11 @@ async def test_stopped_moved_and_detached_owners(settings, db, start_service) ->
         # An older revision of the inventory changes nothing.
         await publish.inventory([instance(1, host="host-old", revision=1)])
 
-        await publish.send(topics.COMMANDS, "havip-0", DetachHaVip(
-            command_id="detach-1", tenant_id=TENANT, havip_id="havip-0", target_id="i-1"))
+        await publish.send(
+            topics.COMMANDS,
+            "havip-0",
+            DetachHaVip(command_id="detach-1", tenant_id=TENANT, havip_id="havip-0", target_id="i-1"),
+        )
         assert (await history_reaches(4))[-1] == ("i-1", None, "OwnerDetached")
     published = await read_topic(settings, topics.MAPPINGS, until=100, timeout=3)
     last = [m for m in published if m.havip_id == "havip-0"][-1]

@@ -40,20 +40,28 @@ def test_no_master_means_no_owner() -> None:
 
 
 def test_split_brain_goes_to_the_higher_priority() -> None:
-    both = view(report("i-a", VrrpState.MASTER, priority=100, at=0.0), report("i-b", VrrpState.MASTER, priority=150, at=0.5))
+    both = view(
+        report("i-a", VrrpState.MASTER, priority=100, at=0.0), report("i-b", VrrpState.MASTER, priority=150, at=0.5)
+    )
     assert elect(both, WINDOW) == B
-    reversed_order = view(report("i-b", VrrpState.MASTER, priority=150, at=0.0), report("i-a", VrrpState.MASTER, priority=100, at=0.5))
+    reversed_order = view(
+        report("i-b", VrrpState.MASTER, priority=150, at=0.0), report("i-a", VrrpState.MASTER, priority=100, at=0.5)
+    )
     assert elect(reversed_order, WINDOW) == B
 
 
 def test_split_brain_with_equal_priority_goes_to_the_higher_primary_ip() -> None:
-    both = view(report("i-b", VrrpState.MASTER, priority=100, at=0.0), report("i-a", VrrpState.MASTER, priority=100, at=0.1))
+    both = view(
+        report("i-b", VrrpState.MASTER, priority=100, at=0.0), report("i-a", VrrpState.MASTER, priority=100, at=0.1)
+    )
     assert elect(both, WINDOW) == B  # 10.0.0.12 > 10.0.0.11, RFC 5798 §6.4.3
 
 
 def test_a_later_master_claim_is_a_failover_even_with_lower_priority() -> None:
     # The old master died without a word; keepalived promoted the backup.
-    failover = view(report("i-a", VrrpState.MASTER, priority=150, at=0.0), report("i-b", VrrpState.MASTER, priority=100, at=10.0))
+    failover = view(
+        report("i-a", VrrpState.MASTER, priority=150, at=0.0), report("i-b", VrrpState.MASTER, priority=100, at=10.0)
+    )
     assert elect(failover, WINDOW) == B
 
 
@@ -98,12 +106,22 @@ def test_every_owner_change_says_why() -> None:
     change = explain(owned, detached, None, WINDOW)
     assert change is not None and change.cause is OwnerCause.OWNER_DETACHED
 
-    split = view(report("i-a", VrrpState.MASTER, priority=100, at=0.0), report("i-b", VrrpState.MASTER, priority=200, at=0.3), owner="i-a")
+    split = view(
+        report("i-a", VrrpState.MASTER, priority=100, at=0.0),
+        report("i-b", VrrpState.MASTER, priority=200, at=0.3),
+        owner="i-a",
+    )
     change = explain(owned, split, B, WINDOW)
     assert change is not None and change.cause is OwnerCause.SPLIT_BRAIN_RESOLVED
 
-    takeover_before = view(report("i-a", VrrpState.MASTER, at=0.0), report("i-b", VrrpState.MASTER, at=0.1, priority=50), owner="i-a")
-    takeover_after = view(report("i-a", VrrpState.BACKUP, seq=2, at=3.0), report("i-b", VrrpState.MASTER, at=0.1, priority=50), owner="i-a")
+    takeover_before = view(
+        report("i-a", VrrpState.MASTER, at=0.0), report("i-b", VrrpState.MASTER, at=0.1, priority=50), owner="i-a"
+    )
+    takeover_after = view(
+        report("i-a", VrrpState.BACKUP, seq=2, at=3.0),
+        report("i-b", VrrpState.MASTER, at=0.1, priority=50),
+        owner="i-a",
+    )
     change = explain(takeover_before, takeover_after, B, WINDOW)
     assert change is not None and change.cause is OwnerCause.TAKEOVER
 

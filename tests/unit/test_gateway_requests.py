@@ -8,10 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, HaVipError
-from services.runtime.http import describe_validation_errors
 from services.gateway.idempotency import check_idempotency_key, request_fingerprint
 from services.gateway.models import AssociationRequest, CreateHaVipRequest, VrrpEventRequest, check_havip_address
 from services.gateway.paging import decode_page_token, encode_page_token
+from services.runtime.http import describe_validation_errors
 
 
 def test_a_fingerprint_ignores_key_order_but_not_values_method_or_path() -> None:
@@ -67,9 +67,14 @@ def test_havip_addresses_are_ipv4_in_canonical_form() -> None:
 
 @pytest.mark.parametrize(
     ("value", "code"),
-    [("2001:db8::1", ErrorCode.IP_VERSION), ("::ffff:10.0.0.1", ErrorCode.IP_VERSION),
-     ("10.0.0.256", ErrorCode.IP_MALFORMED), ("10.0.0.1/32", ErrorCode.IP_MALFORMED),
-     ("", ErrorCode.IP_MALFORMED), (" 10.0.0.1", ErrorCode.IP_MALFORMED)],
+    [
+        ("2001:db8::1", ErrorCode.IP_VERSION),
+        ("::ffff:10.0.0.1", ErrorCode.IP_VERSION),
+        ("10.0.0.256", ErrorCode.IP_MALFORMED),
+        ("10.0.0.1/32", ErrorCode.IP_MALFORMED),
+        ("", ErrorCode.IP_MALFORMED),
+        (" 10.0.0.1", ErrorCode.IP_MALFORMED),
+    ],
 )
 def test_other_addresses_are_refused_with_their_reason(value: str, code: ErrorCode) -> None:
     with pytest.raises(HaVipError) as caught:

@@ -14,7 +14,11 @@ LIMITS = rules.Limits()
 
 def target(**overrides: object) -> rules.Target:
     fields: dict[str, object] = dict(
-        target_id="i-1", instance_id="i-1", eni_id=None, tenant_id="tenant-1", vswitch_id="vsw-a",
+        target_id="i-1",
+        instance_id="i-1",
+        eni_id=None,
+        tenant_id="tenant-1",
+        vswitch_id="vsw-a",
         instance_status="Running",
     )
     fields.update(overrides)
@@ -29,8 +33,12 @@ def code_of(action: object) -> ErrorCode:
 
 def attach(t: rules.Target, *, attached: bool = False, havip_count: int = 0, instance_count: int = 0) -> None:
     rules.check_attachment(
-        HAVIP, t, instance_already_attached=attached, havip_attachments=havip_count,
-        instance_havips=instance_count, limits=LIMITS,
+        HAVIP,
+        t,
+        instance_already_attached=attached,
+        havip_attachments=havip_count,
+        instance_havips=instance_count,
+        limits=LIMITS,
     )
 
 

@@ -74,9 +74,7 @@ def test_a_replay_of_the_whole_history_changes_nothing() -> None:
 
 
 def test_out_of_order_delivery_ends_at_the_newest_version() -> None:
-    history = [
-        mapping(v, owner=OWNER_A if v % 2 else OWNER_B, ip_address=f"10.0.0.{100 + v}") for v in range(1, 30)
-    ]
+    history = [mapping(v, owner=OWNER_A if v % 2 else OWNER_B, ip_address=f"10.0.0.{100 + v}") for v in range(1, 30)]
     rng = random.Random(7)
     for _ in range(20):
         shuffled = history[:]
@@ -217,6 +215,7 @@ def test_answers_are_immutable() -> None:
 
 def test_a_lookup_takes_microseconds_in_a_large_table() -> None:
     table = RouteTable()
+
     def address(n: int) -> tuple[str, str]:
         return f"vpc-{n % 50}", f"10.{n // 65536}.{n // 256 % 256}.{n % 256}"
 
