@@ -11,19 +11,11 @@ from services.mapping.handlers import MappingHandlers
 from services.runtime.kafka import topic_name
 from services.runtime.logs import setup_logging
 from services.runtime.settings import Settings
-from services.runtime.stream import (
-    WorkerResources,
-    handle_stream,
-    new_stream_app,
-    raw_topic,
-    run_worker,
-)
+from services.runtime.stream import handle_stream, new_worker, raw_topic, run_worker
 
 
 def build_app(settings: Settings) -> faust.App:
-    app = new_stream_app(settings, "mapping")
-    resources = WorkerResources(settings, "mapping")
-    resources.attach(app, settings.mapping_port)
+    app, resources = new_worker(settings, "mapping", settings.mapping_port)
     handlers: MappingHandlers | None = None
 
     def current() -> MappingHandlers:

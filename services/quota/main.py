@@ -12,19 +12,11 @@ from services.runtime.inventory import InventoryChange, record_inventory
 from services.runtime.kafka import ConsumerGroupProgress, topic_name
 from services.runtime.logs import setup_logging
 from services.runtime.settings import Settings
-from services.runtime.stream import (
-    WorkerResources,
-    handle_stream,
-    new_stream_app,
-    raw_topic,
-    run_worker,
-)
+from services.runtime.stream import handle_stream, new_worker, raw_topic, run_worker
 
 
 def build_app(settings: Settings) -> faust.App:
-    app = new_stream_app(settings, "quota")
-    resources = WorkerResources(settings, "quota")
-    resources.attach(app, settings.quota_port)
+    app, resources = new_worker(settings, "quota", settings.quota_port)
     limits = Limits(
         attachments_per_havip=settings.max_attachments_per_havip,
         havips_per_instance=settings.max_havips_per_instance,

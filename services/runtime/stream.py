@@ -112,6 +112,14 @@ def raw_topic(app: faust.App, settings: Settings, *topics: Topic) -> faust.Topic
     return app.topic(*(topic_name(settings, t) for t in topics), key_serializer="raw", value_serializer="raw")
 
 
+def new_worker(settings: Settings, service: str, health_port: int) -> tuple[faust.App, WorkerResources]:
+    """A stream app with its resources (pool, producer, dead letters, health server) attached."""
+    app = new_stream_app(settings, service)
+    resources = WorkerResources(settings, service)
+    resources.attach(app, health_port)
+    return app, resources
+
+
 class WorkerResources:
     """What every stream handler needs, opened once when the worker starts."""
 
