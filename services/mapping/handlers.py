@@ -139,7 +139,11 @@ class MappingHandlers:
             if verdict is ReportVerdict.FRESH:
                 await store.save_report(conn, reported.havip_id, report)
                 # A report alone changes the published state only if it moves the owner.
-                await self._reelect(conn, reported.havip_id, before, only_if_owner_changed=True)
+                # The new view is the old one plus this report: no need to read it back.
+                after = HaVipView(
+                    before.owner_target_id, before.candidates, {**before.reports, report.instance_id: report}
+                )
+                await self._reelect(conn, reported.havip_id, before, after, only_if_owner_changed=True)
         await self.publish_state(reported.havip_id)
 
     async def on_inventory(self, change: InventoryChange) -> None:
@@ -158,9 +162,17 @@ class MappingHandlers:
             await self.publish_state(havip_id)
 
     async def _reelect(
-        self, conn: asyncpg.Connection, havip_id: str, before: HaVipView, *, only_if_owner_changed: bool = False
+        self,
+        conn: asyncpg.Connection,
+        havip_id: str,
+        before: HaVipView,
+        after: HaVipView | None = None,
+        *,
+        only_if_owner_changed: bool = False,
     ) -> None:
-        after = await store.load_view(conn, havip_id, before.owner_target_id)
+        """Elect from `after` (read from the tables unless the caller already knows it) and store the outcome."""
+        if after is None:
+            after = await store.load_view(conn, havip_id, before.owner_target_id)
         owner = elect(after, self._window)
         change = explain(before, after, owner, self._window)
         if change is None and only_if_owner_changed:
