@@ -48,20 +48,20 @@ def _topics(_: argparse.Namespace) -> int:
 
 
 def _dev_up(args: argparse.Namespace) -> int:
-    from services.devstack import run_dev_stack
+    from services.dev.stack import run_dev_stack
 
     return run_dev_stack(load_settings(), workdir=args.workdir)
 
 
 def _dev_seed(_: argparse.Namespace) -> int:
-    from services.devstack import seed
+    from services.dev.stack import seed
 
     asyncio.run(seed(load_settings()))
     return 0
 
 
 def _bench_failover(args: argparse.Namespace) -> int:
-    from services.bench import run_failover_bench
+    from services.dev.bench import run_failover_bench
 
     return run_failover_bench(load_settings(), rounds=args.rounds)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from services.dev.processes import ServiceProcess
 from services.runtime.db import connect_pool, migrate
-from services.runtime.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from services.runtime.kafka import ensure_topics
-from services.runtime.processes import ServiceProcess
 from services.runtime.settings import Settings
 
 

@@ -13,10 +13,10 @@ import httpx
 import psutil
 import pytest
 
-from services.devstack import DEMO_TENANT_TOKEN, demo_agent_tokens
-from services.runtime.processes import settings_env
+from services.dev.processes import settings_env
+from services.dev.stack import DEMO_TENANT_TOKEN, demo_agent_tokens
+from services.dev.walkthrough import Tenant, measure_failovers
 from services.runtime.settings import Settings
-from services.walkthrough import Tenant, measure_failovers
 
 pytestmark = pytest.mark.e2e
 

@@ -22,11 +22,11 @@ from prometheus_client import REGISTRY
 
 from schemas import topics
 from schemas.messages import DeadLettered, HaVipMappingChanged, HaVipStatus, Route
+from services.dev.embedded import free_port
+from services.dev.processes import ServiceProcess
 from services.forwarder.app import create_app
 from services.forwarder.follower import MappingFollower
-from services.runtime.embedded import free_port
 from services.runtime.kafka import new_producer, topic_name
-from services.runtime.processes import ServiceProcess
 from services.runtime.settings import Settings
 from tests.kafka_tools import read_topic
 

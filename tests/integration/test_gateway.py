@@ -25,10 +25,10 @@ from schemas.messages import (
     DetachHaVip,
     VrrpReported,
 )
+from services.dev.processes import ServiceProcess
 from services.gateway.app import create_app
 from services.gateway.tokens import Principal, store_token
 from services.runtime.kafka import new_producer, topic_name
-from services.runtime.processes import ServiceProcess
 from services.runtime.settings import Settings
 from tests.kafka_tools import read_topic
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from services.runtime.embedded import exit_with_parent
+from services.dev.embedded import exit_with_parent
 from services.runtime.settings import Settings
 
 PORT_SETTING = {

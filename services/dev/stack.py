@@ -23,16 +23,16 @@ from schemas.messages import (
     Message,
     VSwitchChanged,
 )
+from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres
+from services.dev.processes import ServiceProcess
 from services.gateway.tokens import Principal, store_token
 from services.runtime.db import connect_pool, migrate
-from services.runtime.embedded import EmbeddedBroker, EmbeddedPostgres
 from services.runtime.kafka import (
     ensure_topics,
     new_producer,
     topic_name,
     wait_for_broker,
 )
-from services.runtime.processes import ServiceProcess
 from services.runtime.settings import Settings
 
 DEMO_TENANT = "tenant-demo"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 
-from services.devstack import DEMO_TENANT_TOKEN, demo_agent_tokens, dev_stack
+from services.dev.stack import DEMO_TENANT_TOKEN, demo_agent_tokens, dev_stack
+from services.dev.walkthrough import Tenant, measure_failovers
 from services.runtime.settings import Settings
-from services.walkthrough import Tenant, measure_failovers
 
 
 def run_failover_bench(settings: Settings, rounds: int) -> int:
