@@ -11,7 +11,6 @@ request_id}`.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import ErrorCode, HaVipError
+from schemas.ipv4 import parse_ipv4
 from services.forwarder.follower import MappingFollower
 from services.forwarder.routes import RouteAnswer, RouteTable
 from services.runtime.db import connect_pool, require_current_schema
@@ -124,8 +124,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 def _lookup(table: RouteTable, vpc_id: str | None, ip: str) -> RouteAnswer | None:
     try:
-        address = str(ipaddress.IPv4Address(ip))
-    except ValueError:
+        address = str(parse_ipv4(ip))
+    except HaVipError:
         raise HaVipError(ErrorCode.INVALID_PARAMETER, f"ip {ip!r} is not an IPv4 address") from None
     return table.lookup(vpc_id, address) if vpc_id is not None else table.lookup_public(address)
 

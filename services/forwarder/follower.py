@@ -33,7 +33,7 @@ from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from schemas import topics
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import HaVipMappingChanged
 from services.forwarder.routes import RouteTable
 from services.mapping.published import load_mappings
@@ -216,7 +216,7 @@ class MappingFollower:
                 else:
                     try:
                         changed = self._apply(mapping, source="stream")
-                    except ValueError as exc:
+                    except HaVipError as exc:
                         await self._dead_letter(record, f"unusable address: {exc}")
                     else:
                         if changed:

@@ -14,9 +14,9 @@ late, older record cannot bring it back.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
+from schemas.ipv4 import parse_ipv4
 from schemas.messages import HaVipMappingChanged, HaVipStatus, Route
 
 PrivateKey = tuple[str, str]  # (vpc_id, canonical IPv4 text)
@@ -41,9 +41,9 @@ class _Held:
 def canonical_ip(text: str) -> str:
     """The one textual form of an address, so '10.0.0.5' is found however it was written.
 
-    Raises ValueError for anything that is not an IP address.
+    Raises HaVipError for anything that is not an IPv4 address.
     """
-    return str(ipaddress.ip_address(text.strip()))
+    return str(parse_ipv4(text))
 
 
 class RouteTable:
@@ -57,7 +57,7 @@ class RouteTable:
     def apply(self, mapping: HaVipMappingChanged) -> bool:
         """Take `mapping` if it is newer than what the table holds; True when it changed something.
 
-        Raises ValueError (and changes nothing) when an address is not an IP address.
+        Raises HaVipError (and changes nothing) when an address is not an IPv4 address.
         """
         known = self._versions.get(mapping.havip_id)
         if known is not None and mapping.version <= known:

@@ -6,13 +6,12 @@ not a silently ignored option.
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.errors import ErrorCode, HaVipError
+from schemas.ipv4 import parse_ipv4
 from schemas.messages import HaVipStatus, Id, VrrpState
 
 
@@ -65,13 +64,7 @@ def check_havip_address(value: str) -> str:
     Only syntax is checked here; whether the address lies in the vSwitch and
     is free is quota's decision, made against its ledger.
     """
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        raise HaVipError(ErrorCode.IP_MALFORMED, f"{value!r} is not an IP address") from None
-    if address.version != 4:
-        raise HaVipError(ErrorCode.IP_VERSION, "a HAVIP address must be IPv4")
-    return str(address)
+    return str(parse_ipv4(value))
 
 
 # --- answers -----------------------------------------------------------------

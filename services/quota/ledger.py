@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 import asyncpg
 
 from schemas.errors import ErrorCode, HaVipError
+from schemas.ipv4 import parse_ipv4
 from schemas.messages import (
     AttachHaVip,
     AttachmentAccepted,
@@ -105,7 +106,7 @@ class QuotaLedger:
             raise HaVipError(ErrorCode.HAVIP_STATUS, f"{command.havip_id} already exists")
         used = await _addresses_in_use(conn, vswitch)
         if command.ip_address is not None:
-            address = rules.parse_havip_address(command.ip_address)
+            address = parse_ipv4(command.ip_address)
             rules.check_address_in_vswitch(address, vswitch)
             rules.check_address_free(address, used)
         else:

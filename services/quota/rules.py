@@ -7,7 +7,6 @@ never race.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
@@ -49,16 +48,6 @@ class ReservedHaVip:
     havip_id: str
     tenant_id: str
     vswitch_id: str
-
-
-def parse_havip_address(text: str) -> IPv4Address:
-    try:
-        address = ipaddress.ip_address(text.strip())
-    except ValueError:
-        raise HaVipError(ErrorCode.IP_MALFORMED, f"{text!r} is not an IP address") from None
-    if not isinstance(address, IPv4Address):
-        raise HaVipError(ErrorCode.IP_VERSION, "a HAVIP is an IPv4 address; IPv6 is not supported")
-    return address
 
 
 def reserved_addresses(cidr: IPv4Network) -> frozenset[IPv4Address]:

@@ -5,6 +5,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from schemas.errors import ErrorCode, HaVipError
+from schemas.ipv4 import parse_ipv4
 from services.quota import rules
 
 VSW = rules.VSwitch("vsw-a", "tenant-1", "vpc-1", IPv4Network("192.168.1.0/24"))
@@ -43,9 +44,10 @@ def attach(t: rules.Target, *, attached: bool = False, havip_count: int = 0, ins
 
 
 def test_only_ipv4_addresses_are_havips() -> None:
-    assert rules.parse_havip_address(" 192.168.1.50 ") == IPv4Address("192.168.1.50")
-    assert code_of(lambda: rules.parse_havip_address("2001:db8::1")) is ErrorCode.IP_VERSION
-    assert code_of(lambda: rules.parse_havip_address("192.168.1.300")) is ErrorCode.IP_MALFORMED
+    assert parse_ipv4("192.168.1.50") == IPv4Address("192.168.1.50")
+    assert code_of(lambda: parse_ipv4(" 192.168.1.50 ")) is ErrorCode.IP_MALFORMED
+    assert code_of(lambda: parse_ipv4("2001:db8::1")) is ErrorCode.IP_VERSION
+    assert code_of(lambda: parse_ipv4("192.168.1.300")) is ErrorCode.IP_MALFORMED
 
 
 def test_address_must_lie_in_the_vswitch_and_not_be_reserved() -> None:

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from schemas.errors import HaVipError
 from schemas.messages import HaVipMappingChanged, HaVipStatus, Route
 from services.forwarder.routes import RouteAnswer, RouteTable, canonical_ip
 
@@ -189,16 +190,18 @@ def test_an_address_handed_over_between_havips_is_not_removed_by_the_old_holder(
 
 def test_addresses_are_indexed_in_canonical_form() -> None:
     table = RouteTable()
-    table.apply(mapping(1, ip_address=" 10.0.0.100", eip_address="203.0.113.7 "))
+    table.apply(mapping(1, ip_address="10.0.0.100", eip_address="203.0.113.7"))
     assert table.lookup("vpc-1", canonical_ip("10.0.0.100")) is not None
     assert table.lookup_public(canonical_ip("203.0.113.7")) is not None
+    with pytest.raises(HaVipError):  # one parser for every service: padding is not an address
+        table.apply(mapping(2, ip_address=" 10.0.0.100"))
 
 
 @pytest.mark.parametrize("field", ["ip_address", "eip_address"])
 def test_a_mapping_with_a_bad_address_is_refused_and_changes_nothing(field: str) -> None:
     table = RouteTable()
     table.apply(mapping(1))
-    with pytest.raises(ValueError):
+    with pytest.raises(HaVipError):
         table.apply(mapping(2, owner=OWNER_B, **{field: "not-an-ip"}))
     assert table.lookup("vpc-1", "10.0.0.100") == RouteAnswer("havip-1", 1, OWNER_A)
     assert table.version_of("havip-1") == 1
