@@ -11,7 +11,8 @@
     ├── Unauthorized / Forbidden                                            401 / 403
     ├── NotFound / MethodNotAllowed (no such route or method)               404 / 405
     ├── ServiceUnavailable                                                  503
-    └── InternalError (a bug; logged, never a stack trace)                  500
+    ├── InternalError (a bug; logged, never a stack trace)                  500
+    └── Unappliable: a record a consumer dead-letters (VrrpReport.NotAttached, ApplyFailed, ...)
 
 The same codes travel in `havip.command-results` (a rejected command) and as
 dead-letter reasons, so an operator reading a dead letter and a tenant
@@ -85,6 +86,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_PARAMETER: 400,
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.REPORTER_NOT_ATTACHED: 409,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
@@ -103,3 +105,7 @@ class HaVipError(Exception):
     @property
     def http_status(self) -> int:
         return HTTP_STATUS.get(self.code, 400)
+
+
+class Unappliable(HaVipError):
+    """A well-formed record that can never be applied: a consumer dead-letters it with its code."""

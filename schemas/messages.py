@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
 
+# A VRRP report's sequence number is a signed 64-bit integer (Postgres bigint).
+MAX_SEQ = 2**63 - 1
+MAX_LEASE_SECONDS = 60.0
+
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 
 
@@ -203,9 +207,16 @@ class VrrpReported(Message):
     instance_id: Id
     state: VrrpState
     priority: int = Field(ge=0, le=255)
-    seq: int = Field(ge=0, description="Monotonic per instance agent; orders its reports.")
+    seq: int = Field(ge=0, le=MAX_SEQ, description="Monotonic per instance agent; orders its reports.")
     reported_at: datetime
-    received_at: datetime = Field(description="Gateway clock; compares reports of different instances.")
+    received_at: datetime = Field(description="Gateway clock; leases run from it.")
+    lease_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LEASE_SECONDS,
+        description="How long a MASTER claim stays live unless renewed; null: until the instance reports"
+        " another state (a notify script, which cannot renew). 0: a claim no longer known to be live.",
+    )
 
 
 # --- havip.mappings (compacted, key: havip_id) -------------------------------

@@ -1,21 +1,36 @@
 """Who owns a HAVIP: keepalived decides, this module only follows it.
 
-Pure functions over what the mapping tables hold for one HAVIP. The owner is
-recomputed from the stored state each time, never patched incrementally, so a
-replayed or re-ordered message cannot leave a different answer behind.
+Pure functions over what the mapping tables hold for one HAVIP, evaluated at
+a moment in time (a report's arrival, or the clock when a lease runs out).
+The owner is recomputed from the stored state each time, never patched
+incrementally, so a replayed or re-ordered message cannot leave a different
+answer behind.
+
+The rules (DESIGN.md, "Owner election rules"):
+- A MASTER claim is live while its lease runs (the agent renews it while
+  keepalived holds MASTER); a claim without a lease (a plain notify script,
+  which cannot renew) is live until the instance reports another state.
+- Among live claims of attached, running instances the higher priority wins,
+  then the higher primary IP (RFC 5798 §6.4.3), so during a split brain the
+  traffic stays on the node keepalived keeps once the nodes hear each other.
+- A lapsed claim alone does not take the HAVIP away: a killed keepalived
+  leaves the VIP on its interface and ARP would keep sending traffic there
+  until a backup announces itself. The owner changes when another instance
+  holds a live claim, or when the owner reports another state, is detached
+  or stops running.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 from ipaddress import IPv4Address
 
-from schemas.messages import VrrpState
+from schemas.messages import InstanceStatus, VrrpState
 
-ELIGIBLE_STATUSES = frozenset({"Running"})
+ELIGIBLE_STATUSES = frozenset({InstanceStatus.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -25,7 +40,7 @@ class Candidate:
     target_id: str
     instance_id: str
     primary_ip: IPv4Address
-    instance_status: str
+    instance_status: InstanceStatus
 
     @property
     def eligible(self) -> bool:
@@ -43,6 +58,15 @@ class Report:
     seq: int
     reported_at: datetime
     received_at: datetime
+    # When a MASTER claim stops being live unless renewed; None: no lease (live until superseded).
+    expires_at: datetime | None = None
+
+    def live_at(self, at: datetime) -> bool:
+        return self.state is VrrpState.MASTER and (self.expires_at is None or at < self.expires_at)
+
+    def newer_than(self, other: Report) -> bool:
+        # An agent numbers its reports; the sequence orders them, its clock breaks ties.
+        return (self.seq, self.reported_at) > (other.seq, other.reported_at)
 
 
 class ReportVerdict(StrEnum):
@@ -52,12 +76,31 @@ class ReportVerdict(StrEnum):
 
 
 class OwnerCause(StrEnum):
-    MASTER_REPORTED = "MasterReported"
-    SPLIT_BRAIN_RESOLVED = "SplitBrainResolved"
-    OWNER_RELEASED = "OwnerReleased"
+    MASTER_REPORTED = "MasterReported"  # no owner before; a live claim takes it
+    HIGHER_PRIORITY_CLAIM = "HigherPriorityClaim"  # both claim MASTER; the one keepalived keeps wins
+    OWNER_CLAIM_LAPSED = "OwnerClaimLapsed"  # the owner's lease ran out while another claim was live
+    TAKEOVER = "Takeover"  # the owner reported another state; a live claim takes over
+    OWNER_RELEASED = "OwnerReleased"  # the owner reported another state; nobody claims it
     OWNER_DETACHED = "OwnerDetached"
-    OWNER_UNAVAILABLE = "OwnerInstanceUnavailable"
-    TAKEOVER = "Takeover"
+    OWNER_UNAVAILABLE = "OwnerInstanceUnavailable"  # stopped or deleted
+
+
+class TriggerKind(StrEnum):
+    VRRP_REPORT = "VrrpReport"
+    LEASE_EXPIRY = "LeaseExpiry"
+    COMMAND = "Command"
+    INVENTORY = "Inventory"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """What made the mapping service look again: stored with every owner change it causes."""
+
+    kind: TriggerKind
+    message_id: str | None = None
+    instance_id: str | None = None
+    seq: int | None = None
+    lease_expired_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +112,9 @@ class OwnerChange:
 
 
 @dataclass(frozen=True)
-class HaVipView:
+class Contest:
+    """One HAVIP as the election sees it: its owner, who may own it, and what each last said."""
+
     owner_target_id: str | None
     candidates: tuple[Candidate, ...]
     reports: Mapping[str, Report]  # by instance_id
@@ -77,76 +122,120 @@ class HaVipView:
     def candidate(self, target_id: str | None) -> Candidate | None:
         return next((c for c in self.candidates if c.target_id == target_id), None)
 
+    def with_report(self, report: Report) -> Contest:
+        return replace(self, reports={**self.reports, report.instance_id: report})
 
-def judge_report(view: HaVipView, report: Report) -> ReportVerdict:
-    if not any(c.instance_id == report.instance_id for c in view.candidates):
+    def claims(self, candidate: Candidate) -> bool:
+        """Whether this candidate may own and its last word is MASTER (live or not)."""
+        report = self.reports.get(candidate.instance_id)
+        return candidate.eligible and report is not None and report.state is VrrpState.MASTER
+
+    def live_claim(self, candidate: Candidate, at: datetime) -> bool:
+        report = self.reports.get(candidate.instance_id)
+        return candidate.eligible and report is not None and report.live_at(at)
+
+
+def judge_report(contest: Contest, report: Report) -> ReportVerdict:
+    if not any(c.instance_id == report.instance_id for c in contest.candidates):
         return ReportVerdict.NOT_ATTACHED
-    last = view.reports.get(report.instance_id)
-    # An agent numbers its reports; the sequence orders them, its clock breaks ties.
-    if last is not None and (report.seq, report.reported_at) <= (last.seq, last.reported_at):
+    last = contest.reports.get(report.instance_id)
+    if last is not None and not report.newer_than(last):
         return ReportVerdict.STALE
     return ReportVerdict.FRESH
 
 
-def elect(view: HaVipView, split_brain_window: timedelta) -> Candidate | None:
-    """The owner the stored reports call for.
+def rank(candidate: Candidate, report: Report) -> tuple[int, IPv4Address, str]:
+    # RFC 5798 §6.4.3: higher priority, then higher primary address; the id only makes it total.
+    return (report.priority, candidate.primary_ip, candidate.target_id)
 
-    Every eligible instance whose last report is MASTER claims the HAVIP. The
-    newest claim wins, because keepalived only promotes a backup after it
-    stopped hearing the master. Claims within `split_brain_window` of the
-    newest are simultaneous (split brain): as in RFC 5798 §6.4.3 the higher
-    priority wins, then the higher primary IP.
+
+def elect(contest: Contest, at: datetime) -> Candidate | None:
+    """The owner the stored reports call for at `at`."""
+    live = [c for c in contest.candidates if contest.live_claim(c, at)]
+    if live:
+        return max(live, key=lambda c: rank(c, contest.reports[c.instance_id]))
+    owner = contest.candidate(contest.owner_target_id)
+    if owner is not None and contest.claims(owner):
+        return owner  # its claim lapsed, but nobody else claims it: traffic stays where ARP would send it
+    return None
+
+
+def renewal_changes_nothing(contest: Contest, report: Report) -> bool:
+    """Whether a fresh report only extends a claim that is still live, so no owner can change.
+
+    This is the cheap path for lease renewals (`store.renew_claim` asks the
+    same in one statement): the same MASTER state and priority, a claim still
+    live when the renewal arrives, and an owner that is either this instance
+    or itself still live, so neither a lapse nor a new ranking is due.
     """
-    claims = [
-        (c, view.reports[c.instance_id])
-        for c in view.candidates
-        if c.eligible and c.instance_id in view.reports and view.reports[c.instance_id].state == VrrpState.MASTER
-    ]
-    if not claims:
-        return None
-    newest = max(report.received_at for _, report in claims)
-    contenders = [(c, r) for c, r in claims if newest - r.received_at <= split_brain_window]
-    return max(contenders, key=lambda cr: (cr[1].priority, cr[0].primary_ip, cr[0].target_id))[0]
+    last = contest.reports.get(report.instance_id)
+    if report.state is not VrrpState.MASTER or report.expires_at is None or report.expires_at <= report.received_at:
+        return False
+    if last is None or last.state is not VrrpState.MASTER or last.expires_at is None:
+        return False
+    if last.priority != report.priority or not last.live_at(report.received_at) or not report.newer_than(last):
+        return False
+    owner = contest.candidate(contest.owner_target_id)
+    if owner is None:
+        return False
+    if owner.instance_id == report.instance_id:
+        return True
+    owner_report = contest.reports.get(owner.instance_id)
+    return owner_report is not None and owner_report.live_at(report.received_at)
 
 
-def explain(
-    before: HaVipView, after: HaVipView, owner: Candidate | None, split_brain_window: timedelta
-) -> OwnerChange | None:
+def lapse_due(contest: Contest, at: datetime) -> bool:
+    """Whether the owner's claim has lapsed while another live claim waits: the owner must change now."""
+    owner = contest.candidate(contest.owner_target_id)
+    if owner is None or contest.live_claim(owner, at):
+        return False
+    return any(contest.live_claim(c, at) for c in contest.candidates if c.target_id != owner.target_id)
+
+
+def explain(before: Contest, after: Contest, owner: Candidate | None, at: datetime) -> OwnerChange | None:
     """Why the owner changed (the history an operator reads), or None if it did not."""
     previous = before.candidate(before.owner_target_id)
     if _target(previous) == _target(owner):
         return None
-    if owner is None:
-        assert previous is not None
-        return OwnerChange(previous, None, _loss_cause(after, previous), _loss_detail(after, previous))
-    report = after.reports[owner.instance_id]
-    claim = f"{owner.instance_id} reported MASTER (priority {report.priority})"
     if previous is None:
-        return OwnerChange(None, owner, OwnerCause.MASTER_REPORTED, claim)
+        assert owner is not None
+        return OwnerChange(None, owner, OwnerCause.MASTER_REPORTED, _claim(after, owner))
+    now = after.candidate(previous.target_id)
+    if now is None:
+        return OwnerChange(
+            previous, owner, OwnerCause.OWNER_DETACHED, _handover(f"{previous.instance_id} was detached", after, owner)
+        )
+    if not now.eligible:
+        return OwnerChange(
+            previous,
+            owner,
+            OwnerCause.OWNER_UNAVAILABLE,
+            _handover(f"{previous.instance_id} is {now.instance_status.value}", after, owner),
+        )
     theirs = after.reports.get(previous.instance_id)
-    if (
-        _claims_master(after, previous)
-        and theirs
-        and abs(report.received_at - theirs.received_at) <= split_brain_window
-    ):
+    if after.claims(now) and owner is not None and theirs is not None:
+        ours = after.reports[owner.instance_id]
+        if theirs.live_at(at):
+            return OwnerChange(
+                previous,
+                owner,
+                OwnerCause.HIGHER_PRIORITY_CLAIM,
+                f"both claim MASTER: {owner.instance_id} (priority {ours.priority}, {owner.primary_ip}) outranks "
+                f"{previous.instance_id} (priority {theirs.priority}, {previous.primary_ip})",
+            )
+        assert theirs.expires_at is not None
         return OwnerChange(
             previous,
             owner,
-            OwnerCause.SPLIT_BRAIN_RESOLVED,
-            f"both claim MASTER: {owner.instance_id} (priority {report.priority}, {owner.primary_ip}) wins over "
-            f"{previous.instance_id} (priority {theirs.priority}, {previous.primary_ip})",
+            OwnerCause.OWNER_CLAIM_LAPSED,
+            f"{previous.instance_id}'s claim lapsed at {theirs.expires_at.isoformat()} (no renewal); "
+            f"{_claim(after, owner)}",
         )
-    if _claims_master(after, previous):
-        return OwnerChange(
-            previous,
-            owner,
-            OwnerCause.MASTER_REPORTED,
-            f"{claim}, after {previous.instance_id}'s last MASTER report: keepalived promoted a backup",
-        )
-    if before.reports.get(owner.instance_id) != report:
-        return OwnerChange(previous, owner, OwnerCause.MASTER_REPORTED, f"{claim}; {_loss_detail(after, previous)}")
+    said = theirs.state.value if theirs else "nothing"
+    if owner is None:
+        return OwnerChange(previous, None, OwnerCause.OWNER_RELEASED, f"{previous.instance_id} reported {said}")
     return OwnerChange(
-        previous, owner, OwnerCause.TAKEOVER, f"{owner.instance_id} was MASTER; {_loss_detail(after, previous)}"
+        previous, owner, OwnerCause.TAKEOVER, f"{previous.instance_id} reported {said}; {_claim(after, owner)}"
     )
 
 
@@ -154,26 +243,11 @@ def _target(candidate: Candidate | None) -> str | None:
     return candidate.target_id if candidate else None
 
 
-def _claims_master(view: HaVipView, candidate: Candidate) -> bool:
-    current = view.candidate(candidate.target_id)
-    report = view.reports.get(candidate.instance_id)
-    return current is not None and current.eligible and report is not None and report.state == VrrpState.MASTER
+def _claim(contest: Contest, owner: Candidate) -> str:
+    report = contest.reports[owner.instance_id]
+    lease = "no lease" if report.expires_at is None else f"lease until {report.expires_at.isoformat()}"
+    return f"{owner.instance_id} claims MASTER (priority {report.priority}, {lease})"
 
 
-def _loss_cause(after: HaVipView, previous: Candidate) -> OwnerCause:
-    current = after.candidate(previous.target_id)
-    if current is None:
-        return OwnerCause.OWNER_DETACHED
-    if not current.eligible:
-        return OwnerCause.OWNER_UNAVAILABLE
-    return OwnerCause.OWNER_RELEASED
-
-
-def _loss_detail(after: HaVipView, previous: Candidate) -> str:
-    current = after.candidate(previous.target_id)
-    if current is None:
-        return f"{previous.instance_id} was detached"
-    if not current.eligible:
-        return f"{previous.instance_id} is {current.instance_status}"
-    report = after.reports.get(previous.instance_id)
-    return f"{previous.instance_id} reported {report.state.value if report else 'nothing'}"
+def _handover(why: str, contest: Contest, owner: Candidate | None) -> str:
+    return why if owner is None else f"{why}; {_claim(contest, owner)}"

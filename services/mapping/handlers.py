@@ -1,22 +1,26 @@
 """What the mapping service does with each message: parse → decide (pure) → persist → publish.
 
-After every message, even one that changed nothing, the HAVIP's full state is
+After every message that may have changed a HAVIP, its full state is
 published again: if the worker died between its database commit and its
 publish, the redelivered message republishes what the first attempt lost.
 Forwarders apply a state only if its version is newer, so repeats are free.
+
+A lease renewal that changes nothing (the common case: every live master
+renews every second) costs one statement and publishes nothing; there is
+nothing new to publish, so a crash after it loses nothing either.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 from prometheus_client import Counter
 
 from schemas import topics
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, Unappliable
 from schemas.messages import (
     AttachmentAccepted,
     CommandSucceeded,
@@ -26,19 +30,22 @@ from schemas.messages import (
     HaVipStatus,
     InstanceChanged,
     VrrpReported,
+    utcnow,
 )
 from services.mapping import store
 from services.mapping.election import (
-    HaVipView,
+    Contest,
     Report,
     ReportVerdict,
+    Trigger,
+    TriggerKind,
     elect,
     explain,
     judge_report,
+    lapse_due,
 )
 from services.mapping.published import load_mappings
 from services.runtime.inventory import InventoryChange, record_inventory
-from services.runtime.stream import Unappliable
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +56,25 @@ Publish = Callable[[topics.Topic, str, bytes], Awaitable[None]]
 AcceptedCommand = HaVipCreationAccepted | AttachmentAccepted | DetachmentAccepted
 
 
-class MappingHandlers:
-    def __init__(self, pool: asyncpg.Pool, publish: Publish, split_brain_window: timedelta) -> None:
+def report_of(reported: VrrpReported) -> Report:
+    lease = reported.lease_seconds
+    return Report(
+        instance_id=reported.instance_id,
+        state=reported.state,
+        priority=reported.priority,
+        seq=reported.seq,
+        reported_at=reported.reported_at,
+        received_at=reported.received_at,
+        expires_at=None if lease is None else reported.received_at + timedelta(seconds=lease),
+    )
+
+
+class OwnerTracker:
+    """Applies accepted commands, VRRP reports, lease expiries and inventory changes to the mapping tables."""
+
+    def __init__(self, pool: asyncpg.Pool, publish: Publish) -> None:
         self._pool = pool
         self._publish = publish
-        self._window = split_brain_window
 
     async def on_accepted(self, command: AcceptedCommand) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -89,7 +110,7 @@ class MappingHandlers:
         if havip is None:
             # Quota accepted it, so the create was accepted before it on the same partition.
             raise Unappliable(ErrorCode.APPLY_FAILED, f"{command.havip_id} does not exist in the mapping tables")
-        before = await store.load_view(conn, command.havip_id, havip["owner_target_id"])
+        before = await store.load_contest(conn, command.havip_id, havip["owner_target_id"])
         if isinstance(command, AttachmentAccepted):
             await conn.execute(
                 "INSERT INTO attachments (havip_id, target_id, instance_id, eni_id) VALUES ($1, $2, $3, $4)"
@@ -112,22 +133,19 @@ class MappingHandlers:
                 command.havip_id,
                 detached,
             )
-        await self._reelect(conn, command.havip_id, before)
+        trigger = Trigger(TriggerKind.COMMAND, message_id=command.command_id)
+        await self._reelect(conn, command.havip_id, before, utcnow(), trigger)
 
     async def on_report(self, reported: VrrpReported) -> None:
-        report = Report(
-            instance_id=reported.instance_id,
-            state=reported.state,
-            priority=reported.priority,
-            seq=reported.seq,
-            reported_at=reported.reported_at,
-            received_at=reported.received_at,
-        )
+        report = report_of(reported)
+        if await store.renew_claim(self._pool, reported.havip_id, reported.tenant_id, report):
+            REPORTS.labels("renewal").inc()
+            return
         async with self._pool.acquire() as conn, conn.transaction():
             havip = await store.lock_havip(conn, reported.havip_id)
             if havip is None or havip["tenant_id"] != reported.tenant_id:
                 raise Unappliable(ErrorCode.UNKNOWN_HAVIP, f"no HAVIP {reported.havip_id} for this tenant")
-            before = await store.load_view(conn, reported.havip_id, havip["owner_target_id"])
+            before = await store.load_contest(conn, reported.havip_id, havip["owner_target_id"])
             verdict = judge_report(before, report)
             REPORTS.labels(verdict.value).inc()
             if verdict is ReportVerdict.NOT_ATTACHED:
@@ -136,27 +154,64 @@ class MappingHandlers:
                     f"{reported.instance_id} is not attached to {reported.havip_id};"
                     " only attached instances may own it",
                 )
-            if verdict is ReportVerdict.FRESH:
+            if verdict is ReportVerdict.STALE:
+                changed = True  # most likely redelivered after a crash: publish what it may have changed
+            else:
                 await store.save_report(conn, reported.havip_id, report)
-                # A report alone changes the published state only if it moves the owner.
-                # The new view is the old one plus this report: no need to read it back.
-                after = HaVipView(
-                    before.owner_target_id, before.candidates, {**before.reports, report.instance_id: report}
+                # The contest after is the one before plus this report: no need to read it back.
+                # Evaluated at the report's arrival, so a replay decides exactly as the first pass did.
+                trigger = Trigger(
+                    TriggerKind.VRRP_REPORT,
+                    message_id=reported.message_id,
+                    instance_id=reported.instance_id,
+                    seq=reported.seq,
                 )
-                await self._reelect(conn, reported.havip_id, before, after, only_if_owner_changed=True)
-        await self.publish_state(reported.havip_id)
+                changed = await self._reelect(
+                    conn,
+                    reported.havip_id,
+                    before,
+                    reported.received_at,
+                    trigger,
+                    after=before.with_report(report),
+                    only_if_owner_changed=True,
+                )
+        if changed:
+            await self.publish_state(reported.havip_id)
+
+    async def expire_leases(self, at: datetime | None = None) -> int:
+        """Hand over every HAVIP whose owner's claim ran out while another claim is live; how many changed."""
+        at = at or utcnow()
+        changed = 0
+        for havip_id in await store.havips_with_lapsed_owner(self._pool, at):
+            async with self._pool.acquire() as conn, conn.transaction():
+                havip = await store.lock_havip(conn, havip_id)
+                if havip is None:
+                    continue
+                before = await store.load_contest(conn, havip_id, havip["owner_target_id"])
+                if not lapse_due(before, at):
+                    continue  # a renewal or another change got there first
+                owner = before.candidate(before.owner_target_id)
+                expired = before.reports[owner.instance_id].expires_at if owner else None
+                trigger = Trigger(TriggerKind.LEASE_EXPIRY, lease_expired_at=expired)
+                if not await self._reelect(conn, havip_id, before, at, trigger, only_if_owner_changed=True):
+                    continue
+            changed += 1
+            await self.publish_state(havip_id)
+        return changed
 
     async def on_inventory(self, change: InventoryChange) -> None:
         instance_id = change.instance_id if isinstance(change, InstanceChanged | EniChanged) else None
         affected: list[str] = []
+        at = utcnow()
+        trigger = Trigger(TriggerKind.INVENTORY, message_id=change.message_id, instance_id=instance_id)
         async with self._pool.acquire() as conn, conn.transaction():
             havips = await store.lock_havips_of_instance(conn, instance_id) if instance_id else []
-            befores = [await store.load_view(conn, h["havip_id"], h["owner_target_id"]) for h in havips]
+            befores = [await store.load_contest(conn, h["havip_id"], h["owner_target_id"]) for h in havips]
             if not await record_inventory(conn, change, "mapping"):
                 return
             for havip, before in zip(havips, befores, strict=True):
                 # A stopped instance loses ownership; a moved one changes the route: publish either way.
-                await self._reelect(conn, havip["havip_id"], before)
+                await self._reelect(conn, havip["havip_id"], before, at, trigger)
                 affected.append(havip["havip_id"])
         for havip_id in affected:
             await self.publish_state(havip_id)
@@ -165,23 +220,48 @@ class MappingHandlers:
         self,
         conn: asyncpg.Connection,
         havip_id: str,
-        before: HaVipView,
-        after: HaVipView | None = None,
+        before: Contest,
+        at: datetime,
+        trigger: Trigger,
         *,
+        after: Contest | None = None,
         only_if_owner_changed: bool = False,
-    ) -> None:
-        """Elect from `after` (read from the tables unless the caller already knows it) and store the outcome."""
+    ) -> bool:
+        """Elect from `after` (read from the tables unless the caller knows it) and store the outcome.
+
+        True when something was stored (so the HAVIP's state must be published).
+        """
         if after is None:
-            after = await store.load_view(conn, havip_id, before.owner_target_id)
-        owner = elect(after, self._window)
-        change = explain(before, after, owner, self._window)
+            after = await store.load_contest(conn, havip_id, before.owner_target_id)
+        owner = elect(after, at)
+        change = explain(before, after, owner, at)
         if change is None and only_if_owner_changed:
-            return
-        await store.save_outcome(conn, havip_id, after, owner, change)
+            return False
+        await store.save_outcome(conn, havip_id, after, owner, change, trigger)
         if change is not None:
             OWNER_CHANGES.labels(change.cause.value).inc()
-            log.info("owner changed havip=%s cause=%s detail=%s", havip_id, change.cause.value, change.detail)
+            log.info(
+                "owner changed havip=%s cause=%s trigger=%s detail=%s",
+                havip_id,
+                change.cause.value,
+                trigger.kind.value,
+                change.detail,
+            )
+        return True
 
     async def publish_state(self, havip_id: str) -> None:
         for mapping in await load_mappings(self._pool, [havip_id]):
             await self._publish(topics.MAPPINGS, havip_id, topics.encode(mapping))
+            await store.mark_published(self._pool, havip_id, mapping.version)
+
+    async def publish_unpublished(self) -> int:
+        """Publish what is committed but was never published (a worker died between the two)."""
+        havip_ids = await store.unpublished_havips(self._pool, older_than=timedelta(seconds=2))
+        for havip_id in havip_ids:
+            await self.publish_state(havip_id)
+        return len(havip_ids)
+
+    async def sweep(self) -> None:
+        """Run by every worker on a short timer: lapsed leases, then anything left unpublished."""
+        await self.expire_leases()
+        await self.publish_unpublished()

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import logging
 
 import faust
 
 from schemas import topics
-from services.mapping.handlers import MappingHandlers
+from services.mapping.handlers import OwnerTracker
 from services.runtime.kafka import topic_name
 from services.runtime.logs import setup_logging
 from services.runtime.settings import Settings
-from services.runtime.stream import handle_stream, new_worker, raw_topic, run_worker
+from services.runtime.stream import TRANSIENT, handle_stream, new_worker, raw_topic, run_worker
+
+log = logging.getLogger(__name__)
 
 
 def build_app(settings: Settings) -> faust.App:
     app, resources = new_worker(settings, "mapping", settings.mapping_port)
-    handlers: MappingHandlers | None = None
+    tracker: OwnerTracker | None = None
 
-    def current() -> MappingHandlers:
-        nonlocal handlers
-        if handlers is None:
-            handlers = MappingHandlers(
-                resources.pool, resources.publish, timedelta(seconds=settings.split_brain_window_seconds)
-            )
-        return handlers
+    def current() -> OwnerTracker:
+        nonlocal tracker
+        if tracker is None:
+            tracker = OwnerTracker(resources.pool, resources.publish)
+        return tracker
 
     # Commands and reports for one HAVIP share its key; one agent reads both
     # topics so they reach the database in the order this worker sees them.
@@ -51,6 +51,19 @@ def build_app(settings: Settings) -> faust.App:
                 ),
             },
         )
+
+    # A lapsed lease has no message of its own: every worker looks on a timer (under
+    # the HAVIP's row lock, so two workers sweeping the same HAVIP change it once).
+    @app.timer(interval=settings.lease_sweep_interval_seconds)
+    async def sweep() -> None:
+        if not resources.ready.is_set():
+            return
+        try:
+            await current().sweep()
+        except TRANSIENT as exc:
+            log.warning("lease sweep failed, retrying on the next tick: %r", exc)
+        except Exception:  # a bug here must not stop the worker's consumers
+            log.exception("lease sweep failed")
 
     return app
 

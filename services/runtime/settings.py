@@ -28,9 +28,9 @@ class Settings(BaseSettings):
     max_havips_per_instance: int = Field(default=5, ge=1)
     max_eips_per_havip: int = Field(default=1, ge=0)
 
-    # Two MASTER claims this close together are a split brain, decided by
-    # priority then primary IP (RFC 5798 §6.4.3); a later claim beyond it is a failover.
-    split_brain_window_seconds: float = Field(default=2.0, ge=0)
+    # How often a mapping worker looks for owners whose lease ran out while another
+    # instance holds a live claim (and for state committed but not yet published).
+    lease_sweep_interval_seconds: float = Field(default=0.2, gt=0)
 
     # Consumer group timing: short enough that a restarted worker takes its
     # partitions back within seconds.

@@ -24,7 +24,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, Unappliable
 from schemas.topics import Topic
 from services.runtime.db import connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
@@ -51,15 +51,6 @@ TRANSIENT = (
     asyncpg.TooManyConnectionsError,
     KafkaError,
 )
-
-
-class Unappliable(Exception):
-    """A well-formed record that can never be applied; it is dead-lettered."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(f"{code}: {reason}")
-        self.code = code
-        self.reason = reason
 
 
 # faust hard-codes a 1.5 s long-poll for its consumers. Brokers that do not end
@@ -217,7 +208,7 @@ async def handle_record(
         try:
             await _retry_transient(lambda: handler(parsed))
         except Unappliable as exc:
-            await dead_letter(exc.code, exc.reason)
+            await dead_letter(exc.code, exc.message)
             return
         except Exception as exc:  # a bug must not stop the partition; the record is kept
             log.exception("handler failed topic=%s partition=%s offset=%s", source_topic, partition, offset)

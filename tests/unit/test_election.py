@@ -3,87 +3,131 @@
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 
-from schemas.messages import VrrpState
+from schemas.messages import InstanceStatus, VrrpState
 from services.mapping.election import (
     Candidate,
-    HaVipView,
+    Contest,
     OwnerCause,
     Report,
     ReportVerdict,
     elect,
     explain,
     judge_report,
+    lapse_due,
+    renewal_changes_nothing,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-WINDOW = timedelta(seconds=2)
-A = Candidate("i-a", "i-a", IPv4Address("10.0.0.11"), "Running")
-B = Candidate("i-b", "i-b", IPv4Address("10.0.0.12"), "Running")
-C = Candidate("i-c", "i-c", IPv4Address("10.0.0.13"), "Running")
+RUNNING = InstanceStatus.RUNNING
+A = Candidate("i-a", "i-a", IPv4Address("10.0.0.11"), RUNNING)
+B = Candidate("i-b", "i-b", IPv4Address("10.0.0.12"), RUNNING)
+C = Candidate("i-c", "i-c", IPv4Address("10.0.0.13"), RUNNING)
 
 
-def report(instance: str, state: VrrpState, *, priority: int = 100, seq: int = 1, at: float = 0.0) -> Report:
-    when = T0 + timedelta(seconds=at)
-    return Report(instance, state, priority, seq, reported_at=when, received_at=when)
+def t(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
 
 
-def view(*reports: Report, owner: str | None = None, candidates: tuple[Candidate, ...] = (A, B, C)) -> HaVipView:
-    return HaVipView(owner_target_id=owner, candidates=candidates, reports={r.instance_id: r for r in reports})
+def report(
+    instance: str,
+    state: VrrpState,
+    *,
+    priority: int = 100,
+    seq: int = 1,
+    at: float = 0.0,
+    lease: float | None = 2.5,
+) -> Report:
+    expires = None if lease is None or state is not VrrpState.MASTER else t(at + lease)
+    return Report(instance, state, priority, seq, reported_at=t(at), received_at=t(at), expires_at=expires)
+
+
+def contest(*reports: Report, owner: str | None = None, candidates: tuple[Candidate, ...] = (A, B, C)) -> Contest:
+    return Contest(owner_target_id=owner, candidates=candidates, reports={r.instance_id: r for r in reports})
 
 
 def test_an_instance_reporting_master_becomes_owner() -> None:
-    assert elect(view(report("i-a", VrrpState.MASTER)), WINDOW) == A
+    assert elect(contest(report("i-a", VrrpState.MASTER)), t(0)) == A
 
 
 def test_no_master_means_no_owner() -> None:
-    assert elect(view(report("i-a", VrrpState.BACKUP), report("i-b", VrrpState.FAULT)), WINDOW) is None
+    assert elect(contest(report("i-a", VrrpState.BACKUP), report("i-b", VrrpState.FAULT)), t(0)) is None
 
 
-def test_split_brain_goes_to_the_higher_priority() -> None:
-    both = view(
-        report("i-a", VrrpState.MASTER, priority=100, at=0.0), report("i-b", VrrpState.MASTER, priority=150, at=0.5)
+def test_live_claims_go_to_the_higher_priority_whoever_claimed_last() -> None:
+    # A split brain: both hold the VIP; keepalived will keep the higher priority once they hear each other.
+    first_high = contest(
+        report("i-a", VrrpState.MASTER, priority=100, at=0.0),
+        report("i-b", VrrpState.MASTER, priority=90, at=1.0),
+        owner="i-a",
     )
-    assert elect(both, WINDOW) == B
-    reversed_order = view(
-        report("i-b", VrrpState.MASTER, priority=150, at=0.0), report("i-a", VrrpState.MASTER, priority=100, at=0.5)
+    assert elect(first_high, t(1.0)) == A
+    first_low = contest(
+        report("i-b", VrrpState.MASTER, priority=90, at=0.0),
+        report("i-a", VrrpState.MASTER, priority=100, at=1.0),
+        owner="i-b",
     )
-    assert elect(reversed_order, WINDOW) == B
+    assert elect(first_low, t(1.0)) == A  # preemption
 
 
-def test_split_brain_with_equal_priority_goes_to_the_higher_primary_ip() -> None:
-    both = view(
-        report("i-b", VrrpState.MASTER, priority=100, at=0.0), report("i-a", VrrpState.MASTER, priority=100, at=0.1)
+def test_equal_priorities_go_to_the_higher_primary_ip() -> None:
+    both = contest(report("i-b", VrrpState.MASTER, at=0.0), report("i-a", VrrpState.MASTER, at=0.1))
+    assert elect(both, t(0.1)) == B  # 10.0.0.12 > 10.0.0.11, RFC 5798 §6.4.3
+
+
+def test_a_lapsed_owner_keeps_the_havip_until_someone_else_claims_it() -> None:
+    killed = contest(report("i-a", VrrpState.MASTER, priority=100, at=0.0), owner="i-a")
+    assert elect(killed, t(60)) == A  # keepalived was killed: the VIP stays, and so does the traffic
+    backup_promoted = killed.with_report(report("i-b", VrrpState.MASTER, priority=90, at=3.6))
+    assert elect(backup_promoted, t(3.6)) == B
+
+
+def test_a_lapse_with_a_live_competitor_is_due_at_once() -> None:
+    split = contest(
+        report("i-a", VrrpState.MASTER, priority=100, at=0.0),
+        report("i-b", VrrpState.MASTER, priority=90, at=1.0),
+        owner="i-a",
     )
-    assert elect(both, WINDOW) == B  # 10.0.0.12 > 10.0.0.11, RFC 5798 §6.4.3
+    assert not lapse_due(split, t(2.0))
+    assert lapse_due(split, t(2.5))  # i-a's lease ran out, i-b's runs until 3.5
+    assert elect(split, t(2.5)) == B
+    assert not lapse_due(contest(report("i-a", VrrpState.MASTER, at=0.0), owner="i-a"), t(10))
 
 
-def test_a_later_master_claim_is_a_failover_even_with_lower_priority() -> None:
-    # The old master died without a word; keepalived promoted the backup.
-    failover = view(
-        report("i-a", VrrpState.MASTER, priority=150, at=0.0), report("i-b", VrrpState.MASTER, priority=100, at=10.0)
+def test_a_notify_script_claim_without_a_lease_stays_live_until_superseded() -> None:
+    scripted = contest(report("i-a", VrrpState.MASTER, priority=90, lease=None), owner="i-a")
+    assert elect(scripted.with_report(report("i-b", VrrpState.MASTER, priority=80, at=3600)), t(3600)) == A
+    released = scripted.with_report(report("i-a", VrrpState.BACKUP, seq=2, at=5, lease=None))
+    assert elect(released, t(5)) is None
+
+
+def test_a_claim_with_lease_zero_is_history_not_a_live_claim() -> None:
+    late = contest(report("i-b", VrrpState.MASTER, priority=200, lease=0.0))
+    assert elect(late, t(0)) is None
+
+
+def test_owner_reporting_backup_hands_over_to_another_live_claim() -> None:
+    after = contest(
+        report("i-a", VrrpState.BACKUP, seq=2, at=1.0), report("i-b", VrrpState.MASTER, at=0.5), owner="i-a"
     )
-    assert elect(failover, WINDOW) == B
-
-
-def test_owner_reporting_backup_hands_over_to_another_master() -> None:
-    after = view(report("i-a", VrrpState.BACKUP, seq=2, at=5.0), report("i-b", VrrpState.MASTER, at=4.0), owner="i-a")
-    assert elect(after, WINDOW) == B
+    assert elect(after, t(1.0)) == B
 
 
 def test_stopped_or_detached_instances_cannot_own() -> None:
-    stopped_a = Candidate("i-a", "i-a", IPv4Address("10.0.0.11"), "Stopped")
-    reports = (report("i-a", VrrpState.MASTER, at=1.0), report("i-b", VrrpState.MASTER, at=0.0))
-    assert elect(view(*reports, candidates=(stopped_a, B)), WINDOW) == B
-    assert elect(view(*reports, candidates=(B,)), WINDOW) == B
-    assert elect(view(report("i-a", VrrpState.MASTER), candidates=(B,)), WINDOW) is None
+    stopped_a = Candidate("i-a", "i-a", IPv4Address("10.0.0.11"), InstanceStatus.STOPPED)
+    reports = (report("i-a", VrrpState.MASTER, priority=200), report("i-b", VrrpState.MASTER))
+    assert elect(contest(*reports, candidates=(stopped_a, B)), t(0)) == B
+    assert elect(contest(*reports, candidates=(B,)), t(0)) == B
+    assert elect(contest(report("i-a", VrrpState.MASTER), candidates=(B,)), t(0)) is None
+    # Not even as a lapsed owner.
+    assert elect(contest(report("i-a", VrrpState.MASTER), owner="i-a", candidates=(stopped_a, B)), t(10)) is None
 
 
 def test_reports_from_unattached_instances_are_refused() -> None:
-    assert judge_report(view(candidates=(A,)), report("i-z", VrrpState.MASTER)) is ReportVerdict.NOT_ATTACHED
+    assert judge_report(contest(candidates=(A,)), report("i-z", VrrpState.MASTER)) is ReportVerdict.NOT_ATTACHED
 
 
 def test_older_reports_and_replays_change_nothing() -> None:
-    current = view(report("i-a", VrrpState.MASTER, seq=5, at=5.0))
+    current = contest(report("i-a", VrrpState.MASTER, seq=5, at=5.0))
     assert judge_report(current, report("i-a", VrrpState.BACKUP, seq=4, at=9.0)) is ReportVerdict.STALE
     assert judge_report(current, report("i-a", VrrpState.MASTER, seq=5, at=5.0)) is ReportVerdict.STALE
     assert judge_report(current, report("i-a", VrrpState.BACKUP, seq=6, at=6.0)) is ReportVerdict.FRESH
@@ -91,41 +135,64 @@ def test_older_reports_and_replays_change_nothing() -> None:
     assert judge_report(current, report("i-a", VrrpState.BACKUP, seq=5, at=5.5)) is ReportVerdict.FRESH
 
 
+def test_a_renewal_of_a_live_claim_changes_nothing() -> None:
+    owned = contest(
+        report("i-a", VrrpState.MASTER, priority=100, at=0.0),
+        report("i-b", VrrpState.MASTER, priority=90, at=0.5),
+        owner="i-a",
+    )
+    assert renewal_changes_nothing(owned, report("i-a", VrrpState.MASTER, priority=100, seq=2, at=1.0))
+    assert renewal_changes_nothing(owned, report("i-b", VrrpState.MASTER, priority=90, seq=2, at=1.0))
+
+
+def test_renewals_that_could_move_the_owner_take_the_full_path() -> None:
+    owned = contest(
+        report("i-a", VrrpState.MASTER, priority=100, at=0.0),
+        report("i-b", VrrpState.MASTER, priority=90, at=0.5),
+        owner="i-a",
+    )
+    # The owner's lease ran out before i-b's renewal arrived: the owner must change.
+    assert not renewal_changes_nothing(owned, report("i-b", VrrpState.MASTER, priority=90, seq=2, at=2.6))
+    # A new priority may reorder the claims.
+    assert not renewal_changes_nothing(owned, report("i-b", VrrpState.MASTER, priority=150, seq=2, at=1.0))
+    # A claim that had lapsed comes back to life: it may win again.
+    assert not renewal_changes_nothing(owned, report("i-b", VrrpState.MASTER, priority=90, seq=2, at=3.1))
+    # A replay is not a renewal.
+    assert not renewal_changes_nothing(owned, report("i-a", VrrpState.MASTER, priority=100, seq=1, at=0.0))
+    # Lease zero says the claim is no longer known to be live.
+    assert not renewal_changes_nothing(owned, report("i-a", VrrpState.MASTER, seq=2, at=1.0, lease=0.0))
+
+
 def test_every_owner_change_says_why() -> None:
-    empty = view()
-    a_master = view(report("i-a", VrrpState.MASTER, at=0.0))
-    change = explain(empty, a_master, A, WINDOW)
+    empty = contest()
+    a_master = contest(report("i-a", VrrpState.MASTER, at=0.0))
+    change = explain(empty, a_master, A, t(0))
     assert change is not None and change.cause is OwnerCause.MASTER_REPORTED and change.owner == A
 
-    owned = view(report("i-a", VrrpState.MASTER, at=0.0), owner="i-a")
-    released = view(report("i-a", VrrpState.FAULT, seq=2, at=1.0), owner="i-a")
-    change = explain(owned, released, None, WINDOW)
+    owned = contest(report("i-a", VrrpState.MASTER, at=0.0), owner="i-a")
+    released = contest(report("i-a", VrrpState.FAULT, seq=2, at=1.0), owner="i-a")
+    change = explain(owned, released, None, t(1))
     assert change is not None and change.cause is OwnerCause.OWNER_RELEASED and "FAULT" in change.detail
 
-    detached = view(report("i-a", VrrpState.MASTER), owner="i-a", candidates=(B, C))
-    change = explain(owned, detached, None, WINDOW)
+    detached = contest(report("i-a", VrrpState.MASTER), owner="i-a", candidates=(B, C))
+    change = explain(owned, detached, None, t(1))
     assert change is not None and change.cause is OwnerCause.OWNER_DETACHED
 
-    split = view(
-        report("i-a", VrrpState.MASTER, priority=100, at=0.0),
-        report("i-b", VrrpState.MASTER, priority=200, at=0.3),
-        owner="i-a",
-    )
-    change = explain(owned, split, B, WINDOW)
-    assert change is not None and change.cause is OwnerCause.SPLIT_BRAIN_RESOLVED
+    outranked = owned.with_report(report("i-b", VrrpState.MASTER, priority=200, at=0.3))
+    change = explain(owned, outranked, B, t(0.3))
+    assert change is not None and change.cause is OwnerCause.HIGHER_PRIORITY_CLAIM
 
-    takeover_before = view(
-        report("i-a", VrrpState.MASTER, at=0.0), report("i-b", VrrpState.MASTER, at=0.1, priority=50), owner="i-a"
+    lapsed = owned.with_report(report("i-b", VrrpState.MASTER, priority=50, at=3.0))
+    change = explain(owned, lapsed, B, t(3.0))
+    assert change is not None and change.cause is OwnerCause.OWNER_CLAIM_LAPSED and "lapsed" in change.detail
+
+    takeover = contest(
+        report("i-a", VrrpState.BACKUP, seq=2, at=1.0), report("i-b", VrrpState.MASTER, at=0.5), owner="i-a"
     )
-    takeover_after = view(
-        report("i-a", VrrpState.BACKUP, seq=2, at=3.0),
-        report("i-b", VrrpState.MASTER, at=0.1, priority=50),
-        owner="i-a",
-    )
-    change = explain(takeover_before, takeover_after, B, WINDOW)
+    change = explain(owned, takeover, B, t(1.0))
     assert change is not None and change.cause is OwnerCause.TAKEOVER
 
 
 def test_no_change_no_history() -> None:
-    owned = view(report("i-a", VrrpState.MASTER), owner="i-a")
-    assert explain(owned, owned, A, WINDOW) is None
+    owned = contest(report("i-a", VrrpState.MASTER), owner="i-a")
+    assert explain(owned, owned, A, t(0)) is None
