@@ -36,7 +36,7 @@ from schemas import topics
 from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import HaVipMappingChanged
 from services.forwarder.routes import RouteTable
-from services.mapping.published import load_mappings
+from services.readmodel.mappings import load_mappings
 from services.runtime.deadletters import DeadLetters
 from services.runtime.kafka import new_consumer, new_producer, topic_name
 from services.runtime.settings import Settings

@@ -41,13 +41,20 @@ from services.gateway.models import (
     OperationAccepted,
     OperationError,
     OperationView,
+    OwnerChangeView,
+    OwnerHistoryPage,
     VrrpEventAccepted,
+    VrrpEventBatch,
+    VrrpEventOutcome,
     VrrpEventRequest,
+    VrrpEventResults,
     check_havip_address,
 )
 from services.gateway.observability import VRRP_REPORTS_ACCEPTED
 from services.gateway.operations import Operation
 from services.gateway.paging import decode_page_token, encode_page_token
+from services.readmodel.owner_history import owner_history
+from services.readmodel.reporters import ReporterStanding, reporter_standing
 
 log = logging.getLogger(__name__)
 
@@ -193,33 +200,131 @@ async def get_operation(operation_id: str, principal: Tenant, context: Context) 
     return operation_view(found)
 
 
-@router.post("/vrrp-events", status_code=202, response_model=VrrpEventAccepted, tags=["agents"])
-async def report_vrrp(body: VrrpEventRequest, principal: Agent, context: Context) -> VrrpEventAccepted:
-    # The failover path: one primary-key lookup and one produce, nothing else.
-    # Whether the instance is attached is the mapping service's call (it
-    # dead-letters reports from strangers), so it is not asked here.
-    if not await havips.havip_of_tenant(context.pool, principal.tenant_id, body.havip_id):
-        raise HaVipError(ErrorCode.NOT_FOUND_HAVIP, f"HAVIP {body.havip_id} does not exist")
-    now = utcnow()
+@router.post(
+    "/vrrp-events",
+    status_code=202,
+    response_model=VrrpEventResults | VrrpEventAccepted,
+    tags=["agents"],
+    responses={409: {"model": ErrorBody, "description": "The instance is not attached to the HAVIP."}},
+)
+async def report_vrrp(
+    body: VrrpEventBatch | VrrpEventRequest, principal: Agent, context: Context
+) -> VrrpEventResults | VrrpEventAccepted:
+    """One report, or up to 16 in order (`{"reports": [...]}`), from the instance the agent token speaks for.
+
+    The batch form answers one outcome per report: a report that can never
+    count (the instance is not attached, or the HAVIP is unknown) is Refused
+    with its code, and the agent drops it; the others are published in order.
+    The single form answers 202, or 409 `VrrpReport.NotAttached` / 404.
+    """
     assert principal.instance_id is not None
+    reports = body.reports if isinstance(body, VrrpEventBatch) else [body]
+    # The failover path: one query for the whole batch, then the produces.
+    standing = await reporter_standing(
+        context.pool, principal.tenant_id, principal.instance_id, [r.havip_id for r in reports]
+    )
+    outcomes: list[VrrpEventOutcome] = []
+    for request in reports:
+        refusal = _refusal(standing[request.havip_id], request.havip_id, principal.instance_id)
+        if refusal is not None:
+            if not isinstance(body, VrrpEventBatch):
+                raise refusal
+            log.warning(
+                "VRRP report refused havip=%s instance=%s code=%s",
+                request.havip_id,
+                principal.instance_id,
+                refusal.code,
+            )
+            outcomes.append(
+                VrrpEventOutcome(
+                    havip_id=request.havip_id,
+                    seq=request.seq,
+                    status="Refused",
+                    code=refusal.code,
+                    message=refusal.message,
+                )
+            )
+            continue
+        message_id = await _publish_report(context, principal.tenant_id, principal.instance_id, request)
+        outcomes.append(
+            VrrpEventOutcome(havip_id=request.havip_id, seq=request.seq, status="Accepted", message_id=message_id)
+        )
+    if not isinstance(body, VrrpEventBatch):
+        return VrrpEventAccepted(message_id=outcomes[0].message_id or "")
+    return VrrpEventResults(results=outcomes)
+
+
+def _refusal(standing: ReporterStanding, havip_id: str, instance_id: str) -> HaVipError | None:
+    if standing is ReporterStanding.UNKNOWN_HAVIP:
+        return HaVipError(ErrorCode.NOT_FOUND_HAVIP, f"HAVIP {havip_id} does not exist")
+    if standing is ReporterStanding.NOT_ATTACHED:
+        return HaVipError(
+            ErrorCode.REPORTER_NOT_ATTACHED,
+            f"{instance_id} is not attached to {havip_id}; only attached instances may own it",
+        )
+    return None
+
+
+async def _publish_report(context: GatewayContext, tenant_id: str, instance_id: str, body: VrrpEventRequest) -> str:
+    now = utcnow()
     report = VrrpReported(
         havip_id=body.havip_id,
-        tenant_id=principal.tenant_id,
-        instance_id=principal.instance_id,
+        tenant_id=tenant_id,
+        instance_id=instance_id,
         state=body.state,
         priority=body.priority,
         seq=body.seq,
         reported_at=body.reported_at or now,
         received_at=now,
+        lease_seconds=body.lease_seconds,
     )
     try:
         await context.producer.send_and_wait(
             context.vrrp_topic, key=body.havip_id.encode(), value=topics.encode(report)
         )
     except (TimeoutError, KafkaError, OSError) as exc:
-        log.warning(
-            "VRRP report not published havip=%s instance=%s error=%r", body.havip_id, principal.instance_id, exc
-        )
+        log.warning("VRRP report not published havip=%s instance=%s error=%r", body.havip_id, instance_id, exc)
         raise HaVipError(ErrorCode.SERVICE_UNAVAILABLE, "the report could not be queued; retry") from exc
     VRRP_REPORTS_ACCEPTED.labels(body.state.value).inc()
-    return VrrpEventAccepted(message_id=report.message_id)
+    return report.message_id
+
+
+@router.get("/havips/{havip_id}/owner-history", response_model=OwnerHistoryPage, tags=["havips"])
+async def get_owner_history(
+    havip_id: HaVipId,
+    principal: Tenant,
+    context: Context,
+    page_size: Annotated[int, Query(ge=1, le=100)] = 50,
+    page_token: str | None = None,
+) -> OwnerHistoryPage:
+    """Every change of the HAVIP's owner with its cause and what caused it, newest first."""
+    await _require_havip(context, principal.tenant_id, havip_id)
+    scope = {"havip_id": havip_id}
+    after = decode_page_token(page_token, scope)
+    before_id = _history_cursor(after)
+    found = await owner_history(context.pool, havip_id, before_id=before_id, limit=page_size + 1)
+    page = found[:page_size]
+    next_token = encode_page_token(str(page[-1].id), scope) if len(found) > page_size else None
+    return OwnerHistoryPage(
+        changes=[
+            OwnerChangeView(
+                version=change.version,
+                previous_instance_id=change.previous_instance_id,
+                instance_id=change.instance_id,
+                cause=change.cause,
+                detail=change.detail,
+                trigger=change.trigger,
+                changed_at=change.changed_at,
+            )
+            for change in page
+        ],
+        next_page_token=next_token,
+    )
+
+
+def _history_cursor(after: str | None) -> int | None:
+    if after is None:
+        return None
+    if not after.isdigit():
+        raise HaVipError(ErrorCode.INVALID_PARAMETER, "page_token is not a token this API issued")
+    return int(after)

@@ -16,7 +16,7 @@ import asyncpg
 from schemas.messages import HaVipStatus
 from services.gateway.models import AttachmentView, HaVipView, OwnerView, VrrpReportView
 from services.gateway.operations import PENDING, Operation
-from services.mapping.published import load_mappings
+from services.readmodel.mappings import load_mappings
 
 # Two sources, one shape: HAVIPs the mapping service wrote, and creates it has
 # not applied yet. {where} filters both; the NOT EXISTS hides a create whose
@@ -89,13 +89,6 @@ async def havip_visible(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, h
             havip_id,
             tenant_id,
         )
-    )
-
-
-async def havip_of_tenant(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, havip_id: str) -> bool:
-    """One primary-key lookup: the VRRP report path has no time for more."""
-    return bool(
-        await db.fetchval("SELECT true FROM havips WHERE havip_id = $1 AND tenant_id = $2", havip_id, tenant_id)
     )
 
 

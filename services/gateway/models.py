@@ -6,13 +6,13 @@ not a silently ignored option.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.ipv4 import parse_ipv4
-from schemas.messages import HaVipStatus, Id, VrrpState
+from schemas.messages import MAX_LEASE_SECONDS, MAX_SEQ, HaVipStatus, Id, VrrpState
 
 
 class _Request(BaseModel):
@@ -41,12 +41,40 @@ class AssociationRequest(_Request):
         return self.instance_id or self.eni_id or ""
 
 
+# A sequence number may run ahead of the gateway's clock (agents derive it from
+# theirs, in microseconds) but not by more than this: a value far in the future
+# would make every later report from that instance look stale for as long.
+SEQ_AHEAD_LIMIT = timedelta(days=1)
+
+
 class VrrpEventRequest(_Request):
     havip_id: Id
     state: VrrpState
     priority: int = Field(ge=0, le=255)
-    seq: int = Field(ge=0)
+    seq: int = Field(
+        ge=0,
+        le=MAX_SEQ,
+        description="Grows with every report of this instance: a counter, or microseconds since the epoch"
+        " (at most one day ahead of the gateway's clock).",
+    )
     reported_at: datetime | None = None
+    lease_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_LEASE_SECONDS,
+        description="A MASTER claim stays live this long unless renewed; null: until another state is reported.",
+    )
+
+    @field_validator("seq")
+    @classmethod
+    def _not_far_ahead(cls, value: int) -> int:
+        limit = int((datetime.now(UTC) + SEQ_AHEAD_LIMIT).timestamp() * 1_000_000)
+        if value > limit:
+            raise ValueError(
+                "seq is more than a day ahead of the gateway's clock in microseconds since the epoch;"
+                " use a counter or the current time in microseconds"
+            )
+        return value
 
     @field_validator("reported_at")
     @classmethod
@@ -56,6 +84,15 @@ class VrrpEventRequest(_Request):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+MAX_REPORTS_PER_REQUEST = 16
+
+
+class VrrpEventBatch(_Request):
+    """Several reports in one request (an instance holds up to 5 HAVIPs), applied in order."""
+
+    reports: list[VrrpEventRequest] = Field(min_length=1, max_length=MAX_REPORTS_PER_REQUEST)
 
 
 def check_havip_address(value: str) -> str:
@@ -143,3 +180,33 @@ class HaVipPage(BaseModel):
 
 class VrrpEventAccepted(BaseModel):
     message_id: str
+
+
+class VrrpEventOutcome(BaseModel):
+    havip_id: str
+    seq: int
+    status: Literal["Accepted", "Refused"]
+    message_id: str | None = Field(default=None, description="When Accepted.")
+    code: str | None = Field(default=None, description="When Refused: why it can never count.")
+    message: str | None = None
+
+
+class VrrpEventResults(BaseModel):
+    results: list[VrrpEventOutcome] = Field(description="One per report, in the order sent.")
+
+
+class OwnerChangeView(BaseModel):
+    version: int = Field(description="The HAVIP's version that this change produced.")
+    previous_instance_id: str | None
+    instance_id: str | None = Field(description="The new owner; null when traffic has nowhere to go.")
+    cause: str
+    detail: str
+    trigger: dict[str, object] = Field(
+        description="What caused it: kind (VrrpReport, LeaseExpiry, Command, Inventory) and its references."
+    )
+    changed_at: datetime
+
+
+class OwnerHistoryPage(BaseModel):
+    changes: list[OwnerChangeView] = Field(description="Newest first.")
+    next_page_token: str | None = None

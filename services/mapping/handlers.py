@@ -44,7 +44,7 @@ from services.mapping.election import (
     judge_report,
     lapse_due,
 )
-from services.mapping.published import load_mappings
+from services.readmodel.mappings import load_mappings
 from services.runtime.inventory import InventoryChange, record_inventory
 
 log = logging.getLogger(__name__)

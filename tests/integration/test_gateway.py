@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -424,10 +425,17 @@ async def test_unknown_routes_and_methods_answer_in_the_error_format(gateway: ht
 # --- VRRP reports -------------------------------------------------------------------------------
 
 
+async def attach_in_db(db: asyncpg.Pool, havip_id: str, instance_id: str) -> None:
+    await db.execute(
+        "INSERT INTO attachments (havip_id, target_id, instance_id) VALUES ($1, $2, $2)", havip_id, instance_id
+    )
+
+
 async def test_a_vrrp_report_is_published_with_the_tokens_instance(
     gateway: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
 ) -> None:
     await seed_havip(db, "havip-1")
+    await attach_in_db(db, "havip-1", "i-web1")
     answer = await gateway.post(
         "/v1/vrrp-events",
         # The agent cannot speak for another instance: instance and tenant come from its token.
@@ -437,6 +445,7 @@ async def test_a_vrrp_report_is_published_with_the_tokens_instance(
             "priority": 150,
             "seq": 42,
             "reported_at": "2024-05-01T10:00:00+00:00",
+            "lease_seconds": 2.5,
         },
         headers=bearer(AGENT_TOKEN),
     )
@@ -445,7 +454,7 @@ async def test_a_vrrp_report_is_published_with_the_tokens_instance(
     assert isinstance(report, VrrpReported)
     assert report.message_id == answer.json()["message_id"]
     assert (report.havip_id, report.tenant_id, report.instance_id) == ("havip-1", TENANT, "i-web1")
-    assert (report.state, report.priority, report.seq) == ("MASTER", 150, 42)
+    assert (report.state, report.priority, report.seq, report.lease_seconds) == ("MASTER", 150, 42, 2.5)
     assert report.reported_at.isoformat() == "2024-05-01T10:00:00+00:00"
     assert report.received_at > report.reported_at
 
@@ -457,15 +466,117 @@ async def test_a_vrrp_report_is_published_with_the_tokens_instance(
     assert no_time.status_code == 202
     reports = await read_topic(settings, topics.VRRP, until=2)
     assert reports[1].reported_at == reports[1].received_at
+    assert reports[1].lease_seconds is None  # a notify script: live until superseded
 
+    day_ahead_us = int((time.time() + 2 * 86400) * 1_000_000)
     for bad in (
         {"havip_id": "havip-1", "state": "LEADER", "priority": 1, "seq": 1},
         {"havip_id": "havip-1", "state": "MASTER", "priority": 256, "seq": 1},
         {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": -1},
+        {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": 2**63},
+        {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": 2**64 + 5},
+        # Far ahead of any clock: it would make every later report from this instance stale.
+        {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": day_ahead_us},
+        {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": 1, "lease_seconds": -1},
+        {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": 1, "lease_seconds": 3600},
         {"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": 1, "instance_id": "i-web2"},
+        {"reports": []},
+        {"reports": [{"havip_id": "havip-1", "state": "MASTER", "priority": 1, "seq": 1}] * 17},
     ):
         refused = await gateway.post("/v1/vrrp-events", json=bad, headers=bearer(AGENT_TOKEN))
         assert_error(refused, 400, "InvalidParameter")
+    # Microseconds since the epoch, as agents number their reports, are fine.
+    now_us = int(time.time() * 1_000_000)
+    fine = {"havip_id": "havip-1", "state": "BACKUP", "priority": 1, "seq": now_us}
+    assert (await gateway.post("/v1/vrrp-events", json=fine, headers=bearer(AGENT_TOKEN))).status_code == 202
+
+
+async def test_a_report_for_a_havip_the_instance_is_not_attached_to_answers_409(
+    gateway: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
+) -> None:
+    await seed_havip(db, "havip-1")
+    await attach_in_db(db, "havip-1", "i-web2")
+    report = {"havip_id": "havip-1", "state": "MASTER", "priority": 100, "seq": 1}
+    assert_error(
+        await gateway.post("/v1/vrrp-events", json=report, headers=bearer(AGENT_TOKEN)), 409, "VrrpReport.NotAttached"
+    )
+    await attach_in_db(db, "havip-1", "i-web1")
+    assert (await gateway.post("/v1/vrrp-events", json=report, headers=bearer(AGENT_TOKEN))).status_code == 202
+    assert len(await read_topic(settings, topics.VRRP, until=2, timeout=3)) == 1
+
+
+async def test_a_batch_of_reports_answers_one_outcome_each_and_publishes_in_order(
+    gateway: httpx.AsyncClient, db: asyncpg.Pool, settings: Settings
+) -> None:
+    for havip_id in ("havip-1", "havip-2", "havip-3"):
+        await seed_havip(db, havip_id, ip_address=f"192.168.1.{100 + int(havip_id[-1])}")
+    await attach_in_db(db, "havip-1", "i-web1")
+    await attach_in_db(db, "havip-3", "i-web1")
+    await seed_havip(db, "havip-of-b", tenant_id=OTHER_TENANT, ip_address="192.168.1.200")
+    reports = [
+        {"havip_id": "havip-1", "state": "BACKUP", "priority": 100, "seq": 10},
+        {"havip_id": "havip-2", "state": "MASTER", "priority": 100, "seq": 11},
+        {"havip_id": "havip-of-b", "state": "MASTER", "priority": 100, "seq": 12},
+        {"havip_id": "havip-3", "state": "MASTER", "priority": 100, "seq": 13, "lease_seconds": 2.5},
+        {"havip_id": "havip-1", "state": "MASTER", "priority": 100, "seq": 14, "lease_seconds": 2.5},
+    ]
+    answer = await gateway.post("/v1/vrrp-events", json={"reports": reports}, headers=bearer(AGENT_TOKEN))
+    assert answer.status_code == 202, answer.text
+    results = answer.json()["results"]
+    assert [(r["havip_id"], r["seq"], r["status"], r.get("code")) for r in results] == [
+        ("havip-1", 10, "Accepted", None),
+        ("havip-2", 11, "Refused", "VrrpReport.NotAttached"),
+        ("havip-of-b", 12, "Refused", "NotFound.HaVip"),
+        ("havip-3", 13, "Accepted", None),
+        ("havip-1", 14, "Accepted", None),
+    ]
+    published = await read_topic(settings, topics.VRRP, until=3)
+    # Order holds per HAVIP (one partition each); across HAVIPs it does not matter.
+    assert [r.seq for r in published if r.havip_id == "havip-1"] == [10, 14]
+    assert [r.seq for r in published if r.havip_id == "havip-3"] == [13]
+    assert {r.message_id for r in published} == {r["message_id"] for r in results if r["status"] == "Accepted"}
+
+
+async def test_owner_history_pages_newest_first_for_the_tenant_only(
+    gateway: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    await seed_havip(db, "havip-1")
+    await seed_havip(db, "havip-of-b", tenant_id=OTHER_TENANT, ip_address="192.168.1.200")
+    for version, (previous, owner, cause) in enumerate(
+        [
+            (None, "i-web1", "MasterReported"),
+            ("i-web1", "i-web2", "OwnerClaimLapsed"),
+            ("i-web2", None, "OwnerReleased"),
+        ],
+        start=2,
+    ):
+        await db.execute(
+            "INSERT INTO owner_changes (havip_id, version, previous_instance_id, instance_id, cause, detail,"
+            " trigger_kind, trigger_instance_id, trigger_seq)"
+            " VALUES ('havip-1', $1, $2, $3, $4, 'why', 'VrrpReport', $3, $1)",
+            version,
+            previous,
+            owner,
+            cause,
+        )
+    first = await gateway.get("/v1/havips/havip-1/owner-history?page_size=2", headers=TENANT_AUTH)
+    assert first.status_code == 200, first.text
+    page = first.json()
+    assert [c["cause"] for c in page["changes"]] == ["OwnerReleased", "OwnerClaimLapsed"]
+    assert page["changes"][1]["trigger"] == {"kind": "VrrpReport", "instance_id": "i-web2", "seq": 3}
+    second = await gateway.get(
+        f"/v1/havips/havip-1/owner-history?page_size=2&page_token={page['next_page_token']}", headers=TENANT_AUTH
+    )
+    assert [c["cause"] for c in second.json()["changes"]] == ["MasterReported"]
+    assert second.json()["next_page_token"] is None
+    assert_error(await gateway.get("/v1/havips/havip-of-b/owner-history", headers=TENANT_AUTH), 404, "NotFound.HaVip")
+    assert_error(
+        await gateway.get(
+            f"/v1/havips/havip-of-b/owner-history?page_token={page['next_page_token']}", headers=bearer(OTHER_TOKEN)
+        ),
+        400,
+        "InvalidParameter",
+    )
 
 
 # --- results ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from schemas import topics
 from schemas.errors import ErrorCode
 from schemas.messages import AttachHaVip, CreateHaVip, DetachHaVip, InstanceStatus, VrrpReported, VrrpState
-from services.mapping.published import load_mappings
+from services.readmodel.mappings import load_mappings
 from services.runtime.settings import Settings
 from tests.inventory_tools import TENANT, Publisher, instance, inventory
 from tests.kafka_tools import read_topic
@@ -19,7 +19,9 @@ from tests.kafka_tools import read_topic
 pytestmark = pytest.mark.integration
 
 
-def _report(havip: str, instance: str, state: VrrpState, seq: int, priority: int = 100) -> VrrpReported:
+def _report(
+    havip: str, instance: str, state: VrrpState, seq: int, priority: int = 100, lease: float | None = None
+) -> VrrpReported:
     now = datetime.now(UTC)
     return VrrpReported(
         havip_id=havip,
@@ -30,6 +32,7 @@ def _report(havip: str, instance: str, state: VrrpState, seq: int, priority: int
         seq=seq,
         reported_at=now,
         received_at=now,
+        lease_seconds=lease,
     )
 
 
@@ -139,7 +142,7 @@ async def test_reports_follow_the_owner_rules_end_to_end(settings, db, start_ser
         await asyncio.sleep(0.2)
     assert [tuple(row) for row in history] == [
         (None, "i-0", "MasterReported"),
-        ("i-0", "i-1", "SplitBrainResolved"),
+        ("i-0", "i-1", "HigherPriorityClaim"),
         ("i-1", "i-0", "Takeover"),
     ]
 
@@ -188,3 +191,92 @@ async def test_stopped_moved_and_detached_owners(settings, db, start_service) ->
     last = [m for m in published if m.havip_id == "havip-0"][-1]
     assert last.owner is None and [a.instance_id for a in last.attachments] == ["i-0"]
     assert all(m.owner is None or m.owner.host_id != "host-old" for m in published)
+
+
+async def _history(db) -> list[tuple[str | None, str | None, str, str]]:  # type: ignore[no-untyped-def]
+    rows = await db.fetch(
+        "SELECT previous_instance_id, instance_id, cause, trigger_kind FROM owner_changes ORDER BY id"
+    )
+    return [tuple(row) for row in rows]
+
+
+async def _changed(db) -> bool:  # type: ignore[no-untyped-def]
+    return bool(await db.fetchval("SELECT count(*) > 1 FROM owner_changes"))
+
+
+async def _eventually(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await check()
+        if found or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.05)
+
+
+async def test_renewals_change_nothing_and_a_lapsed_owner_hands_over_at_once(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
+    start_service("quota")
+    start_service("mapping")
+    lease = 2.5
+    async with Publisher(settings) as publish:
+        await _build_havips(publish, settings, havips=1, per_havip=2)
+        # A split brain: both claim MASTER with leases; the higher priority owns it.
+        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, 1, 100, lease))
+        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, 1, 90, lease))
+        assert await _eventually(lambda: db.fetchval("SELECT count(*) FROM vrrp_reports WHERE seq = 1"))
+        assert await _history(db) == [(None, "i-0", "MasterReported", "VrrpReport")]
+        version = await db.fetchval("SELECT version FROM havips")
+
+        # Both agents renew every 0.5 s for 3 s: nothing changes, nothing is published.
+        for seq in range(2, 8):
+            await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, seq, 100, lease))
+            await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, seq, 90, lease))
+            await asyncio.sleep(0.5)
+        assert await _eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM vrrp_reports WHERE seq = 7"))
+        assert await db.fetchval("SELECT version FROM havips") == version
+        assert len(await _history(db)) == 1
+
+        # i-0's keepalived dies: its renewals stop. i-1 renews once more, with a longer
+        # lease, and then stays quiet: once i-0's lease runs out the owner changes
+        # without waiting for any other message.
+        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, 8, 90, 10.0))
+        await _eventually(lambda: _changed(db), timeout=10)
+        changes = await _history(db)
+        assert changes[1:] == [("i-0", "i-1", "OwnerClaimLapsed", "LeaseExpiry")]
+        delay = await db.fetchval(
+            "SELECT extract(epoch FROM changed_at - lease_expired_at) FROM owner_changes ORDER BY id DESC LIMIT 1"
+        )
+        print(f"owner changed {float(delay) * 1000:.0f} ms after i-0's lease ran out")
+    published = await read_topic(settings, topics.MAPPINGS, until=100, timeout=3)
+    owners = [m.owner.instance_id if m.owner else None for m in published if m.havip_id == "havip-0"]
+    # Create, two attaches, the first owner and the lapse: renewals published nothing.
+    assert owners[-2:] == ["i-0", "i-1"] and len(owners) == 5, owners
+
+
+async def test_a_mapping_worker_killed_mid_split_brain_loses_no_lease(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
+    start_service("quota")
+    mapping = start_service("mapping")
+    lease = 2.5
+    async with Publisher(settings) as publish:
+        await _build_havips(publish, settings, havips=1, per_havip=2)
+        seq = 0
+
+        async def renew_both() -> None:
+            nonlocal seq
+            seq += 1
+            await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, seq, 100, lease))
+            await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, seq, 90, lease))
+
+        await renew_both()
+        assert await _eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM vrrp_reports WHERE seq = 1"))
+        # SIGKILL while both renew every 0.5 s; the restarted worker finds every lease.
+        for round_ in range(24):
+            if round_ == 4:
+                mapping.kill()
+            if round_ == 10:
+                mapping = start_service("mapping", wait=False)
+            await renew_both()
+            await asyncio.sleep(0.5)
+        mapping.wait_ready()
+        assert await _eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM vrrp_reports WHERE seq = $1", seq))
+        await asyncio.sleep(lease)  # a sweep that would lapse i-0 wrongly has had its chance
+    assert await _history(db) == [(None, "i-0", "MasterReported", "VrrpReport")]

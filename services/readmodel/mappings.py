@@ -1,4 +1,4 @@
-"""The published state of a HAVIP, read from the mapping tables.
+"""The published state of a HAVIP, read from the mapping tables (a read model).
 
 The mapping service publishes it to `havip.mappings` after every change; a
 forwarder reads all of it once at start as its snapshot. One query for both,
