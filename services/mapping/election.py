@@ -136,12 +136,18 @@ class Contest:
 
 
 def judge_report(contest: Contest, report: Report) -> ReportVerdict:
-    if not any(c.instance_id == report.instance_id for c in contest.candidates):
-        return ReportVerdict.NOT_ATTACHED
     last = contest.reports.get(report.instance_id)
     if last is not None and not report.newer_than(last):
         return ReportVerdict.STALE
+    if not any(c.instance_id == report.instance_id for c in contest.candidates):
+        return ReportVerdict.NOT_ATTACHED
     return ReportVerdict.FRESH
+
+
+def withdrawn(report: Report) -> Report:
+    """What is kept of a report that cannot count (its instance is not attached): its place in
+    the sequence, so the same report redelivered after an attach is still stale, and no claim."""
+    return replace(report, state=VrrpState.STOP, expires_at=None)
 
 
 def rank(candidate: Candidate, report: Report) -> tuple[int, IPv4Address, str]:

@@ -30,6 +30,7 @@ from schemas.messages import (
     HaVipStatus,
     InstanceChanged,
     VrrpReported,
+    VrrpState,
     utcnow,
 )
 from services.mapping import store
@@ -43,6 +44,7 @@ from services.mapping.election import (
     explain,
     judge_report,
     lapse_due,
+    withdrawn,
 )
 from services.readmodel.mappings import load_mappings
 from services.runtime.inventory import InventoryChange, record_inventory
@@ -126,12 +128,15 @@ class OwnerTracker:
                 command.havip_id,
                 command.target_id,
             )
-            # A detached instance's old MASTER must not count if it is attached again later.
+            # A detached instance's old MASTER must not count if it is attached again later,
+            # and a redelivered report from before the detach must stay stale: keep its
+            # sequence number, withdraw the claim.
             await conn.execute(
-                "DELETE FROM vrrp_reports WHERE havip_id = $1 AND instance_id = $2"
+                "UPDATE vrrp_reports SET state = $3, expires_at = NULL WHERE havip_id = $1 AND instance_id = $2"
                 " AND NOT EXISTS (SELECT 1 FROM attachments WHERE havip_id = $1 AND instance_id = $2)",
                 command.havip_id,
                 detached,
+                VrrpState.STOP.value,
             )
         trigger = Trigger(TriggerKind.COMMAND, message_id=command.command_id)
         await self._reelect(conn, command.havip_id, before, utcnow(), trigger)
@@ -141,6 +146,7 @@ class OwnerTracker:
         if await store.renew_claim(self._pool, reported.havip_id, reported.tenant_id, report):
             REPORTS.labels("renewal").inc()
             return
+        refused: Unappliable | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             havip = await store.lock_havip(conn, reported.havip_id)
             if havip is None or havip["tenant_id"] != reported.tenant_id:
@@ -149,12 +155,15 @@ class OwnerTracker:
             verdict = judge_report(before, report)
             REPORTS.labels(verdict.value).inc()
             if verdict is ReportVerdict.NOT_ATTACHED:
-                raise Unappliable(
+                # Dead-lettered, but its sequence number is kept: redelivered after an attach, it stays stale.
+                await store.save_report(conn, reported.havip_id, withdrawn(report))
+                refused = Unappliable(
                     ErrorCode.REPORTER_NOT_ATTACHED,
                     f"{reported.instance_id} is not attached to {reported.havip_id};"
                     " only attached instances may own it",
                 )
-            if verdict is ReportVerdict.STALE:
+                changed = False
+            elif verdict is ReportVerdict.STALE:
                 changed = True  # most likely redelivered after a crash: publish what it may have changed
             else:
                 await store.save_report(conn, reported.havip_id, report)
@@ -175,6 +184,8 @@ class OwnerTracker:
                     after=before.with_report(report),
                     only_if_owner_changed=True,
                 )
+        if refused is not None:
+            raise refused
         if changed:
             await self.publish_state(reported.havip_id)
 
