@@ -136,8 +136,17 @@ async def _migrate(dsn: str) -> None:
 class DevStack:
     """Broker, database and the four services; embedded unless the environment names them."""
 
-    def __init__(self, settings: Settings, workdir: Path, *, embedded_kafka: bool, embedded_postgres: bool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        workdir: Path,
+        *,
+        embedded_kafka: bool,
+        embedded_postgres: bool,
+        services: tuple[str, ...] = ("quota", "mapping", "forwarder", "gateway"),
+    ) -> None:
         self.settings = settings
+        self._wanted = services
         self._embedded_kafka = embedded_kafka
         self._embedded_postgres = embedded_postgres
         self.workdir = workdir
@@ -170,7 +179,7 @@ class DevStack:
             self.settings = self.settings.model_copy(update={"database_url": self._postgres.dsn("havip")})
         asyncio.run(_migrate(self.settings.database_url))
         asyncio.run(seed(self.settings))
-        for name in ("quota", "mapping", "forwarder", "gateway"):
+        for name in self._wanted:
             self.services.append(ServiceProcess(name, self.settings, self.workdir).start())
         for service in self.services:
             service.wait_ready()
@@ -189,13 +198,14 @@ class DevStack:
             self._broker.stop()
 
 
-def dev_stack(settings: Settings, workdir: Path) -> DevStack:
+def dev_stack(settings: Settings, workdir: Path, services: tuple[str, ...] | None = None) -> DevStack:
     """Embedded broker and database unless HAVIP_KAFKA_BOOTSTRAP / HAVIP_DATABASE_URL name real ones."""
     return DevStack(
         settings,
         workdir,
         embedded_kafka="HAVIP_KAFKA_BOOTSTRAP" not in os.environ,
         embedded_postgres="HAVIP_DATABASE_URL" not in os.environ,
+        **({"services": services} if services is not None else {}),
     )
 
 

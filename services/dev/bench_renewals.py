@@ -1,0 +1,169 @@
+"""`havip bench renewals`: how many lease renewals, and how many state changes, one mapping worker applies per second.
+
+Every live master's agent renews its claim every second, so a fleet of 10,000
+HAVIPs with a live master sends 10,000 renewals a second. The bench seeds
+that many HAVIPs straight into the mapping tables (two attached instances,
+the first one owning it with a live claim), queues renewals on `vrrp.events`
+while the worker is stopped, starts one mapping worker and times how fast it
+drains them; then the same for state changes (the owner steps down, the other
+instance takes over), which take the full path and publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from schemas import topics
+from schemas.messages import MAX_LEASE_SECONDS, VrrpReported, VrrpState
+from services.dev.embedded import free_port
+from services.dev.processes import ServiceProcess
+from services.dev.stack import dev_stack
+from services.runtime.db import connect_pool
+from services.runtime.kafka import new_producer, topic_name
+from services.runtime.settings import Settings
+
+TENANT = "tenant-bench"
+
+
+def run_renewal_bench(settings: Settings, havips: int, renewals: int, changes: int) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
+    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
+    with dev_stack(settings, workdir, services=()) as stack:
+        result = asyncio.run(_bench(stack.settings, workdir, havips, renewals, changes))
+    renewal_rate, change_rate = result
+    print(f"renewals:      {renewal_rate:9.0f} /s  (one mapping worker, {havips} HAVIPs with a live master)")
+    print(f"state changes: {change_rate:9.0f} /s  (owner steps down, the other takes over; full path + publish)")
+    print(f"a renewal costs {change_rate / renewal_rate:.2f}x a state change")
+    return 0
+
+
+async def _bench(settings: Settings, workdir: Path, havips: int, renewals: int, changes: int) -> tuple[float, float]:
+    pool = await connect_pool(settings.database_url)
+    try:
+        await _seed(pool, havips)
+        print(f"seeded {havips} HAVIPs, each owned by a live claim", flush=True)
+        renewal_rate = await _drain(
+            settings, pool, workdir, renewals, lambda n: _renewal(n % havips, 2 + n // havips), "renewals"
+        )
+        change_rate = await _drain(settings, pool, workdir, changes, lambda n: _change(n, havips), "state changes")
+    finally:
+        await pool.close()
+    return renewal_rate, change_rate
+
+
+async def _seed(pool: asyncpg.Pool, havips: int) -> None:
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO instances (instance_id, tenant_id, vpc_id, vswitch_id, private_ip, status, host_id, revision)"
+            " SELECT 'i-' || n, $1, 'vpc-bench', 'vsw-bench', ('10.0.0.0'::inet + n), 'Running', 'host-1', 1"
+            " FROM generate_series(0, $2 - 1) AS n",
+            TENANT,
+            2 * havips,
+        )
+        await conn.execute(
+            "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, status, owner_target_id,"
+            " version, published_version)"
+            " SELECT 'havip-' || n, $1, 'vpc-bench', 'vsw-bench', ('10.128.0.0'::inet + n), 'InUse', 'i-' || (2 * n),"
+            " 2, 2 FROM generate_series(0, $2 - 1) AS n",
+            TENANT,
+            havips,
+        )
+        await conn.execute(
+            "INSERT INTO attachments (havip_id, target_id, instance_id)"
+            " SELECT 'havip-' || n, 'i-' || (2 * n + k), 'i-' || (2 * n + k)"
+            " FROM generate_series(0, $1 - 1) AS n, generate_series(0, 1) AS k",
+            havips,
+        )
+        await conn.execute(
+            "INSERT INTO vrrp_reports (havip_id, instance_id, state, priority, seq, reported_at, received_at,"
+            " expires_at) SELECT 'havip-' || n, 'i-' || (2 * n), 'MASTER', 100, 1, $2::timestamptz, $2::timestamptz,"
+            " $2::timestamptz + interval '1 hour' FROM generate_series(0, $1 - 1) AS n",
+            havips,
+            now,
+        )
+
+
+def _renewal(havip: int, seq: int) -> VrrpReported:
+    return _report(havip, f"i-{2 * havip}", VrrpState.MASTER, seq, MAX_LEASE_SECONDS)
+
+
+def _change(n: int, havips: int) -> VrrpReported:
+    # Round r on HAVIP h: the current owner steps down (BACKUP) or claims again (MASTER).
+    havip, round_ = n % havips, n // havips
+    state = VrrpState.BACKUP if round_ % 2 == 0 else VrrpState.MASTER
+    return _report(havip, f"i-{2 * havip}", state, 10**9 + round_, MAX_LEASE_SECONDS)
+
+
+def _report(havip: int, instance: str, state: VrrpState, seq: int, lease: float) -> VrrpReported:
+    now = datetime.now(UTC)
+    return VrrpReported(
+        havip_id=f"havip-{havip}",
+        tenant_id=TENANT,
+        instance_id=instance,
+        state=state,
+        priority=100,
+        seq=seq,
+        reported_at=now,
+        received_at=now,
+        lease_seconds=lease,
+    )
+
+
+async def _drain(settings: Settings, pool: asyncpg.Pool, workdir: Path, count: int, make, label: str) -> float:  # type: ignore[no-untyped-def]
+    """Queue `count` reports with no worker running, then time one worker through them."""
+    before = await pool.fetchval("SELECT coalesce(sum(seq), 0) FROM vrrp_reports")
+    producer = new_producer(settings)
+    await producer.start()
+    try:
+        topic = topic_name(settings, topics.VRRP)
+        batch = []
+        for n in range(count):
+            report = make(n)
+            batch.append(producer.send(topic, key=report.havip_id.encode(), value=topics.encode(report)))
+            if len(batch) >= 1000:
+                await asyncio.gather(*[await f for f in batch])
+                batch.clear()
+        await asyncio.gather(*[await f for f in batch])
+    finally:
+        await producer.stop()
+    expected = await _expected_seq_sum(pool, before, count, make)
+    print(f"queued {count} {label}; starting one mapping worker", flush=True)
+    worker = ServiceProcess("mapping", settings.model_copy(update={"mapping_port": free_port()}), workdir).start()
+    try:
+        first = await _wait(pool, lambda total: total > before, timeout=120)
+        await _wait(pool, lambda total: total >= expected, timeout=600)
+        elapsed = time.perf_counter() - first
+    finally:
+        worker.stop()
+    return count / elapsed
+
+
+async def _expected_seq_sum(pool: asyncpg.Pool, before: int, count: int, make) -> int:  # type: ignore[no-untyped-def]
+    # The last report per (HAVIP, instance) wins; the sum of stored seqs tells when all are in.
+    last: dict[tuple[str, str], int] = {}
+    for n in range(count):
+        report = make(n)
+        last[(report.havip_id, report.instance_id)] = report.seq
+    rows = await pool.fetch("SELECT havip_id, instance_id, seq FROM vrrp_reports")
+    stored = {(r["havip_id"], r["instance_id"]): r["seq"] for r in rows}
+    stored.update(last)
+    return sum(stored.values())
+
+
+async def _wait(pool: asyncpg.Pool, done, timeout: float) -> float:  # type: ignore[no-untyped-def]
+    deadline = time.perf_counter() + timeout
+    while True:
+        total = await pool.fetchval("SELECT coalesce(sum(seq), 0) FROM vrrp_reports")
+        now = time.perf_counter()
+        if done(total):
+            return now
+        if now > deadline:
+            raise TimeoutError(f"the mapping worker did not get there in {timeout}s (sum of seqs {total})")
+        await asyncio.sleep(0.02)
