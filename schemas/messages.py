@@ -20,6 +20,8 @@ SCHEMA_VERSION = 1
 # A VRRP report's sequence number is a signed 64-bit integer (Postgres bigint).
 MAX_SEQ = 2**63 - 1
 MAX_LEASE_SECONDS = 60.0
+# Reports one agent request may carry (an instance holds up to 5 HAVIPs; room for their history).
+MAX_REPORTS_PER_REQUEST = 16
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 

@@ -66,6 +66,39 @@ def _bench_failover(args: argparse.Namespace) -> int:
     return run_failover_bench(load_settings(), rounds=args.rounds)
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if not args.check:
+        from services.agent.main import run
+
+        return run(Path(args.config))
+    from services.agent.check import plan
+    from services.agent.config import ConfigError, load_config
+
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        print(f"havip agent: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(plan(config, Path(args.config))))
+    return 0
+
+
+def _notify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services.agent.notify import run
+
+    return run(Path(args.config), [args.type, args.name, args.state, args.priority], deliver_seconds=args.wait)
+
+
+def _bench_renewals(args: argparse.Namespace) -> int:
+    from services.dev.bench_renewals import run_renewal_bench
+
+    return run_renewal_bench(load_settings(), havips=args.havips, renewals=args.renewals, changes=args.changes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="havip", description="Edge HAVIP control plane")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
     failover = bench_sub.add_parser("failover", help="VRRP report to forwarder answer, over many failovers")
     failover.add_argument("--rounds", type=int, default=100)
     failover.set_defaults(func=_bench_failover)
+    renewals = bench_sub.add_parser("renewals", help="lease renewals and state changes one mapping worker applies")
+    renewals.add_argument("--havips", type=int, default=10_000)
+    renewals.add_argument("--renewals", type=int, default=30_000)
+    renewals.add_argument("--changes", type=int, default=3_000)
+    renewals.set_defaults(func=_bench_renewals)
+
+    agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
+    agent.add_argument("--config", required=True, help="the agent's TOML file")
+    agent.add_argument("--check", action="store_true", help="validate the config and show what would be sent")
+    agent.set_defaults(func=_agent)
+
+    notify = sub.add_parser(
+        "notify",
+        help="report one keepalived state from a notify script",
+        description='keepalived appends TYPE NAME STATE PRIORITY: notify "havip notify --config PATH"',
+    )
+    notify.add_argument("--config", required=True, help="the agent's TOML file")
+    notify.add_argument("--wait", type=float, default=10.0, help="seconds to try delivering the spool (default 10)")
+    notify.add_argument("type", metavar="TYPE", help="INSTANCE or GROUP")
+    notify.add_argument("name", metavar="NAME", help="the vrrp_instance or vrrp_sync_group name")
+    notify.add_argument("state", metavar="STATE", help="MASTER, BACKUP, FAULT, STOP, ...")
+    notify.add_argument("priority", metavar="PRIORITY", help="0..255")
+    notify.set_defaults(func=_notify)
     return parser
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.ipv4 import parse_ipv4
-from schemas.messages import MAX_LEASE_SECONDS, MAX_SEQ, HaVipStatus, Id, VrrpState
+from schemas.messages import MAX_LEASE_SECONDS, MAX_REPORTS_PER_REQUEST, MAX_SEQ, HaVipStatus, Id, VrrpState
 
 
 class _Request(BaseModel):
@@ -84,9 +84,6 @@ class VrrpEventRequest(_Request):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
-
-
-MAX_REPORTS_PER_REQUEST = 16
 
 
 class VrrpEventBatch(_Request):
