@@ -82,9 +82,8 @@ def _database_dsn(admin_dsn: str, database: str) -> str:
     return f"{base}/{database}"
 
 
-@pytest.fixture
-async def settings(infra: Infra) -> AsyncIterator[Settings]:
-    """A fresh, migrated database and a fresh set of topics for one test."""
+async def fresh_settings(infra: Infra) -> Settings:
+    """A fresh, migrated database and a fresh set of topics, on free ports."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(infra.admin_dsn)
     try:
@@ -105,7 +104,13 @@ async def settings(infra: Infra) -> AsyncIterator[Settings]:
         await migrate(conn)
     await pool.close()
     await ensure_topics(result)
-    yield result
+    return result
+
+
+@pytest.fixture
+async def settings(infra: Infra) -> AsyncIterator[Settings]:
+    """A fresh, migrated database and a fresh set of topics for one test."""
+    yield await fresh_settings(infra)
 
 
 @pytest.fixture
