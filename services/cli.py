@@ -99,6 +99,12 @@ def _bench_renewals(args: argparse.Namespace) -> int:
     return run_renewal_bench(load_settings(), havips=args.havips, renewals=args.renewals, changes=args.changes)
 
 
+def _bench_keepalived(args: argparse.Namespace) -> int:
+    from services.dev.bench_keepalived import run_keepalived_bench
+
+    return run_keepalived_bench(load_settings(), rounds=args.rounds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="havip", description="Edge HAVIP control plane")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     renewals.add_argument("--renewals", type=int, default=30_000)
     renewals.add_argument("--changes", type=int, default=3_000)
     renewals.set_defaults(func=_bench_renewals)
+    keepalived = bench_sub.add_parser("keepalived", help="real keepalived failovers, notify to forwarder (root)")
+    keepalived.add_argument("--rounds", type=int, default=10)
+    keepalived.set_defaults(func=_bench_keepalived)
 
     agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
     agent.add_argument("--config", required=True, help="the agent's TOML file")

@@ -36,7 +36,7 @@ def plan(config: AgentConfig, config_path: Path) -> list[str]:
     if config.groups:
         lines.append("note: sync group reports carry priority 0, so a split brain between groups is settled by IP")
     lines.append(
-        "hint: set fifo_write_vrrp_states_on_reload in global_defs, so that `systemctl reload keepalived`"
-        " tells a restarted agent the current states"
+        "note: a restarted agent renews nothing until keepalived's next state change (keepalived 2.2.7 does not"
+        " repeat its states on reload); meanwhile the owner keeps the HAVIP unless another instance claims it"
     )
     return lines

@@ -8,8 +8,8 @@ What keepalived 2.2.7 does with the FIFO (seen on Linux, in a network namespace)
   writes STOP for every instance and group, then closes the FIFO about a
   second later; SIGKILL of the VRRP process writes nothing, leaves the VIPs
   in place, and the parent respawns a child that opens the FIFO again;
-- a reload (SIGHUP) keeps the FIFO open and writes nothing unless
-  `fifo_write_vrrp_states_on_reload` is set in global_defs.
+- a reload (SIGHUP) keeps the FIFO open and writes nothing, even with
+  `fifo_write_vrrp_states_on_reload` in global_defs (checked: no line came).
 
 We open it O_RDONLY|O_NONBLOCK. The open never waits for a writer, and Linux
 reports the end of a pipe (POLLHUP, read() == 0) only once a writer that has
