@@ -18,7 +18,6 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,8 @@ import httpx
 
 from schemas import topics
 from schemas.messages import InstanceChanged, InstanceStatus, VSwitchChanged
-from services.dev.embedded import exit_with_parent
 from services.dev.keepalived_lab import INSTANCE, KeepalivedLab, Node
-from services.dev.processes import settings_env
+from services.dev.processes import spawn_havip
 from services.dev.walkthrough import Tenant
 from services.gateway.tokens import Principal, store_token
 from services.runtime.kafka import new_producer, topic_name
@@ -169,16 +167,7 @@ class AgentProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, settings: Settings) -> AgentProcess:
-        with open(self.log_path, "ab") as out:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "agent", "--config", str(self.config_path)],
-                env=settings_env(settings),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=exit_with_parent,
-                start_new_session=True,
-            )
+        self._process = spawn_havip(["agent", "--config", str(self.config_path)], settings, self.log_path)
         return self
 
     @property

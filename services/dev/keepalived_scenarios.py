@@ -39,13 +39,8 @@ async def both_start(cluster: FailoverCluster) -> float:
 
 async def keepalived_killed(cluster: FailoverCluster) -> FailoverTiming:
     """Scenario 2: SIGKILL of the primary's keepalived (its agent lives on and stops renewing)."""
-    primary, standby = cluster.lab.node("n1"), cluster.lab.node("n2")
-    primary.kill()
-    assert primary.killed_at is not None
-    notified = await cluster.agents["n2"].wait_read("MASTER", since=primary.killed_at)
-    answered = await cluster.watch.wait_for(cluster.instance_of("n2"), TIMEOUT, since=primary.killed_at)
-    await wait_holders(cluster, [standby.name])
-    return FailoverTiming("keepalived SIGKILL", notified - primary.killed_at, answered - notified)
+    cluster.lab.node("n1").kill()
+    return await _standby_takes_over(cluster, "keepalived SIGKILL")
 
 
 async def primary_preempts(cluster: FailoverCluster) -> FailoverTiming:
@@ -77,14 +72,19 @@ async def split_brain(cluster: FailoverCluster, hold_seconds: float = 6.0) -> se
 
 async def node_killed(cluster: FailoverCluster) -> FailoverTiming:
     """Scenario 6: SIGKILL of the whole primary node: keepalived and its agent at once."""
-    primary = cluster.lab.node("n1")
     cluster.agents["n1"].kill()
-    primary.kill()
-    assert primary.killed_at is not None
-    notified = await cluster.agents["n2"].wait_read("MASTER", since=primary.killed_at)
-    answered = await cluster.watch.wait_for(cluster.instance_of("n2"), TIMEOUT, since=primary.killed_at)
+    cluster.lab.node("n1").kill()
+    return await _standby_takes_over(cluster, "whole node SIGKILL")
+
+
+async def _standby_takes_over(cluster: FailoverCluster, scenario: str) -> FailoverTiming:
+    """After n1 was killed: n2's keepalived notices the missing adverts, and the forwarder follows."""
+    killed_at = cluster.lab.node("n1").killed_at
+    assert killed_at is not None
+    notified = await cluster.agents["n2"].wait_read("MASTER", since=killed_at)
+    answered = await cluster.watch.wait_for(cluster.instance_of("n2"), TIMEOUT, since=killed_at)
     await wait_holders(cluster, ["n2"])
-    return FailoverTiming("whole node SIGKILL", notified - primary.killed_at, answered - notified)
+    return FailoverTiming(scenario, notified - killed_at, answered - notified)
 
 
 async def node_restarts(cluster: FailoverCluster) -> FailoverTiming:

@@ -30,6 +30,21 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def spawn_havip(arguments: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    """`havip ARGUMENTS` as a child that dies with us, its output appended to `log`."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *arguments],
+            env=settings_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=exit_with_parent,
+            # Ctrl-C reaches only our parent, which stops services before their broker.
+            start_new_session=True,
+        )
+
+
 class ServiceProcess:
     def __init__(self, service: str, settings: Settings, log_dir: Path) -> None:
         self.service = service
@@ -44,17 +59,7 @@ class ServiceProcess:
         return f"http://{self.settings.http_host}:{self.port}"
 
     def start(self) -> ServiceProcess:
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "serve", self.service],
-                env=settings_env(self.settings),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=exit_with_parent,
-                # Ctrl-C reaches only our parent, which stops services before their broker.
-                start_new_session=True,
-            )
+        self.process = spawn_havip(["serve", self.service], self.settings, self.log)
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> None:

@@ -306,18 +306,7 @@ async def get_owner_history(
     page = found[:page_size]
     next_token = encode_page_token(str(page[-1].id), scope) if len(found) > page_size else None
     return OwnerHistoryPage(
-        changes=[
-            OwnerChangeView(
-                version=change.version,
-                previous_instance_id=change.previous_instance_id,
-                instance_id=change.instance_id,
-                cause=change.cause,
-                detail=change.detail,
-                trigger=change.trigger,
-                changed_at=change.changed_at,
-            )
-            for change in page
-        ],
+        changes=[OwnerChangeView.model_validate(change, from_attributes=True) for change in page],
         next_page_token=next_token,
     )
 
