@@ -22,13 +22,13 @@ from typing import Any
 
 import httpx
 
-from schemas.messages import VrrpState
+from schemas.messages import MAX_REPORTS_PER_REQUEST, VrrpState
 from services.agent import fifo
 from services.agent.claims import LastState, lease_for, reconcile, renewals_due, writer_gone
 from services.agent.config import AgentConfig, ConfigError, load_config
 from services.agent.delivery import Backoff, Drain, Gateway, Outcome, RetryLater, drain, log_refusals
 from services.agent.keepalived import NameKey, parse_line
-from services.agent.reports import REPORTS_PER_REQUEST, Origin, ReportDraft, VrrpReport
+from services.agent.reports import Origin, ReportDraft, VrrpReport
 from services.agent.sequence import SequenceFile
 from services.agent.spool import Spool
 
@@ -192,8 +192,10 @@ class Agent:
             ReportDraft(r.havip_id, VrrpState.MASTER, r.priority, now, Origin.FIFO, r.key).numbered(seq)
             for r, seq in zip(due, seqs, strict=True)
         ]
-        for start in range(0, len(reports), REPORTS_PER_REQUEST):
-            items = [report.wire(self.config.lease_seconds) for report in reports[start : start + REPORTS_PER_REQUEST]]
+        for start in range(0, len(reports), MAX_REPORTS_PER_REQUEST):
+            items = [
+                report.wire(self.config.lease_seconds) for report in reports[start : start + MAX_REPORTS_PER_REQUEST]
+            ]
             result = await self._connected().send(items)
             if isinstance(result, RetryLater):
                 if not self._renewals_failing:

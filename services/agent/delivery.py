@@ -23,8 +23,9 @@ from typing import Any
 
 import httpx
 
+from schemas.messages import MAX_REPORTS_PER_REQUEST
 from services.agent.files import LockBusy
-from services.agent.reports import REPORTS_PER_REQUEST, VrrpReport
+from services.agent.reports import VrrpReport
 from services.agent.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ async def drain(
     """
     try:
         with spool.delivering():
-            while batch := spool.oldest(REPORTS_PER_REQUEST):
+            while batch := spool.oldest(MAX_REPORTS_PER_REQUEST):
                 items = [report.wire(lease(report)) for report in batch]
                 result = await gateway.send(items)
                 if isinstance(result, RetryLater):

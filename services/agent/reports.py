@@ -9,11 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.messages import MAX_REPORTS_PER_REQUEST, MAX_SEQ, VrrpState
+from schemas.messages import MAX_SEQ, VrrpState
 from services.agent.keepalived import Kind, NameKey
-
-# The gateway takes at most this many reports in one request.
-REPORTS_PER_REQUEST = MAX_REPORTS_PER_REQUEST
 
 
 class Origin(enum.StrEnum):
