@@ -1,8 +1,9 @@
 """Every failure a tenant, an agent or an operator can see, in one place.
 
     HaVipError                        (code, HTTP status, message)
-    ├── NotFound.HaVip / .Instance / .VSwitch / .Attachment / .Operation / .Route   404
-    ├── QuotaExceeded.HaVipAssociation / .InstanceHaVip / .HaVipEip         409
+    ├── NotFound.HaVip / .Instance / .VSwitch / .Attachment / .Eip / .Operation / .Route / .Token   404
+    ├── QuotaExceeded.HaVipAssociation / .InstanceHaVip / .HaVipEip / .HaVip   409
+    ├── InvalidEip.InUse (another HAVIP holds it)                           409
     ├── InvalidIpAddress.Version / .Malformed / .OutOfRange / .Reserved     400
     ├── InvalidIpAddress.InUse / InvalidVSwitch.Mismatch                    409
     ├── IncorrectInstanceStatus / IncorrectHaVipStatus                      409
@@ -10,9 +11,14 @@
     ├── InvalidParameter                                                    400
     ├── Unauthorized / Forbidden                                            401 / 403
     ├── NotFound / MethodNotAllowed (no such route or method)               404 / 405
-    ├── ServiceUnavailable                                                  503
+    ├── PayloadTooLarge                                                     413
+    ├── Throttling (a token's request rate; with Retry-After)               429
+    ├── ServiceUnavailable (with Retry-After)                               503
     ├── InternalError (a bug; logged, never a stack trace)                  500
     └── Unappliable: a record a consumer dead-letters (VrrpReport.NotAttached, ApplyFailed, ...)
+
+    InventoryMiss: quota's inventory copy lacks a resource a command names (wait, then ask again)
+    SchemaOutOfDate: a service started against a database `havip migrate` has not brought up to date
 
 The same codes travel in `havip.command-results` (a rejected command) and as
 dead-letter reasons, so an operator reading a dead letter and a tenant
@@ -31,6 +37,10 @@ class ErrorCode(StrEnum):
     NOT_FOUND_ATTACHMENT = "NotFound.Attachment"
     NOT_FOUND_OPERATION = "NotFound.Operation"
     NOT_FOUND_ROUTE = "NotFound.Route"
+    NOT_FOUND_EIP = "NotFound.Eip"
+    NOT_FOUND_TOKEN = "NotFound.Token"
+    QUOTA_HAVIP = "QuotaExceeded.HaVip"
+    EIP_IN_USE = "InvalidEip.InUse"
     QUOTA_HAVIP_ASSOCIATION = "QuotaExceeded.HaVipAssociation"
     QUOTA_INSTANCE_HAVIP = "QuotaExceeded.InstanceHaVip"
     QUOTA_HAVIP_EIP = "QuotaExceeded.HaVipEip"
@@ -50,6 +60,8 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "Unauthorized"
     FORBIDDEN = "Forbidden"
     SERVICE_UNAVAILABLE = "ServiceUnavailable"
+    THROTTLED = "Throttling"
+    PAYLOAD_TOO_LARGE = "PayloadTooLarge"
     # what the HTTP layer itself answers
     NOT_FOUND = "NotFound"
     METHOD_NOT_ALLOWED = "MethodNotAllowed"
@@ -68,6 +80,12 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND_ATTACHMENT: 404,
     ErrorCode.NOT_FOUND_OPERATION: 404,
     ErrorCode.NOT_FOUND_ROUTE: 404,
+    ErrorCode.NOT_FOUND_EIP: 404,
+    ErrorCode.NOT_FOUND_TOKEN: 404,
+    ErrorCode.QUOTA_HAVIP: 409,
+    ErrorCode.EIP_IN_USE: 409,
+    ErrorCode.THROTTLED: 429,
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
     ErrorCode.QUOTA_HAVIP_ASSOCIATION: 409,
     ErrorCode.QUOTA_INSTANCE_HAVIP: 409,
     ErrorCode.QUOTA_HAVIP_EIP: 409,
@@ -97,10 +115,12 @@ HTTP_STATUS: dict[ErrorCode, int] = {
 class HaVipError(Exception):
     """A failure with a stable code; raised by rules, mapped once at each edge."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        # Seconds a client should wait before trying again (429, 503): the HTTP edge sends Retry-After.
+        self.retry_after = retry_after
 
     @property
     def http_status(self) -> int:
@@ -109,3 +129,11 @@ class HaVipError(Exception):
 
 class Unappliable(HaVipError):
     """A well-formed record that can never be applied: a consumer dead-letters it with its code."""
+
+
+class InventoryMiss(Exception):
+    """A command names a resource our inventory copy lacks; nothing was stored."""
+
+
+class SchemaOutOfDate(RuntimeError):
+    """The database's schema is older than this code: run `havip migrate` first."""

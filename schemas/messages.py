@@ -127,7 +127,38 @@ class DetachHaVip(Message):
     target_id: Id
 
 
-HaVipCommand = Annotated[CreateHaVip | AttachHaVip | DetachHaVip, Field(discriminator="type")]
+class DeleteHaVip(Message):
+    """Release the HAVIP; refused while instances, ENIs or an EIP are still associated."""
+
+    type: Literal["DeleteHaVip"] = "DeleteHaVip"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+
+
+class AssociateEip(Message):
+    """Give the HAVIP a public EIP: traffic for it follows the HAVIP's owner."""
+
+    type: Literal["AssociateEip"] = "AssociateEip"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    eip_id: Id
+
+
+class UnassociateEip(Message):
+    type: Literal["UnassociateEip"] = "UnassociateEip"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    eip_id: Id
+
+
+HaVipCommand = Annotated[
+    CreateHaVip | AttachHaVip | DetachHaVip | DeleteHaVip | AssociateEip | UnassociateEip,
+    Field(discriminator="type"),
+]
+CommandType = Literal["CreateHaVip", "AttachHaVip", "DetachHaVip", "DeleteHaVip", "AssociateEip", "UnassociateEip"]
 
 
 # --- havip.commands.accepted (key: havip_id) ---------------------------------
@@ -163,8 +194,38 @@ class DetachmentAccepted(Message):
     target_id: Id
 
 
+class HaVipDeletionAccepted(Message):
+    type: Literal["HaVipDeletionAccepted"] = "HaVipDeletionAccepted"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+
+
+class EipAssociationAccepted(Message):
+    type: Literal["EipAssociationAccepted"] = "EipAssociationAccepted"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    eip_id: Id
+    eip_address: str = Field(description="The EIP's public IPv4 address, from quota's inventory copy.")
+
+
+class EipUnassociationAccepted(Message):
+    type: Literal["EipUnassociationAccepted"] = "EipUnassociationAccepted"
+    command_id: Id
+    tenant_id: Id
+    havip_id: Id
+    eip_id: Id
+
+
 AcceptedCommand = Annotated[
-    HaVipCreationAccepted | AttachmentAccepted | DetachmentAccepted, Field(discriminator="type")
+    HaVipCreationAccepted
+    | AttachmentAccepted
+    | DetachmentAccepted
+    | HaVipDeletionAccepted
+    | EipAssociationAccepted
+    | EipUnassociationAccepted,
+    Field(discriminator="type"),
 ]
 
 
@@ -174,17 +235,32 @@ AcceptedCommand = Annotated[
 class CommandSucceeded(Message):
     type: Literal["CommandSucceeded"] = "CommandSucceeded"
     command_id: Id
+    tenant_id: Id
     havip_id: Id
+    command_type: CommandType
     stage: Literal["quota", "mapping"]
 
 
 class CommandRejected(Message):
+    """The command's one terminal outcome, except with code IdempotentParameterMismatch.
+
+    That code answers a second, different command that reused a `command_id`:
+    it says the reuse was refused and settles nothing (the first command keeps
+    its own outcome).
+    """
+
     type: Literal["CommandRejected"] = "CommandRejected"
     command_id: Id
+    tenant_id: Id
     havip_id: Id
+    command_type: CommandType
     stage: Literal["quota", "mapping"]
     code: str
     reason: str
+
+    @property
+    def settles_command(self) -> bool:
+        return self.code != "IdempotentParameterMismatch"
 
 
 CommandResult = Annotated[CommandSucceeded | CommandRejected, Field(discriminator="type")]
@@ -251,6 +327,15 @@ class MappedAttachment(BaseModel):
     eni_id: str | None = None
 
 
+class MappedEip(BaseModel):
+    """A public EIP of the HAVIP: its traffic goes where the HAVIP's goes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    eip_id: str
+    ip_address: str
+
+
 class HaVipMappingChanged(Message):
     """The whole forwarding state of one HAVIP; a newer version replaces an older one."""
 
@@ -260,7 +345,7 @@ class HaVipMappingChanged(Message):
     vpc_id: Id
     vswitch_id: Id
     ip_address: str
-    eip_address: str | None = None
+    eips: list[MappedEip] = Field(default_factory=list)
     status: HaVipStatus
     owner: Route | None = None
     attachments: list[MappedAttachment] = Field(default_factory=list)

@@ -18,7 +18,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 
 import asyncpg
 
-from schemas.errors import ErrorCode, HaVipError
+from schemas.errors import ErrorCode, HaVipError, InventoryMiss
 from schemas.ipv4 import parse_ipv4
 from schemas.messages import (
     AttachHaVip,
@@ -37,10 +37,6 @@ Decision = Accepted | CommandRejected
 
 # Codes that may only mean "our inventory copy is behind", not "no such thing".
 INVENTORY_MISSES = frozenset({ErrorCode.NOT_FOUND_VSWITCH, ErrorCode.NOT_FOUND_INSTANCE})
-
-
-class InventoryMiss(Exception):
-    """The command names a resource our inventory copy lacks; nothing was stored."""
 
 
 class QuotaLedger:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import faust
 
 from schemas import topics
+from schemas.errors import InventoryMiss
 from schemas.messages import CommandRejected
-from services.quota.ledger import Command, InventoryMiss, QuotaLedger
+from services.quota.ledger import Command, QuotaLedger
 from services.quota.rules import Limits
 from services.runtime.inventory import InventoryChange, record_inventory
 from services.runtime.kafka import ConsumerGroupProgress, topic_name
@@ -21,6 +22,7 @@ def build_app(settings: Settings) -> faust.App:
         attachments_per_havip=settings.max_attachments_per_havip,
         havips_per_instance=settings.max_havips_per_instance,
         eips_per_havip=settings.max_eips_per_havip,
+        havips=settings.max_havips_per_tenant,
     )
 
     inventory_progress = ConsumerGroupProgress(settings, app.conf.id, topic_name(settings, topics.INVENTORY))

@@ -21,6 +21,7 @@ class Limits:
     attachments_per_havip: int = 10
     havips_per_instance: int = 5
     eips_per_havip: int = 1
+    havips: int = 100  # per tenant
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from importlib import resources
 
 import asyncpg
 
+from schemas.errors import SchemaOutOfDate
+
 log = logging.getLogger(__name__)
 
 # Any fixed number; only `havip migrate` takes this lock.
@@ -26,10 +28,6 @@ class Migration:
     version: int
     name: str
     sql: str
-
-
-class SchemaOutOfDate(RuntimeError):
-    pass
 
 
 def migrations() -> list[Migration]:

@@ -8,6 +8,7 @@ Errors are `{"code", "message", "request_id"}` with the codes of
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
@@ -119,7 +120,10 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
 
 async def _on_havip_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HaVipError)
-    return error_response(request, exc.http_status, exc.code, exc.message)
+    response = error_response(request, exc.http_status, exc.code, exc.message)
+    if exc.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     max_attachments_per_havip: int = Field(default=10, ge=1)
     max_havips_per_instance: int = Field(default=5, ge=1)
     max_eips_per_havip: int = Field(default=1, ge=0)
+    # HAVIPs one tenant may hold; like the three above, overridable per tenant (`havip admin tenant`).
+    max_havips_per_tenant: int = Field(default=100, ge=0)
 
     # How often a mapping worker looks for owners whose lease ran out while another
     # instance holds a live claim (and for state committed but not yet published).

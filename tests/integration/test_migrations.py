@@ -1,7 +1,8 @@
 import asyncpg
 import pytest
 
-from services.runtime.db import SchemaOutOfDate, migrate, migrations, require_current_schema
+from schemas.errors import SchemaOutOfDate
+from services.runtime.db import migrate, migrations, require_current_schema
 
 pytestmark = pytest.mark.integration
 
