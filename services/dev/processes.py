@@ -30,12 +30,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def spawn_havip(arguments: list[str], settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def spawn_havip(
+    arguments: list[str], settings: Settings, log: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """`havip ARGUMENTS` as a child that dies with us, its output appended to `log`."""
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "services.cli", *arguments],
-            env=settings_env(settings),
+            env={**settings_env(settings), **(extra_env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -46,8 +48,11 @@ def spawn_havip(arguments: list[str], settings: Settings, log: Path) -> subproce
 
 
 class ServiceProcess:
-    def __init__(self, service: str, settings: Settings, log_dir: Path) -> None:
+    def __init__(
+        self, service: str, settings: Settings, log_dir: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.service = service
+        self.extra_env = extra_env
         self.settings = settings
         self.port: int = getattr(settings, PORT_SETTING[service])
         self.log = log_dir / f"{service}.log"
@@ -59,7 +64,7 @@ class ServiceProcess:
         return f"http://{self.settings.http_host}:{self.port}"
 
     def start(self) -> ServiceProcess:
-        self.process = spawn_havip(["serve", self.service], self.settings, self.log)
+        self.process = spawn_havip(["serve", self.service], self.settings, self.log, self.extra_env)
         return self
 
     def wait_ready(self, timeout: float = 90.0) -> None:

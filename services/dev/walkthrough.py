@@ -67,6 +67,23 @@ class Tenant:
         )
         return await self.wait_operation(answer)
 
+    async def detach(self, havip_id: str, target_id: str) -> dict[str, Any]:
+        answer = await self.gateway.delete(f"/v1/havips/{havip_id}/associations/{target_id}", headers=self._tenant())
+        return await self.wait_operation(answer)
+
+    async def associate_eip(self, havip_id: str, eip_id: str) -> dict[str, Any]:
+        answer = await self.gateway.put(f"/v1/havips/{havip_id}/eip", json={"eip_id": eip_id}, headers=self._tenant())
+        return await self.wait_operation(answer)
+
+    async def release_eip(self, havip_id: str, eip_id: str | None = None) -> dict[str, Any]:
+        params = {"eip_id": eip_id} if eip_id else {}
+        answer = await self.gateway.delete(f"/v1/havips/{havip_id}/eip", params=params, headers=self._tenant())
+        return await self.wait_operation(answer)
+
+    async def delete(self, havip_id: str) -> dict[str, Any]:
+        answer = await self.gateway.delete(f"/v1/havips/{havip_id}", headers=self._tenant())
+        return await self.wait_operation(answer)
+
     async def report(self, havip_id: str, instance_id: str, state: str, priority: int = 100) -> None:
         self.seq[instance_id] = self.seq.get(instance_id, 0) + 1
         answer = await self.gateway.post(
@@ -77,15 +94,17 @@ class Tenant:
         if answer.status_code != 202:
             raise WalkthroughError(f"vrrp report refused: {answer.status_code} {answer.text}")
 
-    async def route(self, vpc_id: str, ip: str) -> dict[str, Any] | None:
-        answer = await self.forwarder.get("/v1/routes", params={"vpc_id": vpc_id, "ip": ip})
+    async def route(self, vpc_id: str | None, ip: str) -> dict[str, Any] | None:
+        """Who receives traffic for `ip` in `vpc_id`; with no VPC, `ip` is a public EIP."""
+        params = {"vpc_id": vpc_id, "ip": ip} if vpc_id is not None else {"ip": ip}
+        answer = await self.forwarder.get("/v1/routes", params=params)
         if answer.status_code == 404:
             return None
         answer.raise_for_status()
         result: dict[str, Any] = answer.json()
         return result
 
-    async def wait_owner(self, vpc_id: str, ip: str, instance_id: str | None, timeout: float = 30.0) -> float:
+    async def wait_owner(self, vpc_id: str | None, ip: str, instance_id: str | None, timeout: float = 30.0) -> float:
         """Poll the forwarder until it answers `instance_id`; returns when it did (perf_counter)."""
         deadline = time.perf_counter() + timeout
         while True:

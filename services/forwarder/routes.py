@@ -35,7 +35,7 @@ class RouteAnswer:
 class _Held:
     mapping: HaVipMappingChanged
     private_key: PrivateKey
-    public_key: str | None
+    public_keys: tuple[str, ...]
 
 
 def canonical_ip(text: str) -> str:
@@ -63,7 +63,7 @@ class RouteTable:
         if known is not None and mapping.version <= known:
             return False
         private_key = (mapping.vpc_id, canonical_ip(mapping.ip_address))
-        public_key = canonical_ip(mapping.eip_address) if mapping.eip_address else None
+        public_keys = tuple(canonical_ip(eip.ip_address) for eip in mapping.eips)
 
         self._unindex(mapping.havip_id)
         self._versions[mapping.havip_id] = mapping.version
@@ -71,12 +71,13 @@ class RouteTable:
             return True
 
         answer = RouteAnswer(havip_id=mapping.havip_id, version=mapping.version, owner=mapping.owner)
-        self._held[mapping.havip_id] = _Held(mapping, private_key, public_key)
+        self._held[mapping.havip_id] = _Held(mapping, private_key, public_keys)
         # The mapping service never gives one address to two live HAVIPs; during a
         # transient overlap (a delete and a create on different partitions) the
         # record applied last wins, and `_unindex` never removes another HAVIP's entry.
         self._by_private[private_key] = answer
-        if public_key is not None:
+        # The same answer object: an EIP follows every failover in the very update the private address does.
+        for public_key in public_keys:
             self._by_public[public_key] = answer
         return True
 
@@ -106,9 +107,6 @@ class RouteTable:
             return
         if (current := self._by_private.get(held.private_key)) and current.havip_id == havip_id:
             del self._by_private[held.private_key]
-        if (
-            held.public_key is not None
-            and (current := self._by_public.get(held.public_key))
-            and current.havip_id == havip_id
-        ):
-            del self._by_public[held.public_key]
+        for public_key in held.public_keys:
+            if (current := self._by_public.get(public_key)) and current.havip_id == havip_id:
+                del self._by_public[public_key]

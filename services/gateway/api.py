@@ -9,31 +9,32 @@ the tenant learns it from `GET /v1/operations/{id}`.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from typing import Annotated, Any
 
-from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 
-from schemas import topics
 from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import (
+    AssociateEip,
     AttachHaVip,
     CreateHaVip,
+    DeleteHaVip,
     DetachHaVip,
     HaVipStatus,
     Id,
-    VrrpReported,
-    utcnow,
+    UnassociateEip,
 )
 from services.gateway import havips, operations
-from services.gateway.auth import Agent, Tenant
-from services.gateway.commands import Idempotency, new_operation_id
+from services.gateway.auth import Tenant
+from services.gateway.commands import Idempotency, TenantCommand, new_operation_id
 from services.gateway.context import GatewayContext, gateway_context
 from services.gateway.idempotency import check_idempotency_key, request_fingerprint
 from services.gateway.models import (
     AssociationRequest,
     CreateHaVipRequest,
+    EipRequest,
     ErrorBody,
     HaVipAccepted,
     HaVipPage,
@@ -43,18 +44,11 @@ from services.gateway.models import (
     OperationView,
     OwnerChangeView,
     OwnerHistoryPage,
-    VrrpEventAccepted,
-    VrrpEventBatch,
-    VrrpEventOutcome,
-    VrrpEventRequest,
-    VrrpEventResults,
     check_havip_address,
 )
-from services.gateway.observability import VRRP_REPORTS_ACCEPTED
 from services.gateway.operations import Operation
 from services.gateway.paging import decode_page_token, encode_page_token
 from services.readmodel.owner_history import owner_history
-from services.readmodel.reporters import ReporterStanding, reporter_standing
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +93,18 @@ def _idempotency(key: str | None, request: Request, body: dict[str, Any]) -> Ide
 async def _require_havip(context: GatewayContext, tenant_id: str, havip_id: str) -> None:
     if not await havips.havip_visible(context.pool, tenant_id, havip_id):
         raise HaVipError(ErrorCode.NOT_FOUND_HAVIP, f"HAVIP {havip_id} does not exist")
+
+
+async def _submit_for_havip(
+    context: GatewayContext,
+    request: Request,
+    command: TenantCommand,
+    wanted: dict[str, Any],
+    idempotency_key: str | None,
+) -> OperationAccepted:
+    await _require_havip(context, command.tenant_id, command.havip_id)
+    submitted = await context.commands.submit(command, wanted, _idempotency(idempotency_key, request, wanted))
+    return OperationAccepted(operation=operation_view(submitted.operation))
 
 
 @router.post("/havips", status_code=202, response_model=HaVipAccepted, tags=["havips"])
@@ -163,13 +169,10 @@ async def attach(
     context: Context,
     idempotency_key: IdempotencyKey = None,
 ) -> OperationAccepted:
-    await _require_havip(context, principal.tenant_id, havip_id)
-    wanted = body.model_dump(exclude_none=True)
     command = AttachHaVip(
         command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id, target_id=body.target_id
     )
-    submitted = await context.commands.submit(command, wanted, _idempotency(idempotency_key, request, wanted))
-    return OperationAccepted(operation=operation_view(submitted.operation))
+    return await _submit_for_havip(context, request, command, body.model_dump(exclude_none=True), idempotency_key)
 
 
 @router.delete(
@@ -183,110 +186,107 @@ async def detach(
     context: Context,
     idempotency_key: IdempotencyKey = None,
 ) -> OperationAccepted:
-    await _require_havip(context, principal.tenant_id, havip_id)
-    wanted = {"target_id": target_id}
     command = DetachHaVip(
         command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id, target_id=target_id
     )
-    submitted = await context.commands.submit(command, wanted, _idempotency(idempotency_key, request, wanted))
-    return OperationAccepted(operation=operation_view(submitted.operation))
+    return await _submit_for_havip(context, request, command, {"target_id": target_id}, idempotency_key)
+
+
+@router.delete("/havips/{havip_id}", status_code=202, response_model=OperationAccepted, tags=["havips"])
+async def delete_havip(
+    havip_id: HaVipId,
+    request: Request,
+    principal: Tenant,
+    context: Context,
+    idempotency_key: IdempotencyKey = None,
+) -> OperationAccepted:
+    """Release the HAVIP (ENS DeleteHaVip): `Deleting`, then `Deleted` once applied.
+
+    Refused with `DependencyViolation.HaVip` while instances, ENIs or an EIP are still associated.
+    """
+    command = DeleteHaVip(command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id)
+    return await _submit_for_havip(context, request, command, {}, idempotency_key)
+
+
+@router.put("/havips/{havip_id}/eip", status_code=202, response_model=OperationAccepted, tags=["havips"])
+async def associate_eip(
+    havip_id: HaVipId,
+    body: EipRequest,
+    request: Request,
+    principal: Tenant,
+    context: Context,
+    idempotency_key: IdempotencyKey = None,
+) -> OperationAccepted:
+    """Associate one of the tenant's EIPs (ENS AssociateEipAddress): its traffic then follows the HAVIP's owner."""
+    command = AssociateEip(
+        command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id, eip_id=body.eip_id
+    )
+    return await _submit_for_havip(context, request, command, body.model_dump(), idempotency_key)
+
+
+@router.delete("/havips/{havip_id}/eip", status_code=202, response_model=OperationAccepted, tags=["havips"])
+async def release_eip(
+    havip_id: HaVipId,
+    request: Request,
+    principal: Tenant,
+    context: Context,
+    eip_id: Annotated[Id | None, Query(description="Which EIP; may be left out when the HAVIP has one.")] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> OperationAccepted:
+    """Release the HAVIP's EIP (ENS UnAssociateEipAddress)."""
+    await _require_havip(context, principal.tenant_id, havip_id)
+    if eip_id is None:
+        eip_id = await _only_eip(context, principal.tenant_id, havip_id)
+    command = UnassociateEip(
+        command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id, eip_id=eip_id
+    )
+    return await _submit_for_havip(context, request, command, {"eip_id": eip_id}, idempotency_key)
+
+
+async def _only_eip(context: GatewayContext, tenant_id: str, havip_id: str) -> str:
+    found = await havips.find_havip(context.pool, tenant_id, havip_id)
+    eips = found.eips if found is not None else []
+    if not eips:
+        raise HaVipError(ErrorCode.NOT_FOUND_EIP, f"{havip_id} has no EIP")
+    if len(eips) > 1:
+        raise HaVipError(ErrorCode.INVALID_PARAMETER, f"{havip_id} has {len(eips)} EIPs; name one with eip_id")
+    return eips[0].eip_id
+
+
+MAX_WAIT_SECONDS = 30.0
+
+
+def parse_wait(text: str | None) -> float:
+    """`5s`, `500ms` or `5` (seconds), at most 30 s: how long a read may wait for a terminal state."""
+    if text is None:
+        return 0.0
+    match = re.fullmatch(r"(\d{1,5}(?:\.\d{1,3})?)(ms|s)?", text)
+    if match is None:
+        raise HaVipError(ErrorCode.INVALID_PARAMETER, "wait must look like 5s, 500ms or 5")
+    seconds = float(match[1]) / (1000 if match[2] == "ms" else 1)
+    if seconds > MAX_WAIT_SECONDS:
+        raise HaVipError(ErrorCode.INVALID_PARAMETER, f"wait may be at most {MAX_WAIT_SECONDS:.0f}s")
+    return seconds
 
 
 @router.get("/operations/{operation_id}", response_model=OperationView, tags=["operations"])
-async def get_operation(operation_id: str, principal: Tenant, context: Context) -> OperationView:
-    found = await operations.find_operation(context.pool, principal.tenant_id, operation_id)
+async def get_operation(
+    operation_id: Annotated[Id, Path()],
+    principal: Tenant,
+    context: Context,
+    wait: Annotated[
+        str | None,
+        Query(
+            pattern=r"^\d{1,5}(\.\d{1,3})?(ms|s)?$",
+            max_length=12,
+            description="Hold the answer until the operation is terminal or this much time passed (≤ 30s).",
+        ),
+    ] = None,
+) -> OperationView:
+    found = await operations.wait_for_outcome(context.pool, principal.tenant_id, operation_id, timeout=parse_wait(wait))
     if found is None:
         raise HaVipError(ErrorCode.NOT_FOUND_OPERATION, f"operation {operation_id} does not exist")
     return operation_view(found)
-
-
-@router.post(
-    "/vrrp-events",
-    status_code=202,
-    response_model=VrrpEventResults | VrrpEventAccepted,
-    tags=["agents"],
-    responses={409: {"model": ErrorBody, "description": "The instance is not attached to the HAVIP."}},
-)
-async def report_vrrp(
-    body: VrrpEventBatch | VrrpEventRequest, principal: Agent, context: Context
-) -> VrrpEventResults | VrrpEventAccepted:
-    """One report, or up to 16 in order (`{"reports": [...]}`), from the instance the agent token speaks for.
-
-    The batch form answers one outcome per report: a report that can never
-    count (the instance is not attached, or the HAVIP is unknown) is Refused
-    with its code, and the agent drops it; the others are published in order.
-    The single form answers 202, or 409 `VrrpReport.NotAttached` / 404.
-    """
-    assert principal.instance_id is not None
-    reports = body.reports if isinstance(body, VrrpEventBatch) else [body]
-    # The failover path: one query for the whole batch, then the produces.
-    standing = await reporter_standing(
-        context.pool, principal.tenant_id, principal.instance_id, [r.havip_id for r in reports]
-    )
-    outcomes: list[VrrpEventOutcome] = []
-    for request in reports:
-        refusal = _refusal(standing[request.havip_id], request.havip_id, principal.instance_id)
-        if refusal is not None:
-            if not isinstance(body, VrrpEventBatch):
-                raise refusal
-            log.warning(
-                "VRRP report refused havip=%s instance=%s code=%s",
-                request.havip_id,
-                principal.instance_id,
-                refusal.code,
-            )
-            outcomes.append(
-                VrrpEventOutcome(
-                    havip_id=request.havip_id,
-                    seq=request.seq,
-                    status="Refused",
-                    code=refusal.code,
-                    message=refusal.message,
-                )
-            )
-            continue
-        message_id = await _publish_report(context, principal.tenant_id, principal.instance_id, request)
-        outcomes.append(
-            VrrpEventOutcome(havip_id=request.havip_id, seq=request.seq, status="Accepted", message_id=message_id)
-        )
-    if not isinstance(body, VrrpEventBatch):
-        return VrrpEventAccepted(message_id=outcomes[0].message_id or "")
-    return VrrpEventResults(results=outcomes)
-
-
-def _refusal(standing: ReporterStanding, havip_id: str, instance_id: str) -> HaVipError | None:
-    if standing is ReporterStanding.UNKNOWN_HAVIP:
-        return HaVipError(ErrorCode.NOT_FOUND_HAVIP, f"HAVIP {havip_id} does not exist")
-    if standing is ReporterStanding.NOT_ATTACHED:
-        return HaVipError(
-            ErrorCode.REPORTER_NOT_ATTACHED,
-            f"{instance_id} is not attached to {havip_id}; only attached instances may own it",
-        )
-    return None
-
-
-async def _publish_report(context: GatewayContext, tenant_id: str, instance_id: str, body: VrrpEventRequest) -> str:
-    now = utcnow()
-    report = VrrpReported(
-        havip_id=body.havip_id,
-        tenant_id=tenant_id,
-        instance_id=instance_id,
-        state=body.state,
-        priority=body.priority,
-        seq=body.seq,
-        reported_at=body.reported_at or now,
-        received_at=now,
-        lease_seconds=body.lease_seconds,
-    )
-    try:
-        await context.producer.send_and_wait(
-            context.vrrp_topic, key=body.havip_id.encode(), value=topics.encode(report)
-        )
-    except (TimeoutError, KafkaError, OSError) as exc:
-        log.warning("VRRP report not published havip=%s instance=%s error=%r", body.havip_id, instance_id, exc)
-        raise HaVipError(ErrorCode.SERVICE_UNAVAILABLE, "the report could not be queued; retry") from exc
-    VRRP_REPORTS_ACCEPTED.labels(body.state.value).inc()
-    return report.message_id
 
 
 @router.get("/havips/{havip_id}/owner-history", response_model=OwnerHistoryPage, tags=["havips"])

@@ -11,9 +11,12 @@ import asyncpg
 from fastapi import FastAPI
 
 from schemas import topics
+from services.gateway import vrrp_api
 from services.gateway.api import router
+from services.gateway.broker import BrokerLink
 from services.gateway.commands import CommandSubmitter
 from services.gateway.context import GatewayContext
+from services.gateway.outbox import Outbox
 from services.gateway.results import CommandResults
 from services.runtime.db import connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
@@ -74,6 +77,10 @@ def create_app(settings: Settings) -> FastAPI:
             producer = new_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
+            broker = BrokerLink(producer, publish_timeout=settings.publish_timeout_seconds)
+            commands = Outbox(pool, broker, topic_name(settings, topics.COMMANDS))
+            commands.start()
+            stack.push_async_callback(commands.stop)
 
             results = CommandResults(settings, pool, DeadLetters(producer, settings, SERVICE))
             await results.start()
@@ -86,7 +93,8 @@ def create_app(settings: Settings) -> FastAPI:
                 settings=settings,
                 pool=pool,
                 producer=producer,
-                commands=CommandSubmitter(pool, producer, settings),
+                commands=CommandSubmitter(pool, broker, commands),
+                broker=broker,
                 vrrp_topic=topic_name(settings, topics.VRRP),
             )
             log.info("gateway started host=%s port=%s", settings.http_host, settings.gateway_port)
@@ -103,5 +111,6 @@ def create_app(settings: Settings) -> FastAPI:
     health.add_check("started", lambda: None if hasattr(app.state, "gateway") else "starting")
     app.include_router(health_router(health))
     app.include_router(router)
+    app.include_router(vrrp_api.router)
     install_http_conventions(app, "gateway")
     return app

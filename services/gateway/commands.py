@@ -1,9 +1,11 @@
-"""Submitting a tenant's command: record the operation, then publish it.
+"""Submitting a tenant's command: record the operation and the command together, then publish.
 
-The operation row comes first so a 202 never names an operation that does
-not exist; the command's id is the operation's id, so every result on
+The operation row and the command (in the outbox) are written in one
+transaction, so a 202 never names an operation that does not exist, and a
+command once recorded is published even if this gateway dies a moment later
+(see outbox.py). The command's id is the operation's id, so every result on
 `havip.command-results` finds its row. A reused Idempotency-Key answers
-with the operation it first created, and never publishes twice.
+with the operation it first created, and never records twice.
 """
 
 from __future__ import annotations
@@ -14,20 +16,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from schemas import topics
 from schemas.errors import ErrorCode, HaVipError
-from schemas.messages import AttachHaVip, CreateHaVip, DetachHaVip
-from services.gateway import operations
+from schemas.messages import AssociateEip, AttachHaVip, CreateHaVip, DeleteHaVip, DetachHaVip, UnassociateEip
+from services.gateway import operations, outbox
+from services.gateway.broker import BrokerLink
 from services.gateway.operations import Operation
-from services.runtime.kafka import topic_name
-from services.runtime.settings import Settings
+from services.gateway.outbox import Outbox
+from services.runtime.failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
-HaVipCommand = CreateHaVip | AttachHaVip | DetachHaVip
+TenantCommand = CreateHaVip | AttachHaVip | DetachHaVip | DeleteHaVip | AssociateEip | UnassociateEip
 
 
 def new_operation_id() -> str:
@@ -47,48 +48,50 @@ class Submitted:
 
 
 class CommandSubmitter:
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, settings: Settings) -> None:
+    def __init__(self, pool: asyncpg.Pool, broker: BrokerLink, commands: Outbox) -> None:
         self._pool = pool
-        self._producer = producer
-        self._topic = topic_name(settings, topics.COMMANDS)
+        self._broker = broker
+        self._outbox = commands
 
-    async def submit(self, command: HaVipCommand, request: dict[str, Any], idempotency: Idempotency) -> Submitted:
+    async def submit(self, command: TenantCommand, request: dict[str, Any], idempotency: Idempotency) -> Submitted:
+        # Refuse before recording anything while the broker is known to be away: the
+        # tenant gets a 503 to retry, not an operation that waits for the broker.
+        self._broker.require_reachable()
         recorded = await self._record(command, request, idempotency)
         if recorded.replayed:
             return recorded
-        try:
-            await self._producer.send_and_wait(self._topic, key=command.havip_id.encode(), value=topics.encode(command))
-        except (TimeoutError, KafkaError, OSError) as exc:
-            log.warning("command not published operation=%s error=%r", command.command_id, exc)
-            await operations.fail_unpublished(self._pool, command.command_id, "the command could not be queued")
-            raise HaVipError(ErrorCode.SERVICE_UNAVAILABLE, "the command could not be queued; retry later") from exc
+        failpoint("gateway.command-recorded")
+        # Best effort: if this fails the command stays in the outbox and the relay publishes it.
+        await self._outbox.deliver(command.command_id)
         return recorded
 
-    async def _record(self, command: HaVipCommand, request: dict[str, Any], idempotency: Idempotency) -> Submitted:
+    async def _record(self, command: TenantCommand, request: dict[str, Any], idempotency: Idempotency) -> Submitted:
         tenant_id = command.tenant_id
-        # Two attempts: a concurrent request holding the key may free it
-        # (its publish failed) between our insert and our read.
+        # Two attempts: a concurrent request holding the key wins the insert; we then answer as it did.
         for _ in range(2):
             if idempotency.key is not None:
                 earlier = await operations.find_by_idempotency_key(self._pool, tenant_id, idempotency.key)
                 if earlier is not None:
                     return _replay(earlier, idempotency)
             try:
-                created = await operations.insert_operation(
-                    self._pool,
-                    operation_id=command.command_id,
-                    tenant_id=tenant_id,
-                    kind=command.type,
-                    havip_id=command.havip_id,
-                    request=request,
-                    idempotency_key=idempotency.key,
-                    request_hash=idempotency.request_hash,
-                )
+                async with self._pool.acquire() as conn, conn.transaction():
+                    created = await operations.insert_operation(
+                        conn,
+                        operation_id=command.command_id,
+                        tenant_id=tenant_id,
+                        kind=command.type,
+                        havip_id=command.havip_id,
+                        request=request,
+                        idempotency_key=idempotency.key,
+                        request_hash=idempotency.request_hash,
+                    )
+                    await outbox.record(conn, command.command_id, command.havip_id, topics.encode(command))
                 return Submitted(created, replayed=False)
             except asyncpg.UniqueViolationError:
-                # Another request with the same key won the insert; answer as it did.
                 continue
-        raise HaVipError(ErrorCode.SERVICE_UNAVAILABLE, "a request with this Idempotency-Key is in flight; retry")
+        raise HaVipError(
+            ErrorCode.SERVICE_UNAVAILABLE, "a request with this Idempotency-Key is in flight; retry", retry_after=1
+        )
 
 
 def _replay(earlier: Operation, idempotency: Idempotency) -> Submitted:

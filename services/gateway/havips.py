@@ -14,17 +14,22 @@ from dataclasses import dataclass
 import asyncpg
 
 from schemas.messages import HaVipStatus
-from services.gateway.models import AttachmentView, HaVipView, OwnerView, VrrpReportView
+from services.gateway.models import AttachmentView, EipView, HaVipView, OwnerView, VrrpReportView
 from services.gateway.operations import PENDING, Operation
 from services.readmodel.mappings import load_mappings
 
 # Two sources, one shape: HAVIPs the mapping service wrote, and creates it has
 # not applied yet. {where} filters both; the NOT EXISTS hides a create whose
 # row already exists while its operation is still Pending.
+# A HAVIP whose delete is still Pending shows as Deleting until the mapping service marks it Deleted.
 _VISIBLE = f"""
 SELECT * FROM (
   SELECT h.havip_id, h.vpc_id, h.vswitch_id, host(h.ip_address) AS ip_address, h.name, h.description,
-         h.status, h.version, h.created_at
+         CASE WHEN h.status <> '{HaVipStatus.DELETED}' AND EXISTS (
+                SELECT 1 FROM operations d WHERE d.havip_id = h.havip_id AND d.tenant_id = $1
+                   AND d.kind = 'DeleteHaVip' AND d.status = '{PENDING}')
+              THEN '{HaVipStatus.DELETING}' ELSE h.status END AS status,
+         h.version, h.created_at
     FROM havips h
    WHERE h.tenant_id = $1
   UNION ALL
@@ -73,6 +78,9 @@ async def list_havips(
         if value is not None:
             params.append(value)
             conditions.append(f"{column} = ${len(params) + 1}")
+    if filters.status is None:
+        # Deleted HAVIPs are listed only when asked for by status, as ENS's DescribeHaVips does.
+        conditions.append(f"status <> '{HaVipStatus.DELETED}'")
     if after is not None:
         params.append(after)
         conditions.append(f"havip_id > ${len(params) + 1}")
@@ -80,10 +88,11 @@ async def list_havips(
 
 
 async def havip_visible(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, havip_id: str) -> bool:
-    """Whether the tenant may act on this HAVIP: it exists, or its create is Pending."""
+    """Whether the tenant may act on this HAVIP: it exists and is not deleted, or its create is Pending."""
     return bool(
         await db.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM havips WHERE havip_id = $1 AND tenant_id = $2)"
+            "SELECT EXISTS (SELECT 1 FROM havips WHERE havip_id = $1 AND tenant_id = $2"
+            f" AND status <> '{HaVipStatus.DELETED}')"
             " OR EXISTS (SELECT 1 FROM operations WHERE havip_id = $1 AND tenant_id = $2"
             f" AND kind = 'CreateHaVip' AND status = '{PENDING}')",
             havip_id,
@@ -125,9 +134,9 @@ async def _load(
         mapping = mappings.get(row["havip_id"])
         attachments = []
         owner = None
-        eip_address = None
+        eips = []
         if mapping is not None:
-            eip_address = mapping.eip_address
+            eips = [EipView(eip_id=eip.eip_id, ip_address=eip.ip_address) for eip in mapping.eips]
             if mapping.owner is not None:
                 owner = OwnerView(**mapping.owner.model_dump())
             for attachment in mapping.attachments:
@@ -156,7 +165,7 @@ async def _load(
                 name=row["name"],
                 description=row["description"],
                 status=HaVipStatus(row["status"]),
-                eip_address=eip_address,
+                eips=eips,
                 owner=owner,
                 attachments=attachments,
                 version=row["version"],

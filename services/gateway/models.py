@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas.ipv4 import parse_ipv4
 from schemas.messages import MAX_LEASE_SECONDS, MAX_REPORTS_PER_REQUEST, MAX_SEQ, HaVipStatus, Id, VrrpState
+from services.gateway.operations import OperationStatus
 
 
 class _Request(BaseModel):
@@ -24,6 +25,10 @@ class CreateHaVipRequest(_Request):
     ip_address: str | None = Field(default=None, description="IPv4; quota picks a free one when absent.")
     name: str = Field(default="", max_length=128)
     description: str = Field(default="", max_length=256)
+
+
+class EipRequest(_Request):
+    eip_id: Id
 
 
 class AssociationRequest(_Request):
@@ -119,7 +124,7 @@ class OperationView(BaseModel):
     operation_id: str
     kind: str
     havip_id: str
-    status: Literal["Pending", "Succeeded", "Failed"]
+    status: OperationStatus
     error: OperationError | None = None
     created_at: datetime
     updated_at: datetime
@@ -139,6 +144,11 @@ class AttachmentView(BaseModel):
     vrrp: VrrpReportView | None = Field(default=None, description="The instance's last VRRP report, if any.")
 
 
+class EipView(BaseModel):
+    eip_id: str
+    ip_address: str
+
+
 class OwnerView(BaseModel):
     instance_id: str
     eni_id: str | None = None
@@ -154,8 +164,10 @@ class HaVipView(BaseModel):
     name: str
     description: str
     status: HaVipStatus
-    eip_address: str | None = None
-    owner: OwnerView | None = None
+    eips: list[EipView] = Field(
+        default_factory=list, description="Public EIPs: their traffic goes where the HAVIP's goes."
+    )
+    owner: OwnerView | None = Field(default=None, description="Who receives the traffic now; null: nobody.")
     attachments: list[AttachmentView] = Field(default_factory=list)
     version: int | None = Field(default=None, description="Absent until the mapping service has applied it.")
     created_at: datetime

@@ -3,23 +3,31 @@
 The row is written before the command is published, so an operation a tenant
 was told about always exists; the results consumer moves it to Succeeded or
 Failed exactly once (only a Pending row changes: the first outcome wins).
+A command produced straight to Kafka has no row until its outcome arrives;
+the outcome then creates it, so it is visible under its command_id too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
-from schemas.errors import ErrorCode
 from schemas.messages import CommandRejected, CommandResult, CommandSucceeded
 
-PENDING = "Pending"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
+
+class OperationStatus(StrEnum):
+    PENDING = "Pending"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+PENDING = OperationStatus.PENDING
 
 _COLUMNS = (
     "operation_id, tenant_id, kind, havip_id, status, error_code, error_message, request, "
@@ -33,7 +41,7 @@ class Operation:
     tenant_id: str
     kind: str
     havip_id: str
-    status: str
+    status: OperationStatus
     error_code: str | None
     error_message: str | None
     request: dict[str, Any]
@@ -49,7 +57,7 @@ def _operation(row: asyncpg.Record) -> Operation:
         tenant_id=row["tenant_id"],
         kind=row["kind"],
         havip_id=row["havip_id"],
-        status=row["status"],
+        status=OperationStatus(row["status"]),
         error_code=row["error_code"],
         error_message=row["error_message"],
         request=json.loads(request) if isinstance(request, str) else dict(request),
@@ -101,37 +109,43 @@ async def find_operation(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, 
     return _operation(row) if row else None
 
 
-async def fail_unpublished(db: asyncpg.Pool | asyncpg.Connection, operation_id: str, message: str) -> Operation:
-    """The command never reached the broker: fail the operation and free its key.
-
-    Freeing the key lets the tenant retry with the same Idempotency-Key; no
-    other service ever saw this command, so nothing can answer it twice.
-    """
-    row = await db.fetchrow(
-        f"UPDATE operations SET status = $2, error_code = $3, error_message = $4, updated_at = now(),"
-        f" idempotency_key = NULL WHERE operation_id = $1 RETURNING {_COLUMNS}",
-        operation_id,
-        FAILED,
-        str(ErrorCode.SERVICE_UNAVAILABLE),
-        message,
-    )
-    return _operation(row)
+async def wait_for_outcome(
+    db: asyncpg.Pool, tenant_id: str, operation_id: str, *, timeout: float, every: float = 0.1
+) -> Operation | None:
+    """The operation once it is terminal, or as it is when `timeout` runs out (None: no such operation)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await find_operation(db, tenant_id, operation_id)
+        if found is None or found.status is not PENDING or asyncio.get_running_loop().time() >= deadline:
+            return found
+        await asyncio.sleep(every)
 
 
 async def record_outcome(db: asyncpg.Pool | asyncpg.Connection, result: CommandResult) -> bool:
-    """Apply one command result; False when the operation was unknown or already final."""
+    """Apply one command result; False when it changed nothing (already final, or a notice that settles nothing)."""
+    if isinstance(result, CommandRejected) and not result.settles_command:
+        # Another command reused this id; the first keeps its own outcome.
+        return False
     if isinstance(result, CommandSucceeded):
-        status, code, message = SUCCEEDED, None, None
+        status, code, message = OperationStatus.SUCCEEDED, None, None
     else:
         assert isinstance(result, CommandRejected)
-        status, code, message = FAILED, result.code, result.reason
-    outcome = await db.execute(
-        "UPDATE operations SET status = $2, error_code = $3, error_message = $4, updated_at = now()"
-        " WHERE operation_id = $1 AND status = $5",
+        status, code, message = OperationStatus.FAILED, result.code, result.reason
+    # Insert for a command produced straight to Kafka; otherwise settle the Pending row of the same tenant.
+    outcome = await db.fetchval(
+        "INSERT INTO operations (operation_id, tenant_id, kind, havip_id, status, error_code, error_message, request)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, '{}'::jsonb)"
+        " ON CONFLICT (operation_id) DO UPDATE SET status = excluded.status, error_code = excluded.error_code,"
+        " error_message = excluded.error_message, updated_at = now()"
+        " WHERE operations.status = $8 AND operations.tenant_id = excluded.tenant_id"
+        " RETURNING true",
         result.command_id,
-        status,
+        result.tenant_id,
+        result.command_type,
+        result.havip_id,
+        status.value,
         code,
         message,
-        PENDING,
+        PENDING.value,
     )
-    return outcome == "UPDATE 1"
+    return bool(outcome)

@@ -20,20 +20,17 @@ import asyncpg
 from prometheus_client import Counter
 
 from schemas import topics
-from schemas.errors import ErrorCode, Unappliable
+from schemas.errors import ErrorCode, HaVipError, Unappliable
 from schemas.messages import (
-    AttachmentAccepted,
+    CommandRejected,
     CommandSucceeded,
-    DetachmentAccepted,
     EniChanged,
-    HaVipCreationAccepted,
-    HaVipStatus,
     InstanceChanged,
     VrrpReported,
-    VrrpState,
     utcnow,
 )
 from services.mapping import store
+from services.mapping.commands import COMMAND_TYPE, AcceptedCommand, Reelect, apply_accepted
 from services.mapping.election import (
     Contest,
     Report,
@@ -55,7 +52,6 @@ OWNER_CHANGES = Counter("havip_owner_changes_total", "Owner changes", ["cause"])
 REPORTS = Counter("havip_vrrp_reports_total", "VRRP reports by verdict", ["verdict"])
 
 Publish = Callable[[topics.Topic, str, bytes], Awaitable[None]]
-AcceptedCommand = HaVipCreationAccepted | AttachmentAccepted | DetachmentAccepted
 
 
 def report_of(reported: VrrpReported) -> Report:
@@ -79,67 +75,48 @@ class OwnerTracker:
         self._publish = publish
 
     async def on_accepted(self, command: AcceptedCommand) -> None:
+        refusal: tuple[str, str] | None = None
         async with self._pool.acquire() as conn, conn.transaction():
-            first_time = await conn.fetchval(
-                "INSERT INTO applied_commands (command_id, havip_id) VALUES ($1, $2)"
-                " ON CONFLICT DO NOTHING RETURNING true",
-                command.command_id,
-                command.havip_id,
+            earlier = await conn.fetchrow(
+                "SELECT rejected_code, rejected_reason FROM applied_commands WHERE command_id = $1", command.command_id
             )
-            if first_time:
-                await self._apply_command(conn, command)
+            if earlier is None:
+                try:
+                    async with conn.transaction():  # a savepoint: a refusal undoes only the command's own changes
+                        await apply_accepted(conn, command, self._reelect_for_command(command))
+                except HaVipError as exc:
+                    refusal = (exc.code, exc.message)
+                    log.warning("command refused command=%s code=%s %s", command.command_id, exc.code, exc.message)
+                await conn.execute(
+                    "INSERT INTO applied_commands (command_id, havip_id, rejected_code, rejected_reason)"
+                    " VALUES ($1, $2, $3, $4)",
+                    command.command_id,
+                    command.havip_id,
+                    *(refusal or (None, None)),
+                )
+            elif earlier["rejected_code"] is not None:
+                refusal = (earlier["rejected_code"], earlier["rejected_reason"])
         await self.publish_state(command.havip_id)
-        result = CommandSucceeded(command_id=command.command_id, havip_id=command.havip_id, stage="mapping")
+        outcome = {
+            "command_id": command.command_id,
+            "tenant_id": command.tenant_id,
+            "havip_id": command.havip_id,
+            "command_type": COMMAND_TYPE[type(command)],
+            "stage": "mapping",
+        }
+        result: CommandSucceeded | CommandRejected = (
+            CommandSucceeded(**outcome)
+            if refusal is None
+            else CommandRejected(**outcome, code=refusal[0], reason=refusal[1])
+        )
         await self._publish(topics.RESULTS, command.command_id, topics.encode(result))
 
-    async def _apply_command(self, conn: asyncpg.Connection, command: AcceptedCommand) -> None:
-        if isinstance(command, HaVipCreationAccepted):
-            await conn.execute(
-                "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, name, description,"
-                " status, version) VALUES ($1, $2, $3, $4, $5::inet, $6, $7, $8, 1)"
-                " ON CONFLICT (havip_id) DO NOTHING",
-                command.havip_id,
-                command.tenant_id,
-                command.vpc_id,
-                command.vswitch_id,
-                command.ip_address,
-                command.name,
-                command.description,
-                HaVipStatus.AVAILABLE.value,
-            )
-            return
-        havip = await store.lock_havip(conn, command.havip_id)
-        if havip is None:
-            # Quota accepted it, so the create was accepted before it on the same partition.
-            raise Unappliable(ErrorCode.APPLY_FAILED, f"{command.havip_id} does not exist in the mapping tables")
-        before = await store.load_contest(conn, command.havip_id, havip["owner_target_id"])
-        if isinstance(command, AttachmentAccepted):
-            await conn.execute(
-                "INSERT INTO attachments (havip_id, target_id, instance_id, eni_id) VALUES ($1, $2, $3, $4)"
-                " ON CONFLICT DO NOTHING",
-                command.havip_id,
-                command.target_id,
-                command.instance_id,
-                command.eni_id,
-            )
-        else:
-            detached = await conn.fetchval(
-                "DELETE FROM attachments WHERE havip_id = $1 AND target_id = $2 RETURNING instance_id",
-                command.havip_id,
-                command.target_id,
-            )
-            # A detached instance's old MASTER must not count if it is attached again later,
-            # and a redelivered report from before the detach must stay stale: keep its
-            # sequence number, withdraw the claim.
-            await conn.execute(
-                "UPDATE vrrp_reports SET state = $3, expires_at = NULL WHERE havip_id = $1 AND instance_id = $2"
-                " AND NOT EXISTS (SELECT 1 FROM attachments WHERE havip_id = $1 AND instance_id = $2)",
-                command.havip_id,
-                detached,
-                VrrpState.STOP.value,
-            )
-        trigger = Trigger(TriggerKind.COMMAND, message_id=command.command_id)
-        await self._reelect(conn, command.havip_id, before, utcnow(), trigger)
+    def _reelect_for_command(self, command: AcceptedCommand) -> Reelect:
+        async def reelect(conn: asyncpg.Connection, havip_id: str, before: Contest) -> bool:
+            trigger = Trigger(TriggerKind.COMMAND, message_id=command.command_id)
+            return await self._reelect(conn, havip_id, before, utcnow(), trigger)
+
+        return reelect
 
     async def on_report(self, reported: VrrpReported) -> None:
         report = report_of(reported)

@@ -6,7 +6,7 @@ import faust
 
 from schemas import topics
 from schemas.errors import InventoryMiss
-from schemas.messages import CommandRejected
+from schemas.messages import CommandRejected, CommandResult
 from services.quota.ledger import Command, QuotaLedger
 from services.quota.rules import Limits
 from services.runtime.inventory import InventoryChange, record_inventory
@@ -41,6 +41,15 @@ def build_app(settings: Settings) -> faust.App:
         else:
             await resources.publish(topics.ACCEPTED, decision.havip_id, topics.encode(decision))
 
+    async def on_result(result: CommandResult) -> None:
+        # Only the mapping service's outcomes settle a reservation; quota's own
+        # rejections reserved nothing, and a mismatch notice settles nothing.
+        if result.stage != "mapping" or (isinstance(result, CommandRejected) and not result.settles_command):
+            return
+        await QuotaLedger(resources.pool, limits).settle(
+            result.command_id, applied=not isinstance(result, CommandRejected)
+        )
+
     async def on_inventory(change: InventoryChange) -> None:
         async with resources.pool.acquire() as conn:
             await record_inventory(conn, change, "quota")
@@ -48,6 +57,10 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(raw_topic(app, settings, topics.COMMANDS))
     async def commands(stream: faust.StreamT) -> None:
         await handle_stream(resources, stream, {topic_name(settings, topics.COMMANDS): (topics.COMMANDS, on_command)})
+
+    @app.agent(raw_topic(app, settings, topics.RESULTS))
+    async def results(stream: faust.StreamT) -> None:
+        await handle_stream(resources, stream, {topic_name(settings, topics.RESULTS): (topics.RESULTS, on_result)})
 
     @app.agent(raw_topic(app, settings, topics.INVENTORY))
     async def inventory(stream: faust.StreamT) -> None:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
 from schemas.errors import ErrorCode, HaVipError
+from schemas.messages import InstanceStatus
 
-ATTACHABLE_STATUSES = frozenset({"Running", "Stopped"})
+ATTACHABLE_STATUSES = frozenset({InstanceStatus.RUNNING, InstanceStatus.STOPPED})
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ReservedHaVip:
     havip_id: str
     tenant_id: str
     vswitch_id: str
+    deleting: bool = False
 
 
 def reserved_addresses(cidr: IPv4Network) -> frozenset[IPv4Address]:
@@ -92,6 +94,7 @@ def check_attachment(
     limits: Limits,
 ) -> None:
     """May `target` be attached to `havip`, given the counts read under lock?"""
+    check_not_deleting(havip)
     if target.tenant_id != havip.tenant_id:
         # Never reveal that another tenant's instance exists.
         code = ErrorCode.NOT_FOUND_INSTANCE
@@ -119,4 +122,51 @@ def check_attachment(
         raise HaVipError(
             ErrorCode.QUOTA_INSTANCE_HAVIP,
             f"instance {target.instance_id} already has {instance_havips} HAVIPs (limit {limits.havips_per_instance})",
+        )
+
+
+def check_havip_count(tenant_id: str, held: int, limits: Limits) -> None:
+    if held >= limits.havips:
+        raise HaVipError(
+            ErrorCode.QUOTA_HAVIP, f"tenant {tenant_id} already holds {held} HAVIPs (limit {limits.havips})"
+        )
+
+
+def check_not_deleting(havip: ReservedHaVip) -> None:
+    if havip.deleting:
+        raise HaVipError(ErrorCode.HAVIP_STATUS, f"{havip.havip_id} is being deleted")
+
+
+def check_deletable(havip: ReservedHaVip, *, attachments: int, eips: int) -> None:
+    """A HAVIP is released only when nothing depends on it (the seed's DeleteHaVip rule)."""
+    check_not_deleting(havip)
+    if attachments or eips:
+        raise HaVipError(
+            ErrorCode.DEPENDENCY_HAVIP,
+            f"{havip.havip_id} still has {attachments} attachment(s) and {eips} EIP(s); detach and release them first",
+        )
+
+
+@dataclass(frozen=True)
+class Eip:
+    eip_id: str
+    tenant_id: str
+    ip_address: str
+    held_by: str | None  # the HAVIP it is associated with, if any
+
+
+def check_eip_association(havip: ReservedHaVip, eip: Eip, *, havip_eips: int, limits: Limits) -> None:
+    """May `eip` be associated with `havip`, given the HAVIP's EIP count read under lock?"""
+    check_not_deleting(havip)
+    if eip.tenant_id != havip.tenant_id:
+        # Never reveal that another tenant's EIP exists.
+        raise HaVipError(ErrorCode.NOT_FOUND_EIP, f"{eip.eip_id} was not found")
+    if eip.held_by == havip.havip_id:
+        raise HaVipError(ErrorCode.EIP_IN_USE, f"{eip.eip_id} is already associated with {havip.havip_id}")
+    if eip.held_by is not None:
+        raise HaVipError(ErrorCode.EIP_IN_USE, f"{eip.eip_id} is associated with another HAVIP; release it first")
+    if havip_eips >= limits.eips_per_havip:
+        raise HaVipError(
+            ErrorCode.QUOTA_HAVIP_EIP,
+            f"{havip.havip_id} already has {havip_eips} EIP(s) (limit {limits.eips_per_havip})",
         )

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from schemas.messages import HaVipMappingChanged, HaVipStatus, MappedAttachment, Route
+from schemas.messages import HaVipMappingChanged, HaVipStatus, MappedAttachment, MappedEip, Route
 
 _HAVIPS = """
 SELECT h.havip_id, h.tenant_id, h.vpc_id, h.vswitch_id, host(h.ip_address) AS ip_address,
-       host(h.eip_address) AS eip_address, h.status, h.version,
+       h.status, h.version,
        a.instance_id AS owner_instance_id, a.eni_id AS owner_eni_id,
        host(coalesce(e.private_ip, i.private_ip)) AS owner_private_ip, i.host_id AS owner_host_id
   FROM havips h
@@ -23,6 +23,12 @@ SELECT h.havip_id, h.tenant_id, h.vpc_id, h.vswitch_id, host(h.ip_address) AS ip
   LEFT JOIN instances i ON i.instance_id = a.instance_id
   LEFT JOIN enis e ON e.eni_id = a.eni_id
  WHERE ($1::text[] IS NULL OR h.havip_id = ANY($1::text[]))
+"""
+
+_EIPS = """
+SELECT havip_id, eip_id, host(ip_address) AS ip_address FROM havip_eips
+ WHERE ($1::text[] IS NULL OR havip_id = ANY($1::text[]))
+ ORDER BY havip_id, eip_id
 """
 
 _ATTACHMENTS = """
@@ -41,6 +47,9 @@ async def load_mappings(
         attachments.setdefault(row["havip_id"], []).append(
             MappedAttachment(target_id=row["target_id"], instance_id=row["instance_id"], eni_id=row["eni_id"])
         )
+    eips: dict[str, list[MappedEip]] = {}
+    for row in await conn.fetch(_EIPS, ids):
+        eips.setdefault(row["havip_id"], []).append(MappedEip(eip_id=row["eip_id"], ip_address=row["ip_address"]))
     found = []
     for row in await conn.fetch(_HAVIPS, ids):
         owner = None
@@ -58,7 +67,7 @@ async def load_mappings(
                 vpc_id=row["vpc_id"],
                 vswitch_id=row["vswitch_id"],
                 ip_address=row["ip_address"],
-                eip_address=row["eip_address"],
+                eips=eips.get(row["havip_id"], []),
                 status=HaVipStatus(row["status"]),
                 owner=owner,
                 attachments=attachments.get(row["havip_id"], []),

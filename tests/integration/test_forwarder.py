@@ -55,16 +55,22 @@ async def insert_havip(
     """A HAVIP as the mapping service stores it: rows in havips, attachments and instances."""
     async with db.acquire() as conn, conn.transaction():
         await conn.execute(
-            "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, status, eip_address,"
-            " owner_target_id, version) VALUES ($1, 'tenant-1', $2, 'vsw-1', $3::inet, $4, $5::inet, $6, $7)",
+            "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, status,"
+            " owner_target_id, version) VALUES ($1, 'tenant-1', $2, 'vsw-1', $3::inet, $4, $5, $6)",
             havip_id,
             vpc_id,
             ip,
             status,
-            eip,
             owner.instance_id if owner else None,
             version,
         )
+        if eip is not None:
+            await conn.execute(
+                "INSERT INTO havip_eips (eip_id, havip_id, ip_address) VALUES ($1, $2, $3::inet)",
+                f"eip-{havip_id}",
+                havip_id,
+                eip,
+            )
         for route in {*attached, *([owner] if owner else [])}:
             await conn.execute(
                 "INSERT INTO instances (instance_id, tenant_id, vpc_id, vswitch_id, private_ip, status, host_id,"

@@ -89,7 +89,7 @@ async def seed_havip(db: asyncpg.Pool, havip_id: str, tenant_id: str = TENANT, *
     }
     await db.execute(
         "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, status, version, name,"
-        " eip_address, owner_target_id) VALUES ($1, $2, $3, $4, $5::inet, $6, $7, $8, $9::inet, $10)",
+        " owner_target_id) VALUES ($1, $2, $3, $4, $5::inet, $6, $7, $8, $9)",
         havip_id,
         tenant_id,
         row["vpc_id"],
@@ -98,7 +98,6 @@ async def seed_havip(db: asyncpg.Pool, havip_id: str, tenant_id: str = TENANT, *
         row["status"],
         row["version"],
         row.get("name", ""),
-        row.get("eip_address"),
         row.get("owner_target_id"),
     )
 
@@ -355,9 +354,8 @@ async def test_a_havip_shows_attachments_their_last_reports_and_the_owner(
         " ('i-web2', $1, 'vpc-1', 'vsw-1', '192.168.1.12', 'Running', 'host-b', 1)",
         TENANT,
     )
-    await seed_havip(
-        db, "havip-1", status="InUse", version=7, name="web", eip_address="203.0.113.10", owner_target_id="i-web1"
-    )
+    await seed_havip(db, "havip-1", status="InUse", version=7, name="web", owner_target_id="i-web1")
+    await db.execute("INSERT INTO havip_eips VALUES ('eip-1', 'havip-1', '203.0.113.10')")
     await db.execute(
         "INSERT INTO attachments (havip_id, target_id, instance_id) VALUES"
         " ('havip-1', 'i-web1', 'i-web1'), ('havip-1', 'i-web2', 'i-web2')"
@@ -367,7 +365,8 @@ async def test_a_havip_shows_attachments_their_last_reports_and_the_owner(
     assert answer.status_code == 200, answer.text
     havip = answer.json()
     assert (havip["status"], havip["version"], havip["name"]) == ("InUse", 7, "web")
-    assert (havip["ip_address"], havip["eip_address"], havip["vpc_id"]) == ("192.168.1.100", "203.0.113.10", "vpc-1")
+    assert (havip["ip_address"], havip["vpc_id"]) == ("192.168.1.100", "vpc-1")
+    assert havip["eips"] == [{"eip_id": "eip-1", "ip_address": "203.0.113.10"}]
     assert havip["owner"] == {
         "instance_id": "i-web1",
         "eni_id": None,
@@ -596,6 +595,8 @@ async def test_a_rejection_fails_the_operation_and_later_results_change_nothing(
     havip_id = created.json()["havip"]["havip_id"]
     results = topic_name(settings, topics.RESULTS)
     rejected = CommandRejected(
+        tenant_id=TENANT,
+        command_type="CreateHaVip",
         command_id=operation_id,
         havip_id=havip_id,
         stage="quota",
@@ -614,11 +615,11 @@ async def test_a_rejection_fails_the_operation_and_later_results_change_nothing(
     assert_error(await gateway.get(f"/v1/havips/{havip_id}", headers=TENANT_AUTH), 404, "NotFound.HaVip")
 
     # The first terminal outcome wins; a late success (or a replay) changes nothing.
-    late = CommandSucceeded(command_id=operation_id, havip_id=havip_id, stage="mapping")
+    late = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=operation_id, havip_id=havip_id, stage="mapping")
     await producer.send_and_wait(results, key=operation_id.encode(), value=topics.encode(late))
     second = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)
     second_id = second.json()["operation"]["operation_id"]
-    marker = CommandSucceeded(command_id=second_id, havip_id=second.json()["havip"]["havip_id"], stage="mapping")
+    marker = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=second_id, havip_id=second.json()["havip"]["havip_id"], stage="mapping")
     # Keyed like `late`, so it lands behind it in the same partition: once the
     # marker is applied, `late` has been read too.
     await producer.send_and_wait(results, key=operation_id.encode(), value=topics.encode(marker))
@@ -638,7 +639,7 @@ async def test_a_garbage_result_is_dead_lettered_and_the_next_one_applied(
     results = topic_name(settings, topics.RESULTS)
     # Same key, so same partition: the good record comes after the garbage.
     await producer.send_and_wait(results, key=operation_id.encode(), value=b"{this is not a result")
-    done = CommandSucceeded(command_id=operation_id, havip_id=created.json()["havip"]["havip_id"], stage="mapping")
+    done = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=operation_id, havip_id=created.json()["havip"]["havip_id"], stage="mapping")
     await producer.send_and_wait(results, key=operation_id.encode(), value=topics.encode(done))
 
     async def succeeded() -> bool:
@@ -663,7 +664,7 @@ async def test_results_are_applied_after_a_restart_without_being_lost(
         two = (await first.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)).json()
         results = topic_name(settings, topics.RESULTS)
         op_one = one["operation"]["operation_id"]
-        succeeded = CommandSucceeded(command_id=op_one, havip_id=one["havip"]["havip_id"], stage="mapping")
+        succeeded = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=op_one, havip_id=one["havip"]["havip_id"], stage="mapping")
         await producer.send_and_wait(results, key=op_one.encode(), value=topics.encode(succeeded))
 
         async def one_done() -> bool:
@@ -677,6 +678,8 @@ async def test_results_are_applied_after_a_restart_without_being_lost(
         key=op_two.encode(),
         value=topics.encode(
             CommandRejected(
+                tenant_id=TENANT,
+                command_type="CreateHaVip",
                 command_id=op_two,
                 havip_id=two["havip"]["havip_id"],
                 stage="quota",
@@ -706,7 +709,7 @@ async def test_a_result_that_met_a_database_failure_is_retried_not_skipped(
     # The table is away: every attempt to apply the result fails until it is back.
     await db.execute("ALTER TABLE operations RENAME TO operations_away")
     try:
-        done = CommandSucceeded(command_id=operation_id, havip_id=created.json()["havip"]["havip_id"], stage="mapping")
+        done = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=operation_id, havip_id=created.json()["havip"]["havip_id"], stage="mapping")
         await producer.send_and_wait(
             topic_name(settings, topics.RESULTS), key=operation_id.encode(), value=topics.encode(done)
         )
@@ -742,16 +745,23 @@ async def test_ready_once_the_results_consumer_joined(gateway: httpx.AsyncClient
     assert 'route="/readyz"' in metrics.text
 
 
-async def test_a_command_the_broker_did_not_take_fails_its_operation(
+async def test_while_the_broker_is_away_a_recorded_command_waits_and_new_ones_get_503(
     gateway: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
     app = gateway._transport.app  # type: ignore[attr-defined]
     await app.state.gateway.producer.stop()  # the broker is unreachable from now on
+    # The first request finds out: its command is recorded, so it stays in the outbox for the relay.
+    first = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)
+    assert first.status_code == 202, first.text
+    operation_id = first.json()["operation"]["operation_id"]
+    assert await db.fetchval("SELECT count(*) FROM command_outbox WHERE operation_id = $1", operation_id) == 1
+    # From then on requests are refused at once, with Retry-After, and nothing is recorded for them.
     headers = {**TENANT_AUTH, "Idempotency-Key": "retry-me"}
     answer = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=headers)
     assert_error(answer, 503, "ServiceUnavailable")
-    row = await db.fetchrow("SELECT status, error_code, idempotency_key FROM operations")
-    assert (row["status"], row["error_code"], row["idempotency_key"]) == ("Failed", "ServiceUnavailable", None)
+    assert int(answer.headers["retry-after"]) >= 1
+    assert await db.fetchval("SELECT count(*) FROM operations") == 1
+    assert await db.fetchval("SELECT status FROM operations") == "Pending"
 
 
 # --- as a process ---------------------------------------------------------------------------------

@@ -7,21 +7,21 @@ from typing import Any
 import pytest
 
 from schemas.errors import HaVipError
-from schemas.messages import HaVipMappingChanged, HaVipStatus, Route
+from schemas.messages import HaVipMappingChanged, HaVipStatus, MappedEip, Route
 from services.forwarder.routes import RouteAnswer, RouteTable, canonical_ip
 
 OWNER_A = Route(instance_id="i-a", eni_id=None, private_ip="10.0.0.11", host_id="host-1")
 OWNER_B = Route(instance_id="i-b", eni_id="eni-b", private_ip="10.0.0.12", host_id="host-2")
 
 
-def mapping(version: int, **changes: Any) -> HaVipMappingChanged:
+def mapping(version: int, *, eip_address: str | None = None, **changes: Any) -> HaVipMappingChanged:
     fields: dict[str, Any] = dict(
         havip_id="havip-1",
         tenant_id="tenant-1",
         vpc_id="vpc-1",
         vswitch_id="vsw-1",
         ip_address="10.0.0.100",
-        eip_address=None,
+        eips=[MappedEip(eip_id="eip-1", ip_address=eip_address)] if eip_address is not None else [],
         status=HaVipStatus.IN_USE,
         owner=OWNER_A,
         version=version,
@@ -205,6 +205,20 @@ def test_a_mapping_with_a_bad_address_is_refused_and_changes_nothing(field: str)
         table.apply(mapping(2, owner=OWNER_B, **{field: "not-an-ip"}))
     assert table.lookup("vpc-1", "10.0.0.100") == RouteAnswer("havip-1", 1, OWNER_A)
     assert table.version_of("havip-1") == 1
+
+
+def test_every_eip_of_a_havip_follows_its_owner_in_the_same_update() -> None:
+    table = RouteTable()
+    two = [MappedEip(eip_id="eip-1", ip_address="203.0.113.7"), MappedEip(eip_id="eip-2", ip_address="203.0.113.8")]
+    table.apply(mapping(1, eips=two))
+    table.apply(mapping(2, eips=two, owner=OWNER_B))
+    for ip in ("203.0.113.7", "203.0.113.8"):
+        assert table.lookup_public(ip) == RouteAnswer("havip-1", 2, OWNER_B)
+    assert table.lookup_public("203.0.113.8") is table.lookup("vpc-1", "10.0.0.100")
+    table.apply(mapping(3, eips=two[:1], owner=OWNER_B))
+    assert table.lookup_public("203.0.113.8") is None
+    table.apply(mapping(4, eips=two[:1], status=HaVipStatus.DELETED))
+    assert table.lookup_public("203.0.113.7") is None
 
 
 def test_answers_are_immutable() -> None:

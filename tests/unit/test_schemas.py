@@ -1,5 +1,7 @@
 """The contract in schemas/ stays in one piece."""
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -14,13 +16,23 @@ def test_exported_json_schema_matches_the_models(topic: topics.Topic) -> None:
     assert exported == render(topic), f"run `python -m schemas.export`: {topic.name}.json is stale"
 
 
+def test_a_record_without_its_envelope_is_refused() -> None:
+    good = topics.encode(m.AttachHaVip(command_id="op-1", tenant_id="t", havip_id="h", target_id="i"))
+    for field in m.ENVELOPE:
+        record = {k: v for k, v in json.loads(good).items() if k != field}
+        with pytest.raises(ValidationError):
+            topics.COMMANDS.parse(json.dumps(record).encode())
+
+
 def test_every_message_round_trips_through_its_topic() -> None:
     command = m.AttachHaVip(command_id="op-1", tenant_id="t", havip_id="havip-1", target_id="i-1")
     assert topics.COMMANDS.parse(topics.encode(command)) == command
 
 
 def test_a_message_of_another_topic_is_refused() -> None:
-    report = m.CommandSucceeded(command_id="op-1", havip_id="havip-1", stage="mapping")
+    report = m.CommandSucceeded(
+        command_id="op-1", tenant_id="t", havip_id="havip-1", command_type="AttachHaVip", stage="mapping"
+    )
     with pytest.raises(ValidationError):
         topics.COMMANDS.parse(topics.encode(report))
 

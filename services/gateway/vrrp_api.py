@@ -1,0 +1,128 @@
+"""The agent endpoint: VRRP reports from the instance an agent token speaks for.
+
+This is the failover path: one query for a whole batch to check the reporter
+is attached, then one bounded publish per report to `vrrp.events`. Whether
+a report changes the owner is the mapping service's decision.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from schemas import topics
+from schemas.errors import ErrorCode, HaVipError
+from schemas.messages import VrrpReported, utcnow
+from services.gateway.auth import Agent
+from services.gateway.broker import FAILURES
+from services.gateway.context import GatewayContext, gateway_context
+from services.gateway.models import (
+    ErrorBody,
+    VrrpEventAccepted,
+    VrrpEventBatch,
+    VrrpEventOutcome,
+    VrrpEventRequest,
+    VrrpEventResults,
+)
+from services.gateway.observability import VRRP_REPORTS_ACCEPTED
+from services.readmodel.reporters import ReporterStanding, reporter_standing
+
+log = logging.getLogger(__name__)
+
+Context = Annotated[GatewayContext, Depends(gateway_context)]
+
+router = APIRouter(prefix="/v1", responses={status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 503)})
+
+
+@router.post(
+    "/vrrp-events",
+    status_code=202,
+    response_model=VrrpEventResults | VrrpEventAccepted,
+    tags=["agents"],
+    responses={409: {"model": ErrorBody, "description": "The instance is not attached to the HAVIP."}},
+)
+async def report_vrrp(
+    body: VrrpEventBatch | VrrpEventRequest, principal: Agent, context: Context
+) -> VrrpEventResults | VrrpEventAccepted:
+    """One report, or up to 16 in order (`{"reports": [...]}`), from the instance the agent token speaks for.
+
+    The batch form answers one outcome per report: a report that can never
+    count (the instance is not attached, or the HAVIP is unknown) is Refused
+    with its code, and the agent drops it; the others are published in order.
+    The single form answers 202, or 409 `VrrpReport.NotAttached` / 404.
+    """
+    assert principal.instance_id is not None
+    reports = body.reports if isinstance(body, VrrpEventBatch) else [body]
+    # The failover path: one query for the whole batch, then the produces.
+    standing = await reporter_standing(
+        context.pool, principal.tenant_id, principal.instance_id, [r.havip_id for r in reports]
+    )
+    outcomes: list[VrrpEventOutcome] = []
+    for request in reports:
+        refusal = _refusal(standing[request.havip_id], request.havip_id, principal.instance_id)
+        if refusal is not None:
+            if not isinstance(body, VrrpEventBatch):
+                raise refusal
+            log.warning(
+                "VRRP report refused havip=%s instance=%s code=%s",
+                request.havip_id,
+                principal.instance_id,
+                refusal.code,
+            )
+            outcomes.append(
+                VrrpEventOutcome(
+                    havip_id=request.havip_id,
+                    seq=request.seq,
+                    status="Refused",
+                    code=refusal.code,
+                    message=refusal.message,
+                )
+            )
+            continue
+        message_id = await _publish_report(context, principal.tenant_id, principal.instance_id, request)
+        outcomes.append(
+            VrrpEventOutcome(havip_id=request.havip_id, seq=request.seq, status="Accepted", message_id=message_id)
+        )
+    if not isinstance(body, VrrpEventBatch):
+        return VrrpEventAccepted(message_id=outcomes[0].message_id or "")
+    return VrrpEventResults(results=outcomes)
+
+
+def _refusal(standing: ReporterStanding, havip_id: str, instance_id: str) -> HaVipError | None:
+    if standing is ReporterStanding.UNKNOWN_HAVIP:
+        return HaVipError(ErrorCode.NOT_FOUND_HAVIP, f"HAVIP {havip_id} does not exist")
+    if standing is ReporterStanding.NOT_ATTACHED:
+        return HaVipError(
+            ErrorCode.REPORTER_NOT_ATTACHED,
+            f"{instance_id} is not attached to {havip_id}; only attached instances may own it",
+        )
+    return None
+
+
+async def _publish_report(context: GatewayContext, tenant_id: str, instance_id: str, body: VrrpEventRequest) -> str:
+    now = utcnow()
+    report = VrrpReported(
+        havip_id=body.havip_id,
+        tenant_id=tenant_id,
+        instance_id=instance_id,
+        state=body.state,
+        priority=body.priority,
+        seq=body.seq,
+        reported_at=body.reported_at or now,
+        received_at=now,
+        lease_seconds=body.lease_seconds,
+    )
+    context.broker.require_reachable()
+    try:
+        await context.broker.publish(context.vrrp_topic, body.havip_id.encode(), topics.encode(report))
+    except FAILURES as exc:
+        log.warning("VRRP report not published havip=%s instance=%s error=%r", body.havip_id, instance_id, exc)
+        raise HaVipError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "the report could not be queued; retry",
+            retry_after=context.broker.retry_after,
+        ) from exc
+    VRRP_REPORTS_ACCEPTED.labels(body.state.value).inc()
+    return report.message_id
