@@ -1,7 +1,8 @@
 """The forwarder's HTTP API: "who receives traffic for (vpc, ip)?", answered from memory.
 
-    GET  /v1/routes?vpc_id=..&ip=..   one address; without vpc_id, `ip` is a public EIP
-    POST /v1/routes:batch             up to 1000 addresses, answers in the same order
+    GET  /v1/routes?vpc_id=..&ip=..   one private address in a VPC
+    GET  /v1/routes?eip=..            one public EIP: it resolves through its HAVIP
+    POST /v1/routes:batch             up to 1000 keys ({vpc_id, ip} or {eip}), answers in the same order
 
 An address a HAVIP holds answers its owner, or null owner fields when the
 HAVIP has no owner (traffic is dropped, and that is visible); an address no
@@ -14,19 +15,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import ErrorCode, HaVipError
-from schemas.ipv4 import parse_ipv4
+from schemas.ipv4 import IPv4Text, parse_ipv4
 from services.forwarder.follower import MappingFollower
 from services.forwarder.routes import RouteAnswer, RouteTable
 from services.runtime.db import connect_pool, require_current_schema
 from services.runtime.health import Health, health_router
 from services.runtime.http import install_http_conventions
+from services.runtime.openapi import ErrorBody
 from services.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,10 +46,27 @@ class RouteOut(BaseModel):
 
 
 class RouteKey(BaseModel):
+    """A private address in its VPC, or a public EIP."""
+
     model_config = ConfigDict(extra="forbid")
 
     vpc_id: str | None = Field(default=None, min_length=1, max_length=128)
-    ip: str = Field(min_length=1, max_length=64)
+    ip: IPv4Text | None = None
+    eip: IPv4Text | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_key(self) -> RouteKey:
+        if not route_key_complete(self.vpc_id, self.ip, self.eip):
+            raise ValueError(ROUTE_KEY_RULE)
+        return self
+
+
+ROUTE_KEY_RULE = "give vpc_id and ip (a private address), or eip alone (a public address)"
+
+
+def route_key_complete(vpc_id: str | None, ip: str | None, eip: str | None) -> bool:
+    private = vpc_id is not None and ip is not None
+    return private != (eip is not None) and (private or (vpc_id is None and ip is None))
 
 
 class BatchIn(BaseModel):
@@ -58,12 +77,6 @@ class BatchIn(BaseModel):
 
 class BatchOut(BaseModel):
     routes: list[RouteOut | None]
-
-
-class ErrorOut(BaseModel):
-    code: str
-    message: str
-    request_id: str
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -99,35 +112,41 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.table = table
     app.state.health = health
     app.include_router(health_router(health))
-    install_http_conventions(app, "forwarder")
+    install_http_conventions(app, "forwarder", max_request_body_bytes=settings.max_request_body_bytes)
 
-    errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorOut}, 404: {"model": ErrorOut}}
+    # 400, 413, 500 and the rest are documented for every route by services.runtime.openapi.
+    miss: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorBody, "description": "No HAVIP holds it: NotFound.Route"}
+    }
 
-    @app.get("/v1/routes", response_model=RouteOut, responses=errors)
+    @app.get("/v1/routes", response_model=RouteOut, responses=miss)
     async def get_route(
-        ip: str = Query(max_length=64, description="A private IPv4 address, or a public EIP without vpc_id"),
-        vpc_id: str | None = Query(default=None, min_length=1, max_length=128),
+        ip: Annotated[IPv4Text | None, Query(description="A private IPv4 address, with vpc_id")] = None,
+        vpc_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        eip: Annotated[IPv4Text | None, Query(description="A public EIP, alone")] = None,
     ) -> JSONResponse:
-        answer = _lookup(table, vpc_id, ip)
+        if not route_key_complete(vpc_id, ip, eip):
+            raise HaVipError(ErrorCode.INVALID_PARAMETER, ROUTE_KEY_RULE)
+        answer = _lookup(table, vpc_id, ip, eip)
         if answer is None:
-            where = f"{ip} in {vpc_id}" if vpc_id is not None else f"public address {ip}"
+            where = f"{ip} in {vpc_id}" if eip is None else f"public address {eip}"
             raise HaVipError(ErrorCode.NOT_FOUND_ROUTE, f"no HAVIP holds {where}")
         return JSONResponse(_as_json(answer))
 
-    @app.post("/v1/routes:batch", response_model=BatchOut, responses={400: {"model": ErrorOut}})
+    @app.post("/v1/routes:batch", response_model=BatchOut)
     async def batch_routes(body: BatchIn) -> JSONResponse:
-        found = [_lookup(table, key.vpc_id, key.ip) for key in body.keys]
+        found = [_lookup(table, key.vpc_id, key.ip, key.eip) for key in body.keys]
         return JSONResponse({"routes": [_as_json(a) if a is not None else None for a in found]})
 
     return app
 
 
-def _lookup(table: RouteTable, vpc_id: str | None, ip: str) -> RouteAnswer | None:
-    try:
-        address = str(parse_ipv4(ip))
-    except HaVipError:
-        raise HaVipError(ErrorCode.INVALID_PARAMETER, f"ip {ip!r} is not an IPv4 address") from None
-    return table.lookup(vpc_id, address) if vpc_id is not None else table.lookup_public(address)
+def _lookup(table: RouteTable, vpc_id: str | None, ip: str | None, eip: str | None) -> RouteAnswer | None:
+    # The pattern already admitted only canonical dotted quads; parse once more to be sure of the key's form.
+    if eip is not None:
+        return table.lookup_public(str(parse_ipv4(eip)))
+    assert vpc_id is not None and ip is not None
+    return table.lookup(vpc_id, str(parse_ipv4(ip)))
 
 
 def _as_json(answer: RouteAnswer) -> dict[str, Any]:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 ReadinessCheck = Callable[[], str | None]  # None when ready, else why not
 
@@ -53,17 +56,32 @@ class Health:
         return reasons
 
 
+class HealthStatus(BaseModel):
+    status: str = Field(description="ok, or stalled (503) when the event loop stopped making progress")
+
+
+class ReadinessStatus(BaseModel):
+    status: str = Field(description="ready, or not ready (503)")
+    reasons: dict[str, str] = Field(default_factory=dict, description="Why not ready, per check.")
+
+
+def _unready(model: type[BaseModel], what: str) -> dict[int | str, dict[str, Any]]:
+    return {503: {"model": model, "description": what}}
+
+
 def health_router(health: Health) -> APIRouter:
     router = APIRouter(tags=["health"])
 
-    @router.get("/healthz")
+    @router.get("/healthz", response_model=HealthStatus, responses=_unready(HealthStatus, "The loop is stalled."))
     async def healthz(response: Response) -> dict[str, str]:
         if not health.live():
             response.status_code = 503
             return {"status": "stalled"}
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get(
+        "/readyz", response_model=ReadinessStatus, responses=_unready(ReadinessStatus, "Not connected or caught up.")
+    )
     async def readyz(response: Response) -> dict[str, object]:
         reasons = health.not_ready()
         if reasons:
@@ -71,7 +89,7 @@ def health_router(health: Health) -> APIRouter:
             return {"status": "not ready", "reasons": reasons}
         return {"status": "ready"}
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}})
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -1,8 +1,12 @@
-"""What every HTTP service answers the same way: request ids, metrics and errors.
+"""What every HTTP service answers the same way: request ids, metrics, errors and limits.
 
 Errors are `{"code", "message", "request_id"}` with the codes of
 `schemas.errors`, never a stack trace; the request id is echoed in
-`X-Request-ID` so a caller can quote it.
+`X-Request-ID` so a caller can quote it. A 405 names every method of the
+path in `Allow`; a 429 or 503 says when to come back in `Retry-After`; a
+request body over the limit is a 413 before the app reads it. The OpenAPI
+document states all of this (`services.runtime.openapi`), and `/docs` needs
+no internet access (`services.runtime.docs`).
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import ErrorCode, HaVipError
+from schemas.ipv4 import IPV4_PATTERN
+from services.runtime.docs import serve_docs_offline
+from services.runtime.openapi import document_error_answers
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,18 @@ REQUEST_SECONDS = Histogram(
 )
 
 REQUEST_ID_HEADER = "x-request-id"
+DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024
+# Sent with a 429 or 503 whose cause does not know better: soon, but not in a tight loop.
+DEFAULT_RETRY_AFTER_SECONDS = 1
+_COME_BACK_LATER = (429, 503)
+# What the HTTP layer itself answers (routing, the body limit); anything else it raises is a bad request.
+_HTTP_LAYER_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.THROTTLED,
+    503: ErrorCode.SERVICE_UNAVAILABLE,
+}
 _ACCEPTABLE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Unmatched paths are one label, so a scanner cannot explode the metric's cardinality.
 _UNMATCHED = "unmatched"
@@ -92,6 +112,72 @@ class RequestContext:
             REQUEST_SECONDS.labels(self.service, scope["method"], label).observe(time.perf_counter() - started)
 
 
+class RequestBodyTooLarge(StarletteHTTPException):
+    """Raised from `receive` past the limit; an HTTPException, so FastAPI's body parsing passes it on."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+
+
+class BodyLimit:
+    """Bodies over `max_bytes` answer 413 `PayloadTooLarge`.
+
+    A declared `Content-Length` over the limit is refused before anything is
+    read; a body without one (chunked) is counted as it arrives, so a client
+    cannot make us buffer more than the limit either way.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise RequestBodyTooLarge(self.max_bytes)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except RequestBodyTooLarge:
+            # An app with our handlers answers it itself; any other lets it reach us.
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = str(RequestBodyTooLarge(self.max_bytes).detail)
+        response = error_response(Request(scope), 413, ErrorCode.PAYLOAD_TOO_LARGE, message)
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            # A malformed one is the server's to refuse; counting holds either way.
+            return int(value) if value.isdigit() else None
+    return None
+
+
 def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
     request_id = request_id_of(request)
     return JSONResponse(
@@ -109,6 +195,8 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
         location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
         kind = error.get("type", "")
         message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        if kind == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == IPV4_PATTERN:
+            message = "not an IPv4 address in dotted-quad form (such as 10.0.0.7)"
         if kind == "json_invalid":
             parts.append("the request body is not valid JSON")
         elif location:
@@ -123,6 +211,8 @@ async def _on_havip_error(request: Request, exc: Exception) -> JSONResponse:
     response = error_response(request, exc.http_status, exc.code, exc.message)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    elif exc.http_status in _COME_BACK_LATER:
+        response.headers["Retry-After"] = str(DEFAULT_RETRY_AFTER_SECONDS)
     return response
 
 
@@ -133,11 +223,38 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
 
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 404:
-        return error_response(request, 404, ErrorCode.NOT_FOUND, f"no such resource: {request.url.path}")
-    if exc.status_code == 405:
-        return error_response(request, 405, ErrorCode.METHOD_NOT_ALLOWED, f"{request.method} is not allowed here")
-    return error_response(request, exc.status_code, ErrorCode.INVALID_PARAMETER, str(exc.detail))
+    status = exc.status_code
+    code = _HTTP_LAYER_CODES.get(status, ErrorCode.INVALID_PARAMETER)
+    if status == 404:
+        message = f"no such resource: {request.url.path}"
+    elif status == 405:
+        message = f"{request.method} is not allowed here"
+    else:
+        message = str(exc.detail)
+    response = error_response(request, status, code, message)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    if status == 405 and (allowed := allowed_methods(request)):
+        response.headers["Allow"] = ", ".join(allowed)
+    if status in _COME_BACK_LATER and "retry-after" not in response.headers:
+        response.headers["Retry-After"] = str(DEFAULT_RETRY_AFTER_SECONDS)
+    return response
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this path.
+
+    Starlette's 405 names only the methods of the first route whose path
+    matched, but FastAPI makes one route per method (GET and POST on
+    `/v1/havips` are two routes), so its `Allow` would leave some out.
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(request.scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -147,13 +264,19 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def install_http_conventions(app: FastAPI, service: str) -> None:
-    """Request ids, request metrics and the `{code, message, request_id}` error body."""
+def install_http_conventions(
+    app: FastAPI, service: str, *, max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
+) -> None:
+    """Request ids, metrics, the error body, the body limit, an honest OpenAPI document, offline `/docs`."""
+    # Added first, so it runs inside RequestContext: a 413 has a request id and is counted.
+    app.add_middleware(BodyLimit, max_bytes=max_request_body_bytes)
     app.add_middleware(RequestContext, service=service)
     app.add_exception_handler(HaVipError, _on_havip_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(Exception, _on_unexpected)
+    document_error_answers(app)
+    serve_docs_offline(app)
 
 
 # uvicorn's exit code for a failed startup (e.g. the schema is out of date).

@@ -210,7 +210,7 @@ async def test_the_snapshot_answers_lookups_at_start(settings: Settings, db: asy
         assert answer.json()["havip_id"] == "havip-3"
 
         # a public EIP resolves through its HAVIP
-        answer = await client.get("/v1/routes", params={"ip": "203.0.113.7"})
+        answer = await client.get("/v1/routes", params={"eip": "203.0.113.7"})
         assert answer.status_code == 200
         assert answer.json()["havip_id"] == "havip-1"
         assert answer.json()["instance_id"] == "i-a"
@@ -221,8 +221,11 @@ async def test_the_snapshot_answers_lookups_at_start(settings: Settings, db: asy
         assert body["code"] == "NotFound.Route"
         assert set(body) == {"code", "message", "request_id"} and body["request_id"]
 
-        answer = await client.get("/v1/routes", params={"ip": "10.0.0.100"})  # a private IP is not an EIP
+        answer = await client.get("/v1/routes", params={"eip": "10.0.0.100"})  # a private IP is not an EIP
         assert answer.status_code == 404
+        for incomplete in ({"ip": "203.0.113.7"}, {"vpc_id": "vpc-1", "eip": "203.0.113.7"}, {}):
+            answer = await client.get("/v1/routes", params=incomplete)
+            assert answer.status_code == 400 and answer.json()["code"] == "InvalidParameter", incomplete
 
 
 async def test_a_newer_version_changes_the_answer_and_an_older_one_changes_nothing(
@@ -386,10 +389,17 @@ async def test_bad_requests_answer_invalid_parameter(settings: Settings, db: asy
             assert answer.json()["request_id"] == "req-7"
             assert set(answer.json()) == {"code", "message", "request_id"}
 
-        too_many = {"keys": [{"ip": "10.0.0.1"}] * 1001}
+        too_many = {"keys": [{"eip": "10.0.0.1"}] * 1001}
         answer = await client.post("/v1/routes:batch", json=too_many)
         assert answer.status_code == 400 and answer.json()["code"] == "InvalidParameter"
-        for body in ({"keys": [{"vpc_id": "vpc-1", "ip": "nope"}]}, {"keys": [{"vpc_id": "vpc-1"}]}, {}, {"x": 1}):
+        for body in (
+            {"keys": [{"vpc_id": "vpc-1", "ip": "nope"}]},
+            {"keys": [{"vpc_id": "vpc-1"}]},
+            {"keys": [{"ip": "10.0.0.1"}]},
+            {"keys": [{"vpc_id": "vpc-1", "ip": "10.0.0.1", "eip": "203.0.113.7"}]},
+            {},
+            {"x": 1},
+        ):
             answer = await client.post("/v1/routes:batch", json=body)
             assert answer.status_code == 400, body
             assert answer.json()["code"] == "InvalidParameter"
@@ -410,7 +420,7 @@ async def test_batch_answers_every_key_in_order(settings: Settings, db: asyncpg.
         keys = [
             {"vpc_id": "vpc-1", "ip": "10.0.0.101"},
             {"vpc_id": "vpc-1", "ip": "10.0.0.199"},
-            {"ip": "203.0.113.7"},
+            {"eip": "203.0.113.7"},
             {"vpc_id": "vpc-1", "ip": "10.0.0.100"},
         ]
         answer = await client.post("/v1/routes:batch", json={"keys": keys})
@@ -427,7 +437,7 @@ async def test_batch_answers_every_key_in_order(settings: Settings, db: asyncpg.
             "host_id": "host-a",
         }
 
-        answer = await client.post("/v1/routes:batch", json={"keys": [{"ip": "10.0.0.1"}] * 1000})
+        answer = await client.post("/v1/routes:batch", json={"keys": [{"eip": "10.0.0.1"}] * 1000})
         assert answer.status_code == 200 and answer.json()["routes"] == [None] * 1000
         answer = await client.post("/v1/routes:batch", json={"keys": []})
         assert answer.json() == {"routes": []}
