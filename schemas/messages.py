@@ -8,12 +8,24 @@ reject what it does not understand.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 
@@ -25,6 +37,55 @@ MAX_REPORTS_PER_REQUEST = 16
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 
+# The wire is JSON, and the exported JSON Schema is the contract outside producers check against: the
+# types below make pydantic accept exactly what that schema accepts (tests/unit/test_topic_contract.py).
+
+# RFC 3339 section 5.6 with an offset: no naive times, no space for the T, no leap second (Python's
+# datetime has none), at most nanoseconds. `format: date-time` alone is only an annotation in JSON
+# Schema 2020-12, so the schema carries this pattern too, and every validator enforces it.
+RFC3339_DATETIME = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    # Lax pydantic would also take a Unix time as a number or a string, and a space for the T.
+    if isinstance(value, str) and re.fullmatch(RFC3339_DATETIME, value):
+        return value
+    if isinstance(value, datetime):
+        return value  # built in code; AwareDatetime still refuses a naive one
+    raise PydanticCustomError("rfc3339", "must be an RFC 3339 date-time with an offset, like 2025-01-01T00:00:00Z")
+
+
+def _json_number(value: Any) -> Any:
+    # Lax pydantic turns "7" and true into 7; JSON Schema's integer and number take neither.
+    # It keeps taking 7.0 for an int, as JSON Schema does.
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("json_number", "must be a JSON number, not a string or a boolean")
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": RFC3339_DATETIME}),
+]
+Integer = Annotated[int, BeforeValidator(_json_number)]
+Number = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+
+# What every record on every topic must carry. Code that builds a message may leave them to their
+# defaults; a record read from a topic must spell them out (DESIGN.md, "Topics").
+ENVELOPE = ("message_id", "type", "occurred_at", "schema_version")
+
+
+def _envelope_is_required(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    properties = schema.get("properties", {})
+    for name in ENVELOPE:
+        properties.get(name, {}).pop("default", None)
+    schema["required"] = [*ENVELOPE, *(name for name in schema.get("required", []) if name not in ENVELOPE)]
+
 
 def new_message_id() -> str:
     return str(uuid.uuid4())
@@ -35,11 +96,21 @@ def utcnow() -> datetime:
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_envelope_is_required)
 
     message_id: str = Field(default_factory=new_message_id)
-    occurred_at: datetime = Field(default_factory=utcnow)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    occurred_at: Timestamp = Field(default_factory=utcnow)
+    # A Literal takes true for 1; the number check refuses it as the schema does.
+    schema_version: Annotated[Literal[1], BeforeValidator(_json_number)] = SCHEMA_VERSION
+
+    @model_validator(mode="before")
+    @classmethod
+    def _envelope_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.mode == "json" and isinstance(data, dict):
+            missing = [name for name in ENVELOPE if name not in data]
+            if missing:
+                raise PydanticCustomError("missing", "a record must carry {fields}", {"fields": ", ".join(missing)})
+        return data
 
 
 # --- ens.inventory (compacted, key: resource id) -----------------------------
@@ -61,7 +132,7 @@ class VSwitchChanged(Message):
     vpc_id: Id
     zone_id: Id
     cidr: str
-    revision: int = Field(ge=0, description="Monotonic per resource; older revisions are ignored.")
+    revision: Integer = Field(ge=0, description="Monotonic per resource; older revisions are ignored.")
 
 
 class InstanceChanged(Message):
@@ -73,7 +144,7 @@ class InstanceChanged(Message):
     private_ip: str
     status: InstanceStatus
     host_id: Id
-    revision: int = Field(ge=0)
+    revision: Integer = Field(ge=0)
 
 
 class EniChanged(Message):
@@ -83,7 +154,7 @@ class EniChanged(Message):
     tenant_id: Id
     vswitch_id: Id
     private_ip: str
-    revision: int = Field(ge=0)
+    revision: Integer = Field(ge=0)
 
 
 class EipChanged(Message):
@@ -91,7 +162,7 @@ class EipChanged(Message):
     eip_id: Id
     tenant_id: Id
     ip_address: str
-    revision: int = Field(ge=0)
+    revision: Integer = Field(ge=0)
 
 
 InventoryRecord = Annotated[VSwitchChanged | InstanceChanged | EniChanged | EipChanged, Field(discriminator="type")]
@@ -284,11 +355,11 @@ class VrrpReported(Message):
     tenant_id: Id
     instance_id: Id
     state: VrrpState
-    priority: int = Field(ge=0, le=255)
-    seq: int = Field(ge=0, le=MAX_SEQ, description="Monotonic per instance agent; orders its reports.")
-    reported_at: datetime
-    received_at: datetime = Field(description="Gateway clock; leases run from it.")
-    lease_seconds: float | None = Field(
+    priority: Integer = Field(ge=0, le=255)
+    seq: Integer = Field(ge=0, le=MAX_SEQ, description="Monotonic per instance agent; orders its reports.")
+    reported_at: Timestamp
+    received_at: Timestamp = Field(description="Gateway clock; leases run from it.")
+    lease_seconds: Number | None = Field(
         default=None,
         ge=0,
         le=MAX_LEASE_SECONDS,
@@ -349,7 +420,7 @@ class HaVipMappingChanged(Message):
     status: HaVipStatus
     owner: Route | None = None
     attachments: list[MappedAttachment] = Field(default_factory=list)
-    version: int = Field(ge=1)
+    version: Integer = Field(ge=1)
 
 
 # --- havip.dead-letters (key: the original key) ------------------------------
@@ -358,8 +429,8 @@ class HaVipMappingChanged(Message):
 class DeadLettered(Message):
     type: Literal["DeadLettered"] = "DeadLettered"
     source_topic: str
-    partition: int
-    offset: int
+    partition: Integer
+    offset: Integer
     consumer: str
     code: str
     reason: str
