@@ -7,6 +7,8 @@ import asyncio
 import importlib
 import sys
 
+from services.admin.cli import register as register_admin
+from services.client.cli import register as register_havips
 from services.runtime.settings import load_settings
 
 SERVICES = ("gateway", "quota", "mapping", "forwarder")
@@ -154,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument("state", metavar="STATE", help="MASTER, BACKUP, FAULT, STOP, ...")
     notify.add_argument("priority", metavar="PRIORITY", help="0..255")
     notify.set_defaults(func=_notify)
+
+    register_havips(sub)  # the tenant's client: havip havips ...
+    register_admin(sub)  # the operator's: havip admin tenant|token ...
     return parser
 
 

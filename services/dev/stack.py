@@ -25,6 +25,7 @@ from schemas.messages import (
 )
 from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres
 from services.dev.processes import ServiceProcess
+from services.gateway.tenants import create_tenant, get_tenant
 from services.gateway.tokens import Principal, store_token
 from services.runtime.db import connect_pool, migrate
 from services.runtime.kafka import (
@@ -107,6 +108,8 @@ async def seed(settings: Settings) -> None:
         await producer.stop()
     pool = await connect_pool(settings.database_url, max_size=1)
     try:
+        if await get_tenant(pool, DEMO_TENANT) is None:
+            await create_tenant(pool, "demo", tenant_id=DEMO_TENANT)
         await store_token(pool, DEMO_TENANT_TOKEN, Principal("tenant", DEMO_TENANT))
         for iid, token in demo_agent_tokens().items():
             await store_token(pool, token, Principal("agent", DEMO_TENANT, iid))

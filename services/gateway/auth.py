@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from schemas.errors import ErrorCode, HaVipError
 from services.gateway.context import GatewayContext, gateway_context
+from services.gateway.throttle import request_rate
 from services.gateway.tokens import Principal, find_principal
 
 # auto_error=False: a missing token must answer our 401 body, not FastAPI's 403.
@@ -24,6 +25,13 @@ async def _principal(
     principal = await find_principal(context.pool, credentials.credentials)
     if principal is None:
         raise HaVipError(ErrorCode.UNAUTHORIZED, "the token is not valid")
+    # Counted only once the caller is known: nobody is throttled for a stranger's requests.
+    rate, burst = request_rate(principal, context.settings)
+    wait = context.throttle.take(principal.token_id, rate, burst)
+    if wait is not None:
+        raise HaVipError(
+            ErrorCode.THROTTLED, f"this token may make {rate:g} requests per second; retry later", retry_after=wait
+        )
     return principal
 
 
@@ -40,5 +48,16 @@ async def agent(principal: Annotated[Principal, Depends(_principal)]) -> Princip
     return principal
 
 
+async def caller_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The caller's own bearer token, for what only that caller may open (sealed answers).
+
+    Declare it after `Tenant` or `Agent`, which have already authenticated it.
+    """
+    if credentials is None or not credentials.credentials:
+        raise HaVipError(ErrorCode.UNAUTHORIZED, "an Authorization: Bearer token is required")
+    return credentials.credentials
+
+
 Tenant = Annotated[Principal, Depends(tenant)]
 Agent = Annotated[Principal, Depends(agent)]
+CallerToken = Annotated[str, Depends(caller_token)]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from fastapi import Request
 
+from services.gateway.broker import BrokerLink
 from services.gateway.commands import CommandSubmitter
+from services.gateway.throttle import Throttle
 from services.runtime.settings import Settings
 
 
@@ -18,7 +20,10 @@ class GatewayContext:
     pool: asyncpg.Pool
     producer: AIOKafkaProducer
     commands: CommandSubmitter
+    broker: BrokerLink
     vrrp_topic: str
+    # Request rates per token, counted by this replica alone.
+    throttle: Throttle = field(default_factory=Throttle)
 
 
 def gateway_context(request: Request) -> GatewayContext:

@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     forwarder_port: int = 8081
     quota_port: int = 8082
     mapping_port: int = 8083
+    # Bigger request bodies answer 413 PayloadTooLarge before they are read.
+    max_request_body_bytes: int = Field(default=65536, ge=1)
 
     # Limits from the product page; each is configurable per cloud.
     max_attachments_per_havip: int = Field(default=10, ge=1)
@@ -30,9 +32,21 @@ class Settings(BaseSettings):
     # HAVIPs one tenant may hold; like the three above, overridable per tenant (`havip admin tenant`).
     max_havips_per_tenant: int = Field(default=100, ge=0)
 
+    # Request rates per token, counted by each gateway replica on its own. A tenant's
+    # `requests_per_second` (`havip admin tenant set-limits`) replaces the tenant default.
+    tenant_requests_per_second: float = Field(default=20, gt=0)
+    tenant_request_burst: int = Field(default=40, ge=1)
+    # An agent renews each MASTER claim every second and holds at most 5 HAVIPs:
+    # this never throttles a healthy agent, only a runaway one.
+    agent_requests_per_second: float = Field(default=50, gt=0)
+    agent_request_burst: int = Field(default=100, ge=1)
+
     # How often a mapping worker looks for owners whose lease ran out while another
     # instance holds a live claim (and for state committed but not yet published).
     lease_sweep_interval_seconds: float = Field(default=0.2, gt=0)
+
+    # The longest a request waits for the broker to take a message; then 503 with Retry-After.
+    publish_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # Consumer group timing: short enough that a restarted worker takes its
     # partitions back within seconds.

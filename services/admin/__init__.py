@@ -1,0 +1,1 @@
+"""Operators' tools: `havip admin` (tenants, their limits and their tokens)."""
