@@ -96,7 +96,7 @@ class Tenant:
 
     async def route(self, vpc_id: str | None, ip: str) -> dict[str, Any] | None:
         """Who receives traffic for `ip` in `vpc_id`; with no VPC, `ip` is a public EIP."""
-        params = {"vpc_id": vpc_id, "ip": ip} if vpc_id is not None else {"ip": ip}
+        params = {"vpc_id": vpc_id, "ip": ip} if vpc_id is not None else {"eip": ip}
         answer = await self.forwarder.get("/v1/routes", params=params)
         if answer.status_code == 404:
             return None

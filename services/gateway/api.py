@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 
 from schemas.errors import ErrorCode, HaVipError
+from schemas.ipv4 import IPV4_PATTERN
 from schemas.messages import (
     AssociateEip,
     AttachHaVip,
@@ -35,7 +36,6 @@ from services.gateway.models import (
     AssociationRequest,
     CreateHaVipRequest,
     EipRequest,
-    ErrorBody,
     HaVipAccepted,
     HaVipPage,
     HaVipView,
@@ -49,6 +49,7 @@ from services.gateway.models import (
 from services.gateway.operations import Operation
 from services.gateway.paging import decode_page_token, encode_page_token
 from services.readmodel.owner_history import owner_history
+from services.runtime.openapi import ErrorBody
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ async def list_havips(
     context: Context,
     vswitch_id: str | None = None,
     status: HaVipStatus | None = None,
-    ip_address: str | None = None,
+    ip_address: Annotated[str | None, Query(pattern=IPV4_PATTERN, description="IPv4, as listed")] = None,
     page_size: Annotated[int, Query(ge=1, le=100)] = 50,
     page_token: str | None = None,
 ) -> HaVipPage:

@@ -11,13 +11,14 @@ import asyncpg
 from fastapi import FastAPI
 
 from schemas import topics
-from services.gateway import vrrp_api
+from services.gateway import agent_tokens, vrrp_api
 from services.gateway.api import router
 from services.gateway.broker import BrokerLink
 from services.gateway.commands import CommandSubmitter
 from services.gateway.context import GatewayContext
 from services.gateway.outbox import Outbox
 from services.gateway.results import CommandResults
+from services.gateway.throttle import Throttle
 from services.runtime.db import connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_router
@@ -59,6 +60,8 @@ class DatabaseProbe:
 
 def create_app(settings: Settings) -> FastAPI:
     health = Health(SERVICE)
+    # Request rates are counted per replica: N replicas allow up to N times a token's rate.
+    throttle = Throttle()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -96,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
                 commands=CommandSubmitter(pool, broker, commands),
                 broker=broker,
                 vrrp_topic=topic_name(settings, topics.VRRP),
+                throttle=throttle,
             )
             log.info("gateway started host=%s port=%s", settings.http_host, settings.gateway_port)
             yield
@@ -112,5 +116,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health_router(health))
     app.include_router(router)
     app.include_router(vrrp_api.router)
+    app.include_router(agent_tokens.router)
     install_http_conventions(app, "gateway")
     return app

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.ipv4 import parse_ipv4
+from schemas.ipv4 import IPV4_PATTERN, parse_ipv4
 from schemas.messages import MAX_LEASE_SECONDS, MAX_REPORTS_PER_REQUEST, MAX_SEQ, HaVipStatus, Id, VrrpState
 from services.gateway.operations import OperationStatus
 
@@ -22,7 +22,13 @@ class _Request(BaseModel):
 
 class CreateHaVipRequest(_Request):
     vswitch_id: Id
-    ip_address: str | None = Field(default=None, description="IPv4; quota picks a free one when absent.")
+    # The pattern documents the syntax; check_havip_address enforces it with the tenant's error codes
+    # (InvalidIpAddress.Malformed / .Version) rather than a generic InvalidParameter.
+    ip_address: str | None = Field(
+        default=None,
+        description="IPv4 in the vSwitch's CIDR; quota picks the lowest free one when absent.",
+        json_schema_extra={"pattern": IPV4_PATTERN},
+    )
     name: str = Field(default="", max_length=128)
     description: str = Field(default="", max_length=256)
 
@@ -107,12 +113,6 @@ def check_havip_address(value: str) -> str:
 
 
 # --- answers -----------------------------------------------------------------
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    request_id: str
 
 
 class OperationError(BaseModel):

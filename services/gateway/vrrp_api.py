@@ -19,7 +19,6 @@ from services.gateway.auth import Agent
 from services.gateway.broker import FAILURES
 from services.gateway.context import GatewayContext, gateway_context
 from services.gateway.models import (
-    ErrorBody,
     VrrpEventAccepted,
     VrrpEventBatch,
     VrrpEventOutcome,
@@ -28,6 +27,7 @@ from services.gateway.models import (
 )
 from services.gateway.observability import VRRP_REPORTS_ACCEPTED
 from services.readmodel.reporters import ReporterStanding, reporter_standing
+from services.runtime.openapi import ErrorBody
 
 log = logging.getLogger(__name__)
 

@@ -615,11 +615,19 @@ async def test_a_rejection_fails_the_operation_and_later_results_change_nothing(
     assert_error(await gateway.get(f"/v1/havips/{havip_id}", headers=TENANT_AUTH), 404, "NotFound.HaVip")
 
     # The first terminal outcome wins; a late success (or a replay) changes nothing.
-    late = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=operation_id, havip_id=havip_id, stage="mapping")
+    late = CommandSucceeded(
+        tenant_id=TENANT, command_type="CreateHaVip", command_id=operation_id, havip_id=havip_id, stage="mapping"
+    )
     await producer.send_and_wait(results, key=operation_id.encode(), value=topics.encode(late))
     second = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)
     second_id = second.json()["operation"]["operation_id"]
-    marker = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=second_id, havip_id=second.json()["havip"]["havip_id"], stage="mapping")
+    marker = CommandSucceeded(
+        tenant_id=TENANT,
+        command_type="CreateHaVip",
+        command_id=second_id,
+        havip_id=second.json()["havip"]["havip_id"],
+        stage="mapping",
+    )
     # Keyed like `late`, so it lands behind it in the same partition: once the
     # marker is applied, `late` has been read too.
     await producer.send_and_wait(results, key=operation_id.encode(), value=topics.encode(marker))
@@ -639,7 +647,13 @@ async def test_a_garbage_result_is_dead_lettered_and_the_next_one_applied(
     results = topic_name(settings, topics.RESULTS)
     # Same key, so same partition: the good record comes after the garbage.
     await producer.send_and_wait(results, key=operation_id.encode(), value=b"{this is not a result")
-    done = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=operation_id, havip_id=created.json()["havip"]["havip_id"], stage="mapping")
+    done = CommandSucceeded(
+        tenant_id=TENANT,
+        command_type="CreateHaVip",
+        command_id=operation_id,
+        havip_id=created.json()["havip"]["havip_id"],
+        stage="mapping",
+    )
     await producer.send_and_wait(results, key=operation_id.encode(), value=topics.encode(done))
 
     async def succeeded() -> bool:
@@ -664,7 +678,13 @@ async def test_results_are_applied_after_a_restart_without_being_lost(
         two = (await first.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)).json()
         results = topic_name(settings, topics.RESULTS)
         op_one = one["operation"]["operation_id"]
-        succeeded = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=op_one, havip_id=one["havip"]["havip_id"], stage="mapping")
+        succeeded = CommandSucceeded(
+            tenant_id=TENANT,
+            command_type="CreateHaVip",
+            command_id=op_one,
+            havip_id=one["havip"]["havip_id"],
+            stage="mapping",
+        )
         await producer.send_and_wait(results, key=op_one.encode(), value=topics.encode(succeeded))
 
         async def one_done() -> bool:
@@ -709,7 +729,13 @@ async def test_a_result_that_met_a_database_failure_is_retried_not_skipped(
     # The table is away: every attempt to apply the result fails until it is back.
     await db.execute("ALTER TABLE operations RENAME TO operations_away")
     try:
-        done = CommandSucceeded(tenant_id=TENANT, command_type="CreateHaVip", command_id=operation_id, havip_id=created.json()["havip"]["havip_id"], stage="mapping")
+        done = CommandSucceeded(
+            tenant_id=TENANT,
+            command_type="CreateHaVip",
+            command_id=operation_id,
+            havip_id=created.json()["havip"]["havip_id"],
+            stage="mapping",
+        )
         await producer.send_and_wait(
             topic_name(settings, topics.RESULTS), key=operation_id.encode(), value=topics.encode(done)
         )

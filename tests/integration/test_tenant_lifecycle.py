@@ -29,9 +29,10 @@ from services.gateway.tokens import Principal, store_token
 from services.quota.tenant_limits import set_limits
 from services.runtime.db import connect_pool
 from services.runtime.settings import Settings
-from tests.conftest import Infra, fresh_settings
+from tests.conftest import Infra
 from tests.inventory_tools import TENANT, Publisher, instance, vswitch
 from tests.kafka_tools import read_topic
+from tests.pipeline_tools import running_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -55,42 +56,36 @@ class Platform:
 
 @pytest.fixture(scope="module")
 async def platform(infra: Infra, workdir: Path) -> AsyncIterator[Platform]:
-    settings = await fresh_settings(infra)
-    logs = workdir / f"lifecycle-{settings.topic_prefix}logs"
-    logs.mkdir()
-    db = await connect_pool(settings.database_url, max_size=10)
-    await store_token(db, TOKEN, Principal("tenant", TENANT))
-    await store_token(db, OTHER_TOKEN, Principal("tenant", OTHER_TENANT))
-    for instance_id, token in AGENTS.items():
-        await store_token(db, token, Principal("agent", TENANT, instance_id))
-    async with Publisher(settings) as publisher:
-        await publisher.inventory([vswitch(), *(instance(n) for n in range(1, 7))])
-        for eip_id, tenant_id, ip in (
-            ("eip-1", TENANT, "203.0.113.10"),
-            ("eip-2", TENANT, "203.0.113.11"),
-            ("eip-theirs", OTHER_TENANT, "203.0.113.99"),
-        ):
-            eip = EipChanged(eip_id=eip_id, tenant_id=tenant_id, ip_address=ip, revision=1)
-            await publisher.send(topics.INVENTORY, eip_id, eip)
-    services = [ServiceProcess(name, settings, logs).start() for name in ("quota", "mapping", "forwarder", "gateway")]
-    try:
-        for service in services:
-            await asyncio.to_thread(service.wait_ready)
-        async with (
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.gateway_port}", timeout=60) as gateway,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.forwarder_port}", timeout=30) as forwarder,
-        ):
-            yield Platform(
-                settings,
-                db,
-                Tenant(gateway, forwarder, TOKEN, AGENTS),
-                Tenant(gateway, forwarder, OTHER_TOKEN, {}),
-                logs,
-            )
-    finally:
-        for service in services:
-            service.stop()
-        await db.close()
+    async with running_pipeline(infra, workdir, "lifecycle") as pipeline:
+        settings = pipeline.settings
+        db = await connect_pool(settings.database_url, max_size=10)
+        await store_token(db, TOKEN, Principal("tenant", TENANT))
+        await store_token(db, OTHER_TOKEN, Principal("tenant", OTHER_TENANT))
+        for instance_id, token in AGENTS.items():
+            await store_token(db, token, Principal("agent", TENANT, instance_id))
+        async with Publisher(settings) as publisher:
+            await publisher.inventory([vswitch(), *(instance(n) for n in range(1, 7))])
+            for eip_id, tenant_id, ip in (
+                ("eip-1", TENANT, "203.0.113.10"),
+                ("eip-2", TENANT, "203.0.113.11"),
+                ("eip-theirs", OTHER_TENANT, "203.0.113.99"),
+            ):
+                eip = EipChanged(eip_id=eip_id, tenant_id=tenant_id, ip_address=ip, revision=1)
+                await publisher.send(topics.INVENTORY, eip_id, eip)
+        try:
+            async with (
+                httpx.AsyncClient(base_url=pipeline.gateway_url, timeout=60) as gateway,
+                httpx.AsyncClient(base_url=pipeline.forwarder_url, timeout=30) as forwarder,
+            ):
+                yield Platform(
+                    settings,
+                    db,
+                    Tenant(gateway, forwarder, TOKEN, AGENTS),
+                    Tenant(gateway, forwarder, OTHER_TOKEN, {}),
+                    pipeline.logs,
+                )
+        finally:
+            await db.close()
 
 
 async def eventually(check: Any, timeout: float = 30.0) -> None:
@@ -167,7 +162,7 @@ async def test_the_public_scenario_the_eip_follows_every_failover(platform: Plat
         public = await tenant.route(None, "203.0.113.10")
         assert private == public
     batch = await tenant.forwarder.post(
-        "/v1/routes:batch", json={"keys": [{"vpc_id": "vpc-t", "ip": "10.1.0.60"}, {"ip": "203.0.113.10"}]}
+        "/v1/routes:batch", json={"keys": [{"vpc_id": "vpc-t", "ip": "10.1.0.60"}, {"eip": "203.0.113.10"}]}
     )
     private_answer, public_answer = batch.json()["routes"]
     assert private_answer == public_answer and public_answer["instance_id"] == "i-2"
