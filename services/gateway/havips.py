@@ -1,104 +1,27 @@
-"""Reading HAVIPs as a tenant sees them.
-
-The `havips` table is the mapping service's; until it has applied a create,
-the HAVIP exists only as the tenant's Pending create operation, and is shown
-as `Creating` from that request. Everything here is scoped to one tenant:
-another tenant's HAVIP is indistinguishable from one that does not exist.
-"""
+"""The tenant's view of its HAVIPs, built from the read model."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import asyncpg
 
 from schemas.messages import HaVipStatus
 from services.gateway.models import AttachmentView, EipView, HaVipView, OwnerView, VrrpReportView
-from services.gateway.operations import PENDING, Operation
-from services.readmodel.mappings import load_mappings
+from services.gateway.operations import Operation
+from services.readmodel import havips as read
+from services.readmodel.havips import HaVipFilters, HaVipRecord, havip_visible
 
-# Two sources, one shape: HAVIPs the mapping service wrote, and creates it has
-# not applied yet. {where} filters both; the NOT EXISTS hides a create whose
-# row already exists while its operation is still Pending.
-# A HAVIP whose delete is still Pending shows as Deleting until the mapping service marks it Deleted.
-_VISIBLE = f"""
-SELECT * FROM (
-  SELECT h.havip_id, h.vpc_id, h.vswitch_id, host(h.ip_address) AS ip_address, h.name, h.description,
-         CASE WHEN h.status <> '{HaVipStatus.DELETED}' AND EXISTS (
-                SELECT 1 FROM operations d WHERE d.havip_id = h.havip_id AND d.tenant_id = $1
-                   AND d.kind = 'DeleteHaVip' AND d.status = '{PENDING}')
-              THEN '{HaVipStatus.DELETING}' ELSE h.status END AS status,
-         h.version, h.created_at
-    FROM havips h
-   WHERE h.tenant_id = $1
-  UNION ALL
-  SELECT o.havip_id, NULL, o.request->>'vswitch_id', o.request->>'ip_address',
-         coalesce(o.request->>'name', ''), coalesce(o.request->>'description', ''),
-         '{HaVipStatus.CREATING}', NULL, o.created_at
-    FROM operations o
-   WHERE o.tenant_id = $1 AND o.kind = 'CreateHaVip' AND o.status = '{PENDING}'
-     AND NOT EXISTS (SELECT 1 FROM havips h WHERE h.havip_id = o.havip_id)
-) AS visible
-{{where}}
-ORDER BY havip_id
-LIMIT {{limit}}
-"""
-
-_VRRP_REPORTS = """
-SELECT havip_id, instance_id, state, priority, seq, reported_at FROM vrrp_reports WHERE havip_id = ANY($1::text[])
-"""
-
-
-@dataclass(frozen=True)
-class HaVipFilters:
-    vswitch_id: str | None = None
-    status: str | None = None
-    ip_address: str | None = None
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {"vswitch_id": self.vswitch_id, "status": self.status, "ip_address": self.ip_address}
+__all__ = ["HaVipFilters", "creating_view", "find_havip", "havip_visible", "list_havips"]
 
 
 async def find_havip(pool: asyncpg.Pool, tenant_id: str, havip_id: str) -> HaVipView | None:
-    found = await _load(pool, tenant_id, ["havip_id = $2"], [havip_id], limit=1)
-    return found[0] if found else None
+    found = await read.find_havip(pool, tenant_id, havip_id)
+    return view_of(found) if found is not None else None
 
 
 async def list_havips(
     pool: asyncpg.Pool, tenant_id: str, filters: HaVipFilters, *, after: str | None, limit: int
 ) -> list[HaVipView]:
-    conditions: list[str] = []
-    params: list[object] = []
-    for column, value in (
-        ("vswitch_id", filters.vswitch_id),
-        ("status", filters.status),
-        ("ip_address", filters.ip_address),
-    ):
-        if value is not None:
-            params.append(value)
-            conditions.append(f"{column} = ${len(params) + 1}")
-    if filters.status is None:
-        # Deleted HAVIPs are listed only when asked for by status, as ENS's DescribeHaVips does.
-        conditions.append(f"status <> '{HaVipStatus.DELETED}'")
-    if after is not None:
-        params.append(after)
-        conditions.append(f"havip_id > ${len(params) + 1}")
-    return await _load(pool, tenant_id, conditions, params, limit=limit)
-
-
-async def havip_visible(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, havip_id: str) -> bool:
-    """Whether the tenant may act on this HAVIP: it exists and is not deleted, or its create is Pending."""
-    return bool(
-        await db.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM havips WHERE havip_id = $1 AND tenant_id = $2"
-            f" AND status <> '{HaVipStatus.DELETED}')"
-            " OR EXISTS (SELECT 1 FROM operations WHERE havip_id = $1 AND tenant_id = $2"
-            f" AND kind = 'CreateHaVip' AND status = '{PENDING}')",
-            havip_id,
-            tenant_id,
-        )
-    )
+    return [view_of(found) for found in await read.list_havips(pool, tenant_id, filters, after=after, limit=limit)]
 
 
 def creating_view(operation: Operation) -> HaVipView:
@@ -114,62 +37,41 @@ def creating_view(operation: Operation) -> HaVipView:
     )
 
 
-async def _load(
-    pool: asyncpg.Pool, tenant_id: str, conditions: Sequence[str], params: Sequence[object], *, limit: int
-) -> list[HaVipView]:
-    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-    sql = _VISIBLE.format(where=where, limit=int(limit))
-    # One snapshot, so a HAVIP's owner, attachments and reports agree with each other.
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        rows = await conn.fetch(sql, tenant_id, *params)
-        mapped_ids = [row["havip_id"] for row in rows if row["version"] is not None]
-        mappings = {m.havip_id: m for m in await load_mappings(conn, mapped_ids)} if mapped_ids else {}
-        reports = (
-            {(r["havip_id"], r["instance_id"]): r for r in await conn.fetch(_VRRP_REPORTS, mapped_ids)}
-            if mapped_ids
-            else {}
-        )
-    views = []
-    for row in rows:
-        mapping = mappings.get(row["havip_id"])
-        attachments = []
-        owner = None
-        eips = []
-        if mapping is not None:
-            eips = [EipView(eip_id=eip.eip_id, ip_address=eip.ip_address) for eip in mapping.eips]
-            if mapping.owner is not None:
-                owner = OwnerView(**mapping.owner.model_dump())
-            for attachment in mapping.attachments:
-                report = reports.get((row["havip_id"], attachment.instance_id))
-                attachments.append(
-                    AttachmentView(
-                        target_id=attachment.target_id,
-                        instance_id=attachment.instance_id,
-                        eni_id=attachment.eni_id,
-                        vrrp=VrrpReportView(
-                            state=report["state"],
-                            priority=report["priority"],
-                            seq=report["seq"],
-                            reported_at=report["reported_at"],
-                        )
-                        if report
-                        else None,
-                    )
+def view_of(record: HaVipRecord) -> HaVipView:
+    mapping = record.mapping
+    attachments = []
+    if mapping is not None:
+        for attachment in mapping.attachments:
+            report = record.reports.get(attachment.instance_id)
+            vrrp = (
+                VrrpReportView(
+                    state=report["state"],
+                    priority=report["priority"],
+                    seq=report["seq"],
+                    reported_at=report["reported_at"],
                 )
-        views.append(
-            HaVipView(
-                havip_id=row["havip_id"],
-                vpc_id=row["vpc_id"],
-                vswitch_id=row["vswitch_id"],
-                ip_address=row["ip_address"],
-                name=row["name"],
-                description=row["description"],
-                status=HaVipStatus(row["status"]),
-                eips=eips,
-                owner=owner,
-                attachments=attachments,
-                version=row["version"],
-                created_at=row["created_at"],
+                if report
+                else None
             )
-        )
-    return views
+            attachments.append(
+                AttachmentView(
+                    target_id=attachment.target_id,
+                    instance_id=attachment.instance_id,
+                    eni_id=attachment.eni_id,
+                    vrrp=vrrp,
+                )
+            )
+    return HaVipView(
+        havip_id=record.havip_id,
+        vpc_id=record.vpc_id,
+        vswitch_id=record.vswitch_id,
+        ip_address=record.ip_address,
+        name=record.name,
+        description=record.description,
+        status=record.status,
+        eips=[EipView(eip_id=e.eip_id, ip_address=e.ip_address) for e in mapping.eips] if mapping else [],
+        owner=OwnerView(**mapping.owner.model_dump()) if mapping and mapping.owner else None,
+        attachments=attachments,
+        version=record.version,
+        created_at=record.created_at,
+    )
