@@ -69,6 +69,7 @@ class ErrorCode(StrEnum):
     # dead-letter reasons
     MALFORMED_MESSAGE = "MalformedMessage"
     REPORTER_NOT_ATTACHED = "VrrpReport.NotAttached"
+    SEQ_AHEAD = "VrrpReport.SeqAhead"
     UNKNOWN_HAVIP = "VrrpReport.UnknownHaVip"
     APPLY_FAILED = "ApplyFailed"
 
@@ -105,6 +106,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.REPORTER_NOT_ATTACHED: 409,
+    ErrorCode.SEQ_AHEAD: 409,
     ErrorCode.SERVICE_UNAVAILABLE: 503,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import ErrorCode, HaVipError
@@ -25,15 +25,13 @@ from schemas.messages import Id
 from services.gateway import tokens
 from services.gateway.auth import CallerToken, Tenant
 from services.gateway.context import GatewayContext, gateway_context
-from services.gateway.idempotency import check_idempotency_key, request_fingerprint
+from services.gateway.idempotency import IdempotencyKey, check_idempotency_key, request_fingerprint
+from services.gateway.models import NO_NUL_PATTERN
 from services.gateway.sealed import SealBroken, seal, unseal
 from services.readmodel.instances import find_instance
 from services.runtime.openapi import ErrorBody
 
 Context = Annotated[GatewayContext, Depends(gateway_context)]
-IdempotencyKey = Annotated[
-    str | None, Header(alias="Idempotency-Key", description="Same key and request: the first answer again.")
-]
 InstanceId = Annotated[Id, Path()]
 TokenId = Annotated[Id, Path()]
 
@@ -48,7 +46,7 @@ router = APIRouter(prefix="/v1", tags=["agents"], responses=_ERRORS)
 class AgentTokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    description: str = Field(default="", max_length=128)
+    description: str = Field(default="", max_length=128, pattern=NO_NUL_PATTERN)
 
 
 class AgentTokenIssued(BaseModel):

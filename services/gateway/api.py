@@ -13,7 +13,7 @@ import re
 import secrets
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from schemas.errors import ErrorCode, HaVipError
 from schemas.ipv4 import IPV4_PATTERN
@@ -31,7 +31,7 @@ from services.gateway import havips, operations
 from services.gateway.auth import Tenant
 from services.gateway.commands import Idempotency, TenantCommand, new_operation_id
 from services.gateway.context import GatewayContext, gateway_context
-from services.gateway.idempotency import check_idempotency_key, request_fingerprint
+from services.gateway.idempotency import IdempotencyKey, check_idempotency_key, request_fingerprint
 from services.gateway.models import (
     AssociationRequest,
     CreateHaVipRequest,
@@ -54,9 +54,6 @@ from services.runtime.openapi import ErrorBody
 log = logging.getLogger(__name__)
 
 Context = Annotated[GatewayContext, Depends(gateway_context)]
-IdempotencyKey = Annotated[
-    str | None, Header(alias="Idempotency-Key", description="Same key and request: the first answer again.")
-]
 HaVipId = Annotated[Id, Path()]
 TargetId = Annotated[Id, Path()]
 
@@ -134,7 +131,7 @@ async def create_havip(
 async def list_havips(
     principal: Tenant,
     context: Context,
-    vswitch_id: str | None = None,
+    vswitch_id: Annotated[Id | None, Query()] = None,
     status: HaVipStatus | None = None,
     ip_address: Annotated[str | None, Query(pattern=IPV4_PATTERN, description="IPv4, as listed")] = None,
     page_size: Annotated[int, Query(ge=1, le=100)] = 50,
@@ -255,6 +252,9 @@ async def _only_eip(context: GatewayContext, tenant_id: str, havip_id: str) -> s
 
 
 MAX_WAIT_SECONDS = 30.0
+WAIT_PATTERN = (
+    r"^((30(\.0{1,3})?|[12]?[0-9](\.[0-9]{1,3})?)s?|(30000(\.0{1,3})?|[12]?[0-9]{1,4}(\.[0-9]{1,3})?)ms)$"
+)
 
 
 def parse_wait(text: str | None) -> float:
@@ -278,7 +278,8 @@ async def get_operation(
     wait: Annotated[
         str | None,
         Query(
-            pattern=r"^\d{1,5}(\.\d{1,3})?(ms|s)?$",
+            # Up to 30 s or 30000 ms, exactly what parse_wait accepts.
+            pattern=WAIT_PATTERN,
             max_length=12,
             description="Hold the answer until the operation is terminal or this much time passed (≤ 30s).",
         ),

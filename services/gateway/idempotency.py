@@ -9,11 +9,24 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
+
+from fastapi import Header
 
 from schemas.errors import ErrorCode, HaVipError
 
-_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
+KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"  # printable ASCII, no spaces
+_KEY = re.compile(KEY_PATTERN)
+
+# The header as every mutation declares it, so the document states the rule the server enforces.
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=KEY_PATTERN,
+        description="Same key and request: the first answer again (the ENS ClientToken).",
+    ),
+]
 
 
 def request_fingerprint(method: str, path: str, body: dict[str, Any]) -> str:

@@ -12,8 +12,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.ipv4 import IPV4_PATTERN, parse_ipv4
-from schemas.messages import MAX_LEASE_SECONDS, MAX_REPORTS_PER_REQUEST, MAX_SEQ, HaVipStatus, Id, VrrpState
+from schemas.messages import MAX_LEASE_SECONDS, MAX_REPORTS_PER_REQUEST, HaVipStatus, Id, VrrpState
 from services.gateway.operations import OperationStatus
+
+# Free text is stored in PostgreSQL, whose text and jsonb types cannot hold U+0000.
+NO_NUL_PATTERN = r"^[^\u0000]*$"
 
 
 class _Request(BaseModel):
@@ -29,8 +32,9 @@ class CreateHaVipRequest(_Request):
         description="IPv4 in the vSwitch's CIDR; quota picks the lowest free one when absent.",
         json_schema_extra={"pattern": IPV4_PATTERN},
     )
-    name: str = Field(default="", max_length=128)
-    description: str = Field(default="", max_length=256)
+    # No NUL: PostgreSQL text and jsonb cannot hold one (the insert would fail with a 500).
+    name: str = Field(default="", max_length=128, pattern=NO_NUL_PATTERN)
+    description: str = Field(default="", max_length=256, pattern=NO_NUL_PATTERN)
 
 
 class EipRequest(_Request):
@@ -38,6 +42,16 @@ class EipRequest(_Request):
 
 
 class AssociationRequest(_Request):
+    # The document states what _exactly_one_target enforces: one of the two, as a string (the other absent or null).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": [target], "properties": {target: {"type": "string"}, other: {"type": "null"}}}
+                for target, other in (("instance_id", "eni_id"), ("eni_id", "instance_id"))
+            ]
+        }
+    )
+
     instance_id: Id | None = None
     eni_id: Id | None = None
 
@@ -56,6 +70,10 @@ class AssociationRequest(_Request):
 # theirs, in microseconds) but not by more than this: a value far in the future
 # would make every later report from that instance look stale for as long.
 SEQ_AHEAD_LIMIT = timedelta(days=1)
+# The largest seq the API documents: the largest integer a JSON number holds exactly (2^53 - 1, about
+# the year 2255 in microseconds), rather than the messages' int64 MAX_SEQ, which a client's doubles
+# round to 2^63 (out of range). Either is far above what _not_far_ahead lets through today.
+MAX_REQUEST_SEQ = 2**53 - 1
 
 
 class VrrpEventRequest(_Request):
@@ -64,7 +82,7 @@ class VrrpEventRequest(_Request):
     priority: int = Field(ge=0, le=255)
     seq: int = Field(
         ge=0,
-        le=MAX_SEQ,
+        le=MAX_REQUEST_SEQ,
         description="Grows with every report of this instance: a counter, or microseconds since the epoch"
         " (at most one day ahead of the gateway's clock).",
     )
@@ -76,17 +94,6 @@ class VrrpEventRequest(_Request):
         description="A MASTER claim stays live this long unless renewed; null: until another state is reported.",
     )
 
-    @field_validator("seq")
-    @classmethod
-    def _not_far_ahead(cls, value: int) -> int:
-        limit = int((datetime.now(UTC) + SEQ_AHEAD_LIMIT).timestamp() * 1_000_000)
-        if value > limit:
-            raise ValueError(
-                "seq is more than a day ahead of the gateway's clock in microseconds since the epoch;"
-                " use a counter or the current time in microseconds"
-            )
-        return value
-
     @field_validator("reported_at")
     @classmethod
     def _naive_means_utc(cls, value: datetime | None) -> datetime | None:
@@ -95,6 +102,11 @@ class VrrpEventRequest(_Request):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+
+def seq_too_far_ahead(seq: int, now: datetime) -> bool:
+    """The rule moves with the clock, so no static schema can state it: it is a refusal, not a 400."""
+    return seq > int((now + SEQ_AHEAD_LIMIT).timestamp() * 1_000_000)
 
 
 class VrrpEventBatch(_Request):

@@ -24,6 +24,7 @@ from services.gateway.models import (
     VrrpEventOutcome,
     VrrpEventRequest,
     VrrpEventResults,
+    seq_too_far_ahead,
 )
 from services.gateway.observability import VRRP_REPORTS_ACCEPTED
 from services.readmodel.reporters import ReporterStanding, reporter_standing
@@ -61,7 +62,7 @@ async def report_vrrp(
     )
     outcomes: list[VrrpEventOutcome] = []
     for request in reports:
-        refusal = _refusal(standing[request.havip_id], request.havip_id, principal.instance_id)
+        refusal = _refusal(standing[request.havip_id], request, principal.instance_id)
         if refusal is not None:
             if not isinstance(body, VrrpEventBatch):
                 raise refusal
@@ -90,13 +91,21 @@ async def report_vrrp(
     return VrrpEventResults(results=outcomes)
 
 
-def _refusal(standing: ReporterStanding, havip_id: str, instance_id: str) -> HaVipError | None:
+def _refusal(standing: ReporterStanding, request: VrrpEventRequest, instance_id: str) -> HaVipError | None:
+    havip_id = request.havip_id
     if standing is ReporterStanding.UNKNOWN_HAVIP:
         return HaVipError(ErrorCode.NOT_FOUND_HAVIP, f"HAVIP {havip_id} does not exist")
     if standing is ReporterStanding.NOT_ATTACHED:
         return HaVipError(
             ErrorCode.REPORTER_NOT_ATTACHED,
             f"{instance_id} is not attached to {havip_id}; only attached instances may own it",
+        )
+    if seq_too_far_ahead(request.seq, utcnow()):
+        # Accepted, it would make every later report of this instance look stale for as long.
+        return HaVipError(
+            ErrorCode.SEQ_AHEAD,
+            "seq is more than a day ahead of the gateway's clock in microseconds since the epoch;"
+            " use a counter or the current time in microseconds",
         )
     return None
 

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import ErrorCode, HaVipError
@@ -246,15 +246,19 @@ def allowed_methods(request: Request) -> list[str]:
 
     Starlette's 405 names only the methods of the first route whose path
     matched, but FastAPI makes one route per method (GET and POST on
-    `/v1/havips` are two routes), so its `Allow` would leave some out.
+    `/v1/havips` are two routes), so its `Allow` would leave some out. Each
+    method is tried against the whole route tree, so routes of included
+    routers (which FastAPI may keep nested) count too.
     """
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(request.scope)
-            if match is not Match.NONE:
-                methods |= route.methods
-    return sorted(methods)
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes)
+    ]
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC
 
 import pytest
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, HaVipError
+from services.gateway.api import WAIT_PATTERN, parse_wait
 from services.gateway.idempotency import check_idempotency_key, request_fingerprint
 from services.gateway.models import AssociationRequest, CreateHaVipRequest, VrrpEventRequest, check_havip_address
 from services.gateway.paging import decode_page_token, encode_page_token
@@ -109,3 +111,19 @@ def test_validation_errors_read_as_sentences_naming_the_field() -> None:
     with pytest.raises(ValidationError) as caught:
         AssociationRequest()
     assert "Value error" not in describe_validation_errors(caught.value.errors())
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5s", 5.0), ("5", 5.0), ("500ms", 0.5), ("30", 30.0), ("30000ms", 30.0), ("0", 0.0), ("2.5s", 2.5)],
+)
+def test_wait_accepts_seconds_or_milliseconds_up_to_30s(text: str, seconds: float) -> None:
+    assert re.fullmatch(WAIT_PATTERN, text)
+    assert parse_wait(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["31", "30.001s", "30001ms", "5m", "-1", "", "5 s", "1e3"])
+def test_wait_refuses_what_its_documented_pattern_refuses(text: str) -> None:
+    assert not re.fullmatch(WAIT_PATTERN, text)
+    with pytest.raises(HaVipError):
+        parse_wait(text)

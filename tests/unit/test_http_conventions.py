@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException, Query
+import pytest
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.types import Message, Receive, Scope, Send
@@ -147,6 +148,34 @@ def small_app() -> FastAPI:
         raise HTTPException(503, "not now")
 
     return app
+
+
+def routed_app() -> FastAPI:
+    """Routes from an included router, as the gateway has them (FastAPI may keep them nested)."""
+    app = FastAPI(title="routed")
+    install_http_conventions(app, "routed")
+    router = APIRouter(prefix="/v1")
+
+    @router.get("/things")
+    async def list_things() -> list[str]:
+        return []
+
+    @router.post("/things", status_code=202)
+    async def add_thing() -> None:
+        return None
+
+    app.include_router(router)
+    return app
+
+
+@pytest.mark.parametrize("make_app", [small_app, routed_app], ids=["routes", "included-router"])
+async def test_405_names_every_method_of_the_path_also_for_included_routers(make_app: Any) -> None:
+    async with client_for(make_app()) as client:
+        path = "/v1/items" if make_app is small_app else "/v1/things"
+        for method in ("PUT", "PATCH", "DELETE", "OPTIONS"):
+            answer = await client.request(method, path)
+            assert_error(answer, 405, ErrorCode.METHOD_NOT_ALLOWED)
+            assert answer.headers["allow"] == "GET, POST", method
 
 
 async def test_405_allows_every_method_of_the_path() -> None:
