@@ -84,9 +84,22 @@ async def test_readme_walkthrough_with_failover(settings: Settings, dev_up) -> N
         assert shown["status"] == "InUse" and shown["owner"]["instance_id"] == "i-demo-web2"
         assert {a["instance_id"] for a in shown["attachments"]} == {"i-demo-web1", "i-demo-web2", "i-demo-stopped"}
 
-        # A few more failovers through the real path, back and forth.
+        # The public scenario: the demo EIP follows the HAVIP's owner through every failover.
+        assert (await tenant.associate_eip(havip["havip_id"], "eip-demo-1"))["status"] == "Succeeded"
+        await tenant.wait_owner(None, "203.0.113.10", "i-demo-web2")
         samples = await measure_failovers(tenant, shown, "i-demo-web2", "i-demo-web1", rounds=5)
         assert len(samples) == 5
+        public = await tenant.route(None, "203.0.113.10")
+        assert public == await tenant.route("vpc-demo", "192.168.1.100")
+
+        # Tear down as the README does: dependencies first, then the HAVIP.
+        assert (await tenant.delete(havip["havip_id"]))["error"]["code"] == "DependencyViolation.HaVip"
+        assert (await tenant.release_eip(havip["havip_id"]))["status"] == "Succeeded"
+        for instance in ("i-demo-web1", "i-demo-web2", "i-demo-stopped"):
+            assert (await tenant.detach(havip["havip_id"], instance))["status"] == "Succeeded"
+        assert (await tenant.delete(havip["havip_id"]))["status"] == "Succeeded"
+        assert (await tenant.havip(havip["havip_id"]))["status"] == "Deleted"
+        assert await tenant.route(None, "203.0.113.10") is None
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, log.read_text()
