@@ -252,9 +252,7 @@ async def _only_eip(context: GatewayContext, tenant_id: str, havip_id: str) -> s
 
 
 MAX_WAIT_SECONDS = 30.0
-WAIT_PATTERN = (
-    r"^((30(\.0{1,3})?|[12]?[0-9](\.[0-9]{1,3})?)s?|(30000(\.0{1,3})?|[12]?[0-9]{1,4}(\.[0-9]{1,3})?)ms)$"
-)
+WAIT_PATTERN = r"^((30(\.0{1,3})?|[12]?[0-9](\.[0-9]{1,3})?)s?|(30000(\.0{1,3})?|[12]?[0-9]{1,4}(\.[0-9]{1,3})?)ms)$"
 
 
 def parse_wait(text: str | None) -> float:
