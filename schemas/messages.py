@@ -225,10 +225,9 @@ class UnassociateEip(Message):
     eip_id: Id
 
 
-HaVipCommand = Annotated[
-    CreateHaVip | AttachHaVip | DetachHaVip | DeleteHaVip | AssociateEip | UnassociateEip,
-    Field(discriminator="type"),
-]
+# A tenant's command, as code handles it; HaVipCommand is the same on the wire (tagged by `type`).
+TenantCommand = CreateHaVip | AttachHaVip | DetachHaVip | DeleteHaVip | AssociateEip | UnassociateEip
+HaVipCommand = Annotated[TenantCommand, Field(discriminator="type")]
 CommandType = Literal["CreateHaVip", "AttachHaVip", "DetachHaVip", "DeleteHaVip", "AssociateEip", "UnassociateEip"]
 
 
@@ -289,15 +288,16 @@ class EipUnassociationAccepted(Message):
     eip_id: Id
 
 
-AcceptedCommand = Annotated[
+# What quota accepted, as code handles it; AcceptedCommand is the same on the wire.
+Accepted = (
     HaVipCreationAccepted
     | AttachmentAccepted
     | DetachmentAccepted
     | HaVipDeletionAccepted
     | EipAssociationAccepted
-    | EipUnassociationAccepted,
-    Field(discriminator="type"),
-]
+    | EipUnassociationAccepted
+)
+AcceptedCommand = Annotated[Accepted, Field(discriminator="type")]
 
 
 # --- havip.command-results (key: command_id) ---------------------------------

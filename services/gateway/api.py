@@ -25,11 +25,12 @@ from schemas.messages import (
     DetachHaVip,
     HaVipStatus,
     Id,
+    TenantCommand,
     UnassociateEip,
 )
 from services.gateway import havips, operations
 from services.gateway.auth import Tenant
-from services.gateway.commands import Idempotency, TenantCommand, new_operation_id
+from services.gateway.commands import Idempotency, new_operation_id
 from services.gateway.context import GatewayContext, gateway_context
 from services.gateway.idempotency import IdempotencyKey, check_idempotency_key, request_fingerprint
 from services.gateway.models import (

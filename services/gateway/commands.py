@@ -19,7 +19,7 @@ import asyncpg
 
 from schemas import topics
 from schemas.errors import ErrorCode, HaVipError
-from schemas.messages import AssociateEip, AttachHaVip, CreateHaVip, DeleteHaVip, DetachHaVip, UnassociateEip
+from schemas.messages import TenantCommand
 from services.gateway import operations, outbox
 from services.gateway.broker import BrokerLink
 from services.gateway.operations import Operation
@@ -27,8 +27,6 @@ from services.gateway.outbox import Outbox
 from services.runtime.failpoints import failpoint
 
 log = logging.getLogger(__name__)
-
-TenantCommand = CreateHaVip | AttachHaVip | DetachHaVip | DeleteHaVip | AssociateEip | UnassociateEip
 
 
 def new_operation_id() -> str:

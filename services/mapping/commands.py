@@ -15,6 +15,7 @@ import asyncpg
 
 from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import (
+    Accepted,
     AttachmentAccepted,
     CommandType,
     DetachmentAccepted,
@@ -29,14 +30,7 @@ from schemas.messages import (
 from services.mapping import store
 from services.mapping.election import Contest
 
-AcceptedCommand = (
-    HaVipCreationAccepted
-    | AttachmentAccepted
-    | DetachmentAccepted
-    | HaVipDeletionAccepted
-    | EipAssociationAccepted
-    | EipUnassociationAccepted
-)
+AcceptedCommand = Accepted
 
 # Which tenant command each accepted command carries out (results name the tenant's command).
 COMMAND_TYPE: dict[type[AcceptedCommand], CommandType] = {

@@ -7,30 +7,18 @@ import json
 
 from schemas.errors import ErrorCode
 from schemas.messages import (
-    AssociateEip,
-    AttachHaVip,
+    Accepted,
     AttachmentAccepted,
     CommandRejected,
-    CreateHaVip,
-    DeleteHaVip,
-    DetachHaVip,
     DetachmentAccepted,
     EipAssociationAccepted,
     EipUnassociationAccepted,
     HaVipCreationAccepted,
     HaVipDeletionAccepted,
-    UnassociateEip,
+    TenantCommand,
 )
 
-Command = CreateHaVip | AttachHaVip | DetachHaVip | DeleteHaVip | AssociateEip | UnassociateEip
-Accepted = (
-    HaVipCreationAccepted
-    | AttachmentAccepted
-    | DetachmentAccepted
-    | HaVipDeletionAccepted
-    | EipAssociationAccepted
-    | EipUnassociationAccepted
-)
+Command = TenantCommand
 Decision = Accepted | CommandRejected
 
 
