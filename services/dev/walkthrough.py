@@ -37,12 +37,16 @@ class Tenant:
         operation_id = answer.json()["operation"]["operation_id"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            operation: dict[str, Any] = (
-                await self.gateway.get(f"/v1/operations/{operation_id}", headers=self._tenant())
-            ).json()
+            # The gateway holds the answer until the operation is terminal (or 5 s): one request, not a poll loop
+            # that would spend the tenant's request rate.
+            answer = await self.gateway.get(
+                f"/v1/operations/{operation_id}", params={"wait": "5s"}, headers=self._tenant()
+            )
+            if answer.status_code != 200:
+                raise WalkthroughError(f"operation {operation_id}: {answer.status_code} {answer.text}")
+            operation: dict[str, Any] = answer.json()
             if operation["status"] != "Pending":
                 return operation
-            await asyncio.sleep(0.05)
         raise WalkthroughError(f"operation {operation_id} still Pending after {timeout}s")
 
     async def create_havip(self, vswitch_id: str, ip_address: str | None = None, name: str = "") -> dict[str, Any]:

@@ -143,11 +143,7 @@ async def _load(
             version=row["version"],
             created_at=row["created_at"],
             mapping=mappings.get(row["havip_id"]),
-            reports={
-                instance_id: report
-                for (havip_id, instance_id), report in reports.items()
-                if havip_id == row["havip_id"]
-            },
+            reports=reports.get(row["havip_id"], {}),
         )
         for row in rows
     ]
