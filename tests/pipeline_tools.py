@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from services.dev.processes import ServiceProcess
 from services.runtime.settings import Settings
@@ -48,3 +52,27 @@ async def running_pipeline(infra: Infra, workdir: Path, name: str, **overrides: 
             service.request_stop()
         for service in services:
             service.stop()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def settled_operation(gateway: httpx.AsyncClient, token: str, operation_id: str) -> dict[str, Any]:
+    """The operation once Succeeded or Failed (the gateway holds each poll up to 5 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = await gateway.get(f"/v1/operations/{operation_id}", params={"wait": "5s"}, headers=bearer(token))
+        if answer.status_code == 200 and answer.json()["status"] != "Pending":
+            return dict(answer.json())
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"operation {operation_id} not settled")
+
+
+async def succeeded(gateway: httpx.AsyncClient, token: str, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    """A mutation that must be accepted and succeed."""
+    answer = await gateway.request(method, url, headers=bearer(token), **kwargs)
+    assert answer.status_code == 202, answer.text
+    operation = await settled_operation(gateway, token, answer.json()["operation"]["operation_id"])
+    assert operation["status"] == "Succeeded", operation
+    return operation

@@ -13,8 +13,6 @@ Kafka with B's tenant and A's ids fail exactly as ones naming nothing.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +37,7 @@ from services.gateway.tokens import Principal, store_token
 from services.runtime.db import connect_pool
 from tests.conftest import Infra
 from tests.inventory_tools import TENANT, Publisher, instance, vswitch
-from tests.pipeline_tools import Pipeline, running_pipeline
+from tests.pipeline_tools import Pipeline, running_pipeline, settled_operation, succeeded
 
 pytestmark = pytest.mark.integration
 
@@ -64,21 +62,11 @@ def auth(token: str) -> dict[str, str]:
 
 
 async def wait_operation(gateway: httpx.AsyncClient, token: str, operation_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        answer = await gateway.get(f"/v1/operations/{operation_id}", params={"wait": "5s"}, headers=auth(token))
-        if answer.status_code == 200 and answer.json()["status"] != "Pending":
-            return dict(answer.json())
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"operation {operation_id} not settled")
+    return await settled_operation(gateway, token, operation_id)
 
 
 async def submit(gateway: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-    answer = await gateway.request(method, url, headers=auth(A_TOKEN), **kwargs)
-    assert answer.status_code == 202, answer.text
-    operation = await wait_operation(gateway, A_TOKEN, answer.json()["operation"]["operation_id"])
-    assert operation["status"] == "Succeeded", operation
-    return operation
+    return await succeeded(gateway, A_TOKEN, method, url, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,15 +13,13 @@ import httpx
 import pytest
 
 from services.admin.cli import register
-from services.gateway import agent_tokens, tenants, tokens
-from services.gateway.app import create_app
+from services.gateway import tenants, tokens
 from services.quota.rules import Limits
 from services.quota.tenant_limits import limits_for
 from services.runtime.settings import Settings, load_settings
+from tests.integration.test_gateway import running_gateway
 
 pytestmark = pytest.mark.integration
-
-AGENT_TOKENS_PATH = "/v1/instances/{instance_id}/agent-tokens"
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -35,18 +32,6 @@ def assert_error(answer: httpx.Response, status: int, code: str) -> dict[str, An
     assert body["code"] == code, body
     assert set(body) == {"code", "message", "request_id"}
     return body
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    # Until app.py includes the router itself (then this does nothing).
-    if not any(getattr(route, "path", "") == AGENT_TOKENS_PATH for route in app.routes):
-        app.include_router(agent_tokens.router)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=60) as client:
-            yield client
 
 
 @pytest.fixture
