@@ -36,6 +36,9 @@ MAX_LEASE_SECONDS = 60.0
 MAX_REPORTS_PER_REQUEST = 16
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+# A tenant's free text: bounded, and never a NUL (PostgreSQL text cannot hold one).
+Name = Annotated[str, Field(max_length=128, pattern=r"^[^\u0000]*$")]
+Description = Annotated[str, Field(max_length=256, pattern=r"^[^\u0000]*$")]
 
 # The wire is JSON, and the exported JSON Schema is the contract outside producers check against: the
 # types below make pydantic accept exactly what that schema accepts (tests/unit/test_topic_contract.py).
@@ -178,8 +181,8 @@ class CreateHaVip(Message):
     havip_id: Id
     vswitch_id: Id
     ip_address: str | None = None
-    name: str = ""
-    description: str = ""
+    name: Name = ""
+    description: Description = ""
 
 
 class AttachHaVip(Message):
@@ -242,8 +245,8 @@ class HaVipCreationAccepted(Message):
     vpc_id: Id
     vswitch_id: Id
     ip_address: str
-    name: str = ""
-    description: str = ""
+    name: Name = ""
+    description: Description = ""
 
 
 class AttachmentAccepted(Message):

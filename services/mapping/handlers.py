@@ -87,6 +87,11 @@ class OwnerTracker:
                 except HaVipError as exc:
                     refusal = (exc.code, exc.message)
                     log.warning("command refused command=%s code=%s %s", command.command_id, exc.code, exc.message)
+                except asyncpg.DataError as exc:
+                    # Data the tables cannot hold will never apply: answer it (so quota releases its
+                    # reservation and the operation ends) rather than leave it Pending forever.
+                    refusal = (ErrorCode.APPLY_FAILED, f"the mapping tables cannot hold this command: {exc}")
+                    log.error("command unappliable command=%s error=%r", command.command_id, exc)
                 await conn.execute(
                     "INSERT INTO applied_commands (command_id, havip_id, rejected_code, rejected_reason)"
                     " VALUES ($1, $2, $3, $4)",
