@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -97,13 +98,22 @@ async def _require_havip(context: GatewayContext, tenant_id: str, havip_id: str)
 async def _submit_for_havip(
     context: GatewayContext,
     request: Request,
-    command: TenantCommand,
+    command: TenantCommand | Callable[[], Awaitable[TenantCommand]],
     wanted: dict[str, Any],
     idempotency_key: str | None,
+    *,
+    tenant_id: str,
+    havip_id: str,
 ) -> OperationAccepted:
-    await _require_havip(context, command.tenant_id, command.havip_id)
-    submitted = await context.commands.submit(command, wanted, _idempotency(idempotency_key, request, wanted))
-    return OperationAccepted(operation=operation_view(submitted.operation))
+    """Replay first: a retried request gets its first answer even if the HAVIP has changed since
+    (a retried delete must not answer that the HAVIP does not exist). Only a new request is checked."""
+    idempotency = _idempotency(idempotency_key, request, wanted)
+    earlier = await context.commands.replay(tenant_id, idempotency)
+    if earlier is None:
+        await _require_havip(context, tenant_id, havip_id)
+        resolved = command if not callable(command) else await command()
+        earlier = await context.commands.submit(resolved, wanted, idempotency)
+    return OperationAccepted(operation=operation_view(earlier.operation))
 
 
 @router.post("/havips", status_code=202, response_model=HaVipAccepted, tags=["havips"])
@@ -171,7 +181,10 @@ async def attach(
     command = AttachHaVip(
         command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id, target_id=body.target_id
     )
-    return await _submit_for_havip(context, request, command, body.model_dump(exclude_none=True), idempotency_key)
+    wanted = body.model_dump(exclude_none=True)
+    return await _submit_for_havip(
+        context, request, command, wanted, idempotency_key, tenant_id=principal.tenant_id, havip_id=havip_id
+    )
 
 
 @router.delete(
@@ -188,7 +201,15 @@ async def detach(
     command = DetachHaVip(
         command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id, target_id=target_id
     )
-    return await _submit_for_havip(context, request, command, {"target_id": target_id}, idempotency_key)
+    return await _submit_for_havip(
+        context,
+        request,
+        command,
+        {"target_id": target_id},
+        idempotency_key,
+        tenant_id=principal.tenant_id,
+        havip_id=havip_id,
+    )
 
 
 @router.delete("/havips/{havip_id}", status_code=202, response_model=OperationAccepted, tags=["havips"])
@@ -204,7 +225,9 @@ async def delete_havip(
     Refused with `DependencyViolation.HaVip` while instances, ENIs or an EIP are still associated.
     """
     command = DeleteHaVip(command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id)
-    return await _submit_for_havip(context, request, command, {}, idempotency_key)
+    return await _submit_for_havip(
+        context, request, command, {}, idempotency_key, tenant_id=principal.tenant_id, havip_id=havip_id
+    )
 
 
 @router.put("/havips/{havip_id}/eip", status_code=202, response_model=OperationAccepted, tags=["havips"])
@@ -220,7 +243,9 @@ async def associate_eip(
     command = AssociateEip(
         command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id, eip_id=body.eip_id
     )
-    return await _submit_for_havip(context, request, command, body.model_dump(), idempotency_key)
+    return await _submit_for_havip(
+        context, request, command, body.model_dump(), idempotency_key, tenant_id=principal.tenant_id, havip_id=havip_id
+    )
 
 
 @router.delete("/havips/{havip_id}/eip", status_code=202, response_model=OperationAccepted, tags=["havips"])
@@ -233,13 +258,18 @@ async def release_eip(
     idempotency_key: IdempotencyKey = None,
 ) -> OperationAccepted:
     """Release the HAVIP's EIP (ENS UnAssociateEipAddress)."""
-    await _require_havip(context, principal.tenant_id, havip_id)
-    if eip_id is None:
-        eip_id = await _only_eip(context, principal.tenant_id, havip_id)
-    command = UnassociateEip(
-        command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id, eip_id=eip_id
+
+    async def command() -> TenantCommand:
+        # Which EIP is resolved only for a new request: a retry is identified by what was sent.
+        chosen = eip_id or await _only_eip(context, principal.tenant_id, havip_id)
+        return UnassociateEip(
+            command_id=new_operation_id(), tenant_id=principal.tenant_id, havip_id=havip_id, eip_id=chosen
+        )
+
+    as_sent = {"eip_id": eip_id} if eip_id is not None else {}
+    return await _submit_for_havip(
+        context, request, command, as_sent, idempotency_key, tenant_id=principal.tenant_id, havip_id=havip_id
     )
-    return await _submit_for_havip(context, request, command, {"eip_id": eip_id}, idempotency_key)
 
 
 async def _only_eip(context: GatewayContext, tenant_id: str, havip_id: str) -> str:

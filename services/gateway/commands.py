@@ -63,14 +63,20 @@ class CommandSubmitter:
         await self._outbox.deliver(command.command_id)
         return recorded
 
+    async def replay(self, tenant_id: str, idempotency: Idempotency) -> Submitted | None:
+        """The operation an earlier request with this key recorded (409 if its request differed), or None."""
+        if idempotency.key is None:
+            return None
+        earlier = await operations.find_by_idempotency_key(self._pool, tenant_id, idempotency.key)
+        return _replay(earlier, idempotency) if earlier is not None else None
+
     async def _record(self, command: TenantCommand, request: dict[str, Any], idempotency: Idempotency) -> Submitted:
         tenant_id = command.tenant_id
         # Two attempts: a concurrent request holding the key wins the insert; we then answer as it did.
         for _ in range(2):
-            if idempotency.key is not None:
-                earlier = await operations.find_by_idempotency_key(self._pool, tenant_id, idempotency.key)
-                if earlier is not None:
-                    return _replay(earlier, idempotency)
+            earlier = await self.replay(tenant_id, idempotency)
+            if earlier is not None:
+                return earlier
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
                     created = await operations.insert_operation(
