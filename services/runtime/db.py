@@ -39,12 +39,29 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda mig: mig.version)
 
 
+# What a request meets while PostgreSQL is away (stopped, restarting, unreachable): the caller
+# should retry later. Anything else from the database is a bug and stays a 500.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+# A connection attempt gives up after this long, so a request never waits on a database that
+# does not answer for longer than a client would.
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
 async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 60.0) -> asyncpg.Pool:
     """A pool, retrying while the database is still starting."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size)
+            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT_SECONDS)
         except (OSError, asyncpg.CannotConnectNowError):
             if asyncio.get_running_loop().time() > deadline:
                 raise

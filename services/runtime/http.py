@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import ErrorCode, HaVipError
 from schemas.ipv4 import IPV4_PATTERN
+from services.runtime.db import DATABASE_UNAVAILABLE
 from services.runtime.docs import serve_docs_offline
 from services.runtime.openapi import document_error_answers
 
@@ -261,6 +262,17 @@ def allowed_methods(request: Request) -> list[str]:
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
+async def _on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # An outage, not a bug: the documented 503 with Retry-After, and the connection stays open.
+    log.warning("database unavailable request_id=%s path=%s error=%r", request_id_of(request), request.url.path, exc)
+    response = error_response(request, 503, ErrorCode.SERVICE_UNAVAILABLE, "the database is unavailable; retry shortly")
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
+
+
+DATABASE_RETRY_AFTER_SECONDS = 2
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error request_id=%s path=%s", request_id_of(request), request.url.path, exc_info=exc)
     return error_response(
@@ -278,6 +290,8 @@ def install_http_conventions(
     app.add_exception_handler(HaVipError, _on_havip_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, _on_database_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
     document_error_answers(app)
     serve_docs_offline(app)

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -32,6 +33,7 @@ from services.gateway.tokens import Principal, store_token
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
 from tests.kafka_tools import read_topic
+from tests.net_tools import TcpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -823,3 +825,34 @@ async def test_havip_serve_gateway_refuses_an_older_schema(settings: Settings, d
         gateway.kill()
     assert returncode != 0
     assert "havip migrate" in gateway.tail(200)
+
+
+async def test_while_postgres_is_away_tenant_calls_answer_503_with_retry_after(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    """An outage is not a bug: 503 with Retry-After (never 500), and the service recovers by itself."""
+    await store_token(db, TENANT_TOKEN, Principal("tenant", TENANT))
+    address = urlsplit(settings.database_url)
+    assert address.hostname is not None and address.port is not None
+    proxy = TcpProxy(address.hostname, address.port)
+    await proxy.restore()
+    proxied = settings.model_copy(
+        update={"database_url": urlunsplit(address._replace(netloc=f"{address.username}@127.0.0.1:{proxy.port}"))}
+    )
+    async with running_gateway(proxied) as gateway:
+        assert (await gateway.get("/v1/havips", headers=TENANT_AUTH)).status_code == 200
+        await proxy.cut()
+        for method, url, body in (
+            ("GET", "/v1/havips", None),
+            ("GET", "/v1/operations/op-1", None),
+            ("POST", "/v1/havips", {"vswitch_id": "vsw-1"}),
+        ):
+            answer = await gateway.request(method, url, json=body, headers=TENANT_AUTH)
+            assert_error(answer, 503, "ServiceUnavailable")
+            assert int(answer.headers["retry-after"]) >= 1
+        await proxy.restore()
+
+        async def back() -> bool:
+            return (await gateway.get("/v1/havips", headers=TENANT_AUTH)).status_code == 200
+
+        await eventually(back, timeout=30)
