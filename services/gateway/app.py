@@ -86,12 +86,13 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(commands.stop)
 
             results = CommandResults(settings, pool, DeadLetters(producer, settings, SERVICE))
-            await results.start()
+            results.start()
             # Stopped before the producer and pool it uses (the stack unwinds in reverse).
             stack.push_async_callback(results.stop)
 
             health.add_check("database", lambda: probe.problem)
-            health.add_check("command_results", results.not_ready)
+            # Reported, but not a reason to turn traffic away: VRRP reports and reads do not need it.
+            health.add_note("command_results", results.not_ready)
             app.state.gateway = GatewayContext(
                 settings=settings,
                 pool=pool,

@@ -65,13 +65,19 @@ class CommandResults:
         self._applied: dict[TopicPartition, int] = {}
         self.joined = False
 
-    async def start(self) -> None:
+    def start(self) -> None:
+        """Join the group in the background: a restarted gateway's join waits out its old member's
+        session (seconds), and nothing else (VRRP reports, reads) should wait with it."""
         self._consumer = new_consumer(
             self._settings, f"{self._settings.topic_prefix}havip-gateway", rebalance_timeout_ms=_REBALANCE_TIMEOUT_MS
         )
         self._consumer.subscribe([self._topic], listener=_CommitOnRevoke(self))
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="command-results")
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
         await self._consumer.start()
-        self._task = asyncio.get_running_loop().create_task(self._follow(), name="command-results")
+        await self._follow()
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
@@ -83,7 +89,7 @@ class CommandResults:
         if self._task is not None and self._task.done():
             return "the results consumer stopped"
         if not self.joined:
-            return "waiting for the consumer group"
+            return "waiting for the consumer group: operations settle once it has joined"
         return None
 
     async def commit_applied(self, partitions: set[TopicPartition] | None = None) -> None:

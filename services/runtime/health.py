@@ -27,10 +27,18 @@ class Health:
         self._stall_after = stall_after_seconds
         self._last_tick = time.monotonic()
         self._checks: dict[str, ReadinessCheck] = {}
+        self._notes: dict[str, ReadinessCheck] = {}
         self._ticker: asyncio.Task[None] | None = None
 
     def add_check(self, name: str, check: ReadinessCheck) -> None:
         self._checks[name] = check
+
+    def add_note(self, name: str, check: ReadinessCheck) -> None:
+        """Something not yet working that does not make the service unready (shown by /readyz)."""
+        self._notes[name] = check
+
+    def notes(self) -> dict[str, str]:
+        return {name: note for name, check in self._notes.items() if (note := check()) is not None}
 
     def start(self) -> None:
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
@@ -63,6 +71,9 @@ class HealthStatus(BaseModel):
 class ReadinessStatus(BaseModel):
     status: str = Field(description="ready, or not ready (503)")
     reasons: dict[str, str] = Field(default_factory=dict, description="Why not ready, per check.")
+    notes: dict[str, str] = Field(
+        default_factory=dict, description="What is not working yet, without making it unready."
+    )
 
 
 def _unready(model: type[BaseModel], what: str) -> dict[int | str, dict[str, Any]]:
@@ -84,10 +95,11 @@ def health_router(health: Health) -> APIRouter:
     )
     async def readyz(response: Response) -> dict[str, object]:
         reasons = health.not_ready()
+        notes = health.notes()
         if reasons:
             response.status_code = 503
-            return {"status": "not ready", "reasons": reasons}
-        return {"status": "ready"}
+            return {"status": "not ready", "reasons": reasons, "notes": notes}
+        return {"status": "ready", "notes": notes}
 
     @router.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}})
     async def metrics() -> Response:
