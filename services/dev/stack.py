@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -24,7 +26,7 @@ from schemas.messages import (
     VSwitchChanged,
 )
 from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres
-from services.dev.processes import ServiceProcess
+from services.dev.processes import Child, Restarts, ServiceProcess, heal
 from services.gateway.tenants import create_tenant, get_tenant
 from services.gateway.tokens import Principal, store_token
 from services.runtime.db import connect_pool, migrate
@@ -137,7 +139,11 @@ async def _migrate(dsn: str) -> None:
 
 
 class DevStack:
-    """Broker, database and the four services; embedded unless the environment names them."""
+    """Broker, database and the four services; embedded unless the environment names them.
+
+    With `keep_data` the embedded PostgreSQL lives in `<workdir>/postgres` and
+    outlives the stack; otherwise it is thrown away on stop.
+    """
 
     def __init__(
         self,
@@ -147,15 +153,23 @@ class DevStack:
         embedded_kafka: bool,
         embedded_postgres: bool,
         services: tuple[str, ...] = ("quota", "mapping", "forwarder", "gateway"),
+        keep_data: bool = False,
     ) -> None:
         self.settings = settings
         self._wanted = services
         self._embedded_kafka = embedded_kafka
         self._embedded_postgres = embedded_postgres
+        self._keep_data = keep_data
         self.workdir = workdir
         self.services: list[ServiceProcess] = []
         self._broker: EmbeddedBroker | None = None
         self._postgres: EmbeddedPostgres | None = None
+        self._restarts: dict[str, Restarts] = {}
+
+    @property
+    def data_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its cluster when it keeps data."""
+        return postgres_dir(self.workdir)
 
     def __enter__(self) -> DevStack:
         try:
@@ -177,7 +191,8 @@ class DevStack:
             self._broker = EmbeddedBroker(self.workdir).start()
             self.settings = self.settings.model_copy(update={"kafka_bootstrap": self._broker.bootstrap})
         if self._embedded_postgres:
-            self._postgres = EmbeddedPostgres(self.workdir).start()
+            data_dir = self.data_dir if self._keep_data else None
+            self._postgres = EmbeddedPostgres(self.workdir, data_dir=data_dir).start()
             asyncio.run(_prepare_database(self._postgres.dsn(), "havip"))
             self.settings = self.settings.model_copy(update={"database_url": self._postgres.dsn("havip")})
         asyncio.run(_migrate(self.settings.database_url))
@@ -190,6 +205,36 @@ class DevStack:
     def exited(self) -> ServiceProcess | None:
         return next((s for s in self.services if s.process is not None and s.process.poll() is not None), None)
 
+    def heal(self, now: float | None = None) -> list[str]:
+        """Start again whatever died, with backoff; one step per call, so call it about once a second.
+
+        Returns (and prints) what happened. Never waits for a backoff or for
+        readiness: a child due later is looked at again on a later call.
+        """
+        said = heal(self._children(), self._restarts, time.monotonic() if now is None else now)
+        for line in said:
+            print(line, flush=True)
+        return said
+
+    def _children(self) -> Iterator[Child]:
+        if self._broker is not None:
+            broker = self._broker
+            yield Child("broker", lambda: broker.returncode, self._restart_broker)
+        if self._postgres is not None:
+            postgres = self._postgres
+            yield Child("postgres", lambda: postgres.returncode, postgres.start)
+        for service in self.services:
+            yield Child(service.service, lambda s=service: s.returncode, service.start, service.ready)
+
+    def _restart_broker(self) -> None:
+        # Tansu keeps topics in memory: a new broker is an empty one, on the same port so clients reconnect.
+        assert self._broker is not None
+        self._broker.start()
+        asyncio.run(seed(self.settings))
+        print(
+            f"broker restarted on {self._broker.bootstrap}; topics recreated and demo inventory re-seeded", flush=True
+        )
+
     def stop(self) -> None:
         for service in self.services:
             service.request_stop()
@@ -201,30 +246,41 @@ class DevStack:
             self._broker.stop()
 
 
-def dev_stack(settings: Settings, workdir: Path, services: tuple[str, ...] | None = None) -> DevStack:
+def postgres_dir(workdir: Path) -> Path:
+    return workdir / "postgres"
+
+
+def dev_stack(
+    settings: Settings, workdir: Path, services: tuple[str, ...] | None = None, *, keep_data: bool = False
+) -> DevStack:
     """Embedded broker and database unless HAVIP_KAFKA_BOOTSTRAP / HAVIP_DATABASE_URL name real ones."""
     return DevStack(
         settings,
         workdir,
         embedded_kafka="HAVIP_KAFKA_BOOTSTRAP" not in os.environ,
         embedded_postgres="HAVIP_DATABASE_URL" not in os.environ,
+        keep_data=keep_data,
         **({"services": services} if services is not None else {}),
     )
 
 
-def run_dev_stack(settings: Settings, workdir: str) -> int:
-    """Start everything, print how to use it, and stop everything on Ctrl-C or SIGTERM."""
+def run_dev_stack(settings: Settings, workdir: str, *, fresh: bool = False) -> int:
+    """Start everything, print how to use it, restart what dies, and stop everything on Ctrl-C or SIGTERM.
+
+    The embedded database keeps its data in the work directory between runs; `fresh` starts it over.
+    """
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    stack = dev_stack(settings, Path(workdir).resolve())
+    stack = dev_stack(settings, Path(workdir).resolve(), keep_data=True)
+    if fresh and stack.data_dir.exists():
+        shutil.rmtree(stack.data_dir)
+        print(f"removed {stack.data_dir}: starting with an empty database", flush=True)
     try:
         stack.__enter__()
         _print_banner(stack.settings, stack.services, stack.workdir)
         while not stop.wait(1.0):
-            if (gone := stack.exited()) is not None:
-                print(f"{gone.service} exited with {gone.process.returncode if gone.process else '?'}; see {gone.log}")
-                return 1
+            stack.heal()
         return 0
     finally:
         print("stopping...", flush=True)
