@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import asyncpg
 from fastapi import FastAPI
 
 from schemas import topics
@@ -19,43 +17,16 @@ from services.gateway.context import GatewayContext
 from services.gateway.outbox import Outbox
 from services.gateway.results import CommandResults
 from services.gateway.throttle import Throttle
-from services.runtime.db import connect_pool, require_current_schema
+from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_router
 from services.runtime.http import install_http_conventions
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
-from services.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 SERVICE = "gateway"
-
-
-class DatabaseProbe:
-    """Readiness checks are synchronous; this keeps the last answer of a periodic `SELECT 1`."""
-
-    def __init__(self, pool: asyncpg.Pool, every_seconds: float = 5.0) -> None:
-        self._pool = pool
-        self._every = every_seconds
-        self.problem: str | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._probe(), name="database-probe")
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
-
-    async def _probe(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._pool.fetchval("SELECT 1"), timeout=self._every)
-                self.problem = None
-            except Exception as exc:
-                self.problem = f"database unreachable: {exc!r}"[:200]
-            await asyncio.sleep(self._every)
 
 
 def create_app(settings: Settings) -> FastAPI:

@@ -8,6 +8,7 @@ call `require_current_schema` and refuse to start against an older schema.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from dataclasses import dataclass
@@ -104,3 +105,42 @@ async def require_current_schema(pool: asyncpg.Pool) -> None:
         raise SchemaOutOfDate(
             f"database schema is at version {current}, this build needs {expected}: run `havip migrate`"
         )
+
+
+class DatabaseProbe:
+    """Readiness checks are synchronous; this keeps the last answer of a periodic `SELECT 1`.
+
+    A short grace: one failed probe is a blip, two in a row (about 2 s) make the service unready.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, every_seconds: float = 1.0, failures_allowed: int = 1) -> None:
+        self._pool = pool
+        self._every = every_seconds
+        self._allowed = failures_allowed
+        self._failures = 0
+        self._last_error = ""
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def problem(self) -> str | None:
+        return f"database unreachable: {self._last_error}"[:200] if self._failures > self._allowed else None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._probe(), name="database-probe")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    async def _probe(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._pool.fetchval("SELECT 1"), timeout=max(self._every, 2.0))
+                self._failures = 0
+            except Exception as exc:  # whatever the cause, the answer is "not reachable now"
+                self._failures += 1
+                self._last_error = repr(exc)
+            await asyncio.sleep(self._every)

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, Unappliable
 from schemas.topics import Topic
-from services.runtime.db import connect_pool, require_current_schema
+from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_app, serve_http
 from services.runtime.kafka import new_producer, topic_name
@@ -146,6 +146,9 @@ class WorkerResources:
         )
         self.pool = await connect_pool(self.settings.database_url)
         await require_current_schema(self.pool)
+        self._database = DatabaseProbe(self.pool)
+        self._database.start()
+        self.health.add_check("database", lambda: self._database.problem)
         self.producer = new_producer(self.settings)
         await self.producer.start()
         self.dead_letters = DeadLetters(self.producer, self.settings, self.service)
@@ -153,6 +156,7 @@ class WorkerResources:
         log.info("resources ready")
 
     async def _close(self) -> None:
+        await self._database.stop()
         self._http.cancel()
         await self.producer.stop()
         await self.pool.close()
