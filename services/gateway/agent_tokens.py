@@ -149,7 +149,8 @@ async def revoke_agent_token(
     context: Context,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Revoke at once: the token answers 401 from its next request on. Revoking it again answers 204."""
+    """Revoke at once: the token answers 401 from its next request on (on other gateway replicas
+    within milliseconds). Revoking it again answers 204."""
 
     async def revoke(conn: asyncpg.Connection) -> tuple[int, bytes]:
         revoked = await tokens.revoke_token(conn, token_id, tenant_id=principal.tenant_id, instance_id=instance_id)
@@ -158,6 +159,8 @@ async def revoke_agent_token(
         return 204, b""
 
     status, answer = await _answer_once(context, principal.tenant_id, secret, idempotency_key, request, {}, revoke)
+    # Committed: refused here from the next request on; other replicas follow the database's notification.
+    context.directory.forget_token(token_id)
     return _response(status, answer)
 
 

@@ -14,6 +14,8 @@ from services.gateway.api import router
 from services.gateway.broker import BrokerLink
 from services.gateway.commands import CommandSubmitter
 from services.gateway.context import GatewayContext
+from services.gateway.directory import AgentDirectory
+from services.gateway.directory_sync import DirectorySync
 from services.gateway.outbox import Outbox
 from services.gateway.results import CommandResults
 from services.gateway.throttle import Throttle
@@ -47,6 +49,12 @@ def create_app(settings: Settings) -> FastAPI:
             probe = DatabaseProbe(pool)
             probe.start()
             stack.push_async_callback(probe.stop)
+            # Agent tokens and attachments in memory: VRRP reports go on while PostgreSQL is away.
+            directory = AgentDirectory()
+            directory_sync = DirectorySync(settings.database_url, directory)
+            await directory_sync.start()
+            stack.push_async_callback(directory_sync.stop)
+            health.add_note("agent_directory", directory_sync.problem)
 
             producer = new_producer(settings)
             await producer.start()
@@ -71,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
                 commands=CommandSubmitter(pool, broker, commands),
                 broker=broker,
                 vrrp_topic=topic_name(settings, topics.VRRP),
+                directory=directory,
                 throttle=throttle,
             )
             log.info("gateway started host=%s port=%s", settings.http_host, settings.gateway_port)

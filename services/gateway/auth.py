@@ -9,8 +9,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from schemas.errors import ErrorCode, HaVipError
 from services.gateway.context import GatewayContext, gateway_context
+from services.gateway.observability import AGENT_DIRECTORY_ANSWERS
 from services.gateway.throttle import request_rate
-from services.gateway.tokens import Principal, find_principal
+from services.gateway.tokens import Principal, find_principal, hash_token
 
 # auto_error=False: a missing token must answer our 401 body, not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False, description="A tenant token, or an agent token for /v1/vrrp-events")
@@ -22,7 +23,7 @@ async def _principal(
 ) -> Principal:
     if credentials is None or not credentials.credentials:
         raise HaVipError(ErrorCode.UNAUTHORIZED, "an Authorization: Bearer token is required")
-    principal = await find_principal(context.pool, credentials.credentials)
+    principal = await _holder(context, credentials.credentials)
     if principal is None:
         raise HaVipError(ErrorCode.UNAUTHORIZED, "the token is not valid")
     # Counted only once the caller is known: nobody is throttled for a stranger's requests.
@@ -32,6 +33,22 @@ async def _principal(
         raise HaVipError(
             ErrorCode.THROTTLED, f"this token may make {rate:g} requests per second; retry later", retry_after=wait
         )
+    return principal
+
+
+async def _holder(context: GatewayContext, token: str) -> Principal | None:
+    """Agents from the directory (no database round trip); tenants, and agent tokens too new for
+    the directory, from the database. Unreachable, that answers 503 with Retry-After, never 401."""
+    token_sha256 = hash_token(token)
+    held = context.directory.principal(token_sha256)
+    if held is not None:
+        AGENT_DIRECTORY_ANSWERS.labels("token", "directory").inc()
+        return held
+    read_at_epoch = context.directory.epoch
+    principal = await find_principal(context.pool, token)
+    if principal is not None and principal.kind == "agent":
+        AGENT_DIRECTORY_ANSWERS.labels("token", "database").inc()
+        context.directory.learn_token(token_sha256, principal, read_at_epoch=read_at_epoch)
     return principal
 
 

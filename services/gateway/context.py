@@ -10,6 +10,7 @@ from fastapi import Request
 
 from services.gateway.broker import BrokerLink
 from services.gateway.commands import CommandSubmitter
+from services.gateway.directory import AgentDirectory
 from services.gateway.throttle import Throttle
 from services.runtime.settings import Settings
 
@@ -22,6 +23,8 @@ class GatewayContext:
     commands: CommandSubmitter
     broker: BrokerLink
     vrrp_topic: str
+    # Agent tokens and attachments, in memory: VRRP reports need no database round trip.
+    directory: AgentDirectory
     # Request rates per token, counted by this replica alone.
     throttle: Throttle = field(default_factory=Throttle)
 

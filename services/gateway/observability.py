@@ -10,3 +10,9 @@ VRRP_REPORTS_ACCEPTED = Counter(
 COMMAND_RESULTS = Counter(
     "havip_gateway_command_results_total", "Command results read from havip.command-results", ["outcome"]
 )
+# Where the failover path's two questions were answered: "directory" costs no database round trip.
+AGENT_DIRECTORY_ANSWERS = Counter(
+    "havip_gateway_agent_directory_answers_total",
+    "Agent tokens and attachments decided from the in-memory directory or the database",
+    ["question", "answered_by"],
+)

@@ -4,15 +4,21 @@ Only a SHA-256 of each token is stored, so a database dump leaks no credential.
 Each token also has a public `token_id` (`tok-...`) by which it is listed and
 revoked; the secret itself is shown once, when it is issued.
 
-Every request looks its token up here (one indexed query, joined with the
-tenant's request rate), with no cache in between: a revoked token answers
-401 on the very next request, on every gateway replica.
+A tenant token is looked up here on every request (one indexed query, joined
+with the tenant's request rate): revoked, it answers 401 on the very next
+request, on every gateway replica. Agent tokens are held in each replica's
+agent directory (`services.gateway.directory`), so a VRRP report needs no
+database round trip: revoked, an agent token answers 401 on the very next
+request on the replica that revoked it, and on the others once the database's
+notification reaches them (milliseconds; about 2 s at worst while they can read
+the database; see that module for a replica cut off from it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -174,3 +180,24 @@ async def find_principal(conn: asyncpg.Connection | asyncpg.Pool, token: str) ->
         token_id=row["token_id"],
         requests_per_second=row["requests_per_second"],
     )
+
+
+async def agent_principals(
+    db: asyncpg.Connection | asyncpg.Pool, token_ids: Sequence[str] | None = None
+) -> dict[str, tuple[str, Principal]]:
+    """The live agent tokens (of these ids, or all) for the agent directory: token_id -> (sha256, principal)."""
+    live = (
+        "SELECT token_sha256, token_id, tenant_id, instance_id FROM api_tokens"
+        " WHERE kind = 'agent' AND revoked_at IS NULL"
+    )
+    if token_ids is None:
+        rows = await db.fetch(live)
+    else:
+        rows = await db.fetch(f"{live} AND token_id = ANY($1::text[])", list(token_ids))
+    return {
+        row["token_id"]: (
+            row["token_sha256"],
+            Principal("agent", row["tenant_id"], row["instance_id"], token_id=row["token_id"]),
+        )
+        for row in rows
+    }

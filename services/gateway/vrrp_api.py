@@ -1,8 +1,14 @@
 """The agent endpoint: VRRP reports from the instance an agent token speaks for.
 
-This is the failover path: one query for a whole batch to check the reporter
-is attached, then one bounded publish per report to `vrrp.events`. Whether
-a report changes the owner is the mapping service's decision.
+This is the failover path: the agent directory (in memory) says whether the
+reporter is attached, then one bounded publish per report goes to
+`vrrp.events`. Whether a report changes the owner is the mapping service's
+decision. Only what the directory cannot confirm (an attachment too new for
+it, a refusal) is asked of the database, one query for the whole batch;
+while the database is away those are decided from the directory when it
+knows the HAVIP, and answer 503 otherwise. A report the directory accepts
+is published whether or not the database answers: mapping applies it once
+the database is back.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ from services.gateway.models import (
     VrrpEventResults,
     seq_too_far_ahead,
 )
-from services.gateway.observability import VRRP_REPORTS_ACCEPTED
+from services.gateway.observability import AGENT_DIRECTORY_ANSWERS, VRRP_REPORTS_ACCEPTED
 from services.readmodel.reporters import ReporterStanding, reporter_standing
+from services.runtime.db import DATABASE_UNAVAILABLE
+from services.runtime.http import DATABASE_RETRY_AFTER_SECONDS
 from services.runtime.openapi import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -56,10 +64,7 @@ async def report_vrrp(
     """
     assert principal.instance_id is not None
     reports = body.reports if isinstance(body, VrrpEventBatch) else [body]
-    # The failover path: one query for the whole batch, then the produces.
-    standing = await reporter_standing(
-        context.pool, principal.tenant_id, principal.instance_id, [r.havip_id for r in reports]
-    )
+    standing = await _standing(context, principal.tenant_id, principal.instance_id, [r.havip_id for r in reports])
     outcomes: list[VrrpEventOutcome] = []
     for request in reports:
         refusal = _refusal(standing[request.havip_id], request, principal.instance_id)
@@ -89,6 +94,42 @@ async def report_vrrp(
     if not isinstance(body, VrrpEventBatch):
         return VrrpEventAccepted(message_id=outcomes[0].message_id or "")
     return VrrpEventResults(results=outcomes)
+
+
+async def _standing(
+    context: GatewayContext, tenant_id: str, instance_id: str, havip_ids: list[str]
+) -> dict[str, ReporterStanding]:
+    held = context.directory.standing(tenant_id, instance_id, havip_ids)
+    if held is not None and all(answer is ReporterStanding.ATTACHED for answer in held.values()):
+        AGENT_DIRECTORY_ANSWERS.labels("attachment", "directory").inc()
+        return held
+    # A refusal is confirmed with the database: the attachment may be newer than the directory.
+    # While the directory is not following, the database is away: do not wait for it to fail.
+    if held is None or context.directory.following:
+        read_at_epoch = context.directory.epoch
+        try:
+            standing = await reporter_standing(context.pool, tenant_id, instance_id, havip_ids)
+        except DATABASE_UNAVAILABLE:
+            if held is None:
+                raise
+        else:
+            AGENT_DIRECTORY_ANSWERS.labels("attachment", "database").inc()
+            for havip_id, answer in standing.items():
+                if answer is ReporterStanding.ATTACHED:
+                    context.directory.learn_attachment(tenant_id, instance_id, havip_id, read_at_epoch=read_at_epoch)
+            return standing
+    assert held is not None
+    # A HAVIP the directory does not know as the tenant's may have been created a moment ago
+    # (or be another tenant's: the same answer either way, so nothing is confirmed).
+    if any(answer is ReporterStanding.UNKNOWN_HAVIP for answer in held.values()):
+        AGENT_DIRECTORY_ANSWERS.labels("attachment", "undecided").inc()
+        raise HaVipError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "the database is unavailable and this HAVIP is not known here yet; retry shortly",
+            retry_after=DATABASE_RETRY_AFTER_SECONDS,
+        )
+    AGENT_DIRECTORY_ANSWERS.labels("attachment", "directory").inc()
+    return held
 
 
 def _refusal(standing: ReporterStanding, request: VrrpEventRequest, instance_id: str) -> HaVipError | None:
