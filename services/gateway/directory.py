@@ -59,6 +59,7 @@ class AgentDirectory:
         self._attached: dict[str, frozenset[str]] = {}  # instance_id -> havip_ids
         self._epoch = 0
         self._current_as_of: float | None = None
+        self._lost = False
 
     # --- decisions ---------------------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ class AgentDirectory:
     def following(self) -> bool:
         """Known current a moment ago: the database answers, so a miss may ask it."""
         age = self.age
-        return age is not None and age <= self._following_within
+        return not self._lost and age is not None and age <= self._following_within
 
     @property
     def epoch(self) -> int:
@@ -116,8 +117,13 @@ class AgentDirectory:
 
     def confirm(self, as_of: float) -> None:
         """Everything committed before `as_of` (a `now()` reading) is in the copy."""
+        self._lost = False
         if self._current_as_of is None or as_of > self._current_as_of:
             self._current_as_of = as_of
+
+    def lose(self) -> None:
+        """The connection that keeps it current failed: not following until the next `confirm`."""
+        self._lost = True
 
     def replace(
         self,

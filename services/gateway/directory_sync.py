@@ -99,8 +99,11 @@ class DirectorySync:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: drop the connection, start over from a full load
+                if self.directory.following or not self._last_error:
+                    # Once per outage: the retries every second would flood the log.
+                    log.warning("agent directory lost its database connection error=%r", exc)
                 self._last_error = repr(exc)[:120]
-                log.warning("agent directory lost its database connection error=%r", exc)
+                self.directory.lose()
                 await self._close()
                 await asyncio.sleep(RECONNECT_EVERY)
 

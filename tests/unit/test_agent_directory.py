@@ -144,6 +144,10 @@ def test_following_for_seconds_trusted_for_minutes_then_nothing_is_decided() -> 
     assert directory.standing("tenant-a", "i-web1", ["havip-1"]) is None
 
     directory.confirm(clock.now - 1)  # following again
+    assert directory.following
+    directory.lose()  # the connection that keeps it current failed: misses do not wait for the database
+    assert not directory.following and directory.principal("sha-web1") == WEB1
+    directory.confirm(clock.now - 1)
     assert directory.following and directory.principal("sha-web1") == WEB1
     directory.confirm(clock.now - 100)  # an older confirmation never moves it back
     assert directory.age == 1
