@@ -25,7 +25,8 @@ from schemas.errors import ErrorCode, HaVipError
 from schemas.ipv4 import IPv4Text, parse_ipv4
 from services.forwarder.follower import MappingFollower
 from services.forwarder.routes import RouteAnswer, RouteTable
-from services.runtime.db import connect_pool, require_current_schema
+from services.runtime.broker_watch import BrokerWatch, LogCheck
+from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.health import Health, health_router
 from services.runtime.http import install_http_conventions
 from services.runtime.openapi import ErrorBody
@@ -99,9 +100,24 @@ def create_app(settings: Settings) -> FastAPI:
             follower = MappingFollower(settings, pool, table)
             app.state.follower = follower
             follower.start()
+
+            async def reload(_: LogCheck) -> None:
+                assert follower is not None
+                await follower.reload()
+
+            # Unready while the broker or PostgreSQL is away, although lookups keep answering
+            # from memory: what they answer may be going stale, and the operator should see it.
+            database = DatabaseProbe(pool)
+            database.start()
+            broker = BrokerWatch(settings, "forwarder", pool, reload)
+            broker.start()
+            health.add_check("database", lambda: database.problem)
+            health.add_check("broker", lambda: broker.problem)
             try:
                 yield
             finally:
+                await broker.stop()
+                await database.stop()
                 await follower.stop()
                 await health.stop()
                 log.info("forwarder stopped havips=%s", len(table))

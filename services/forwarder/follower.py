@@ -17,7 +17,9 @@ and the stream both carry are harmless: the table applies by version.
 The table is "caught up" once every partition's position reached the offsets
 of (a). After a broker or database error the follower logs, waits and carries
 on from the next offset it has not applied yet; the table keeps answering
-from memory meanwhile.
+from memory meanwhile. When the broker lost the topic (see
+services/runtime/broker_watch.py) those offsets mean nothing any more:
+`reload` starts again from (a).
 """
 
 from __future__ import annotations
@@ -92,6 +94,18 @@ class MappingFollower:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+    async def reload(self) -> None:
+        """Start again from a fresh snapshot: the topic lost what the table was built from.
+
+        The table keeps answering meanwhile; the snapshot only moves it forward (by version).
+        """
+        await cancel_and_wait(self._task)
+        self._next = None
+        self._caught_up = False
+        CAUGHT_UP.set(0)
+        log.warning("reloading the snapshot: the broker lost %s", self._topic)
+        self.start()
 
     @property
     def running(self) -> bool:

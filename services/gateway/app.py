@@ -19,6 +19,7 @@ from services.gateway.directory_sync import DirectorySync
 from services.gateway.outbox import Outbox
 from services.gateway.results import CommandResults
 from services.gateway.throttle import Throttle
+from services.runtime.broker_watch import BrokerWatch, LogCheck
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_router
@@ -69,7 +70,17 @@ def create_app(settings: Settings) -> FastAPI:
             # Stopped before the producer and pool it uses (the stack unwinds in reverse).
             stack.push_async_callback(results.stop)
 
+            async def recover(_: LogCheck) -> None:
+                # Commands of Pending operations may have been lost with the topic; results are read again.
+                await commands.unpublish_pending()
+                await results.read_again()
+
+            watch = BrokerWatch(settings, SERVICE, pool, recover)
+            watch.start()
+            stack.push_async_callback(watch.stop)
+
             health.add_check("database", lambda: probe.problem)
+            health.add_check("broker", lambda: watch.problem)
             # Reported, but not a reason to turn traffic away: VRRP reports and reads do not need it.
             health.add_note("command_results", results.not_ready)
             app.state.gateway = GatewayContext(

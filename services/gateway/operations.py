@@ -148,4 +148,7 @@ async def record_outcome(db: asyncpg.Pool | asyncpg.Connection, result: CommandR
         message,
         PENDING.value,
     )
+    if outcome:
+        # Settled: its command need never be published again (see outbox.py).
+        await db.execute("DELETE FROM command_outbox WHERE operation_id = $1", result.command_id)
     return bool(outcome)

@@ -1,13 +1,18 @@
 """The command outbox: a command recorded with its operation is published, whatever dies when.
 
 A mutation writes its operation and the encoded command in one transaction,
-then publishes and deletes the outbox row. If the gateway dies between the
-two, or the broker is away, the row stays; every gateway replica runs a
-relay that publishes rows older than a moment (so it does not race the
-request that is publishing its own). Rows are taken `FOR UPDATE SKIP
-LOCKED`, so two replicas never publish one row at the same time, and a
-command published twice anyway (a crash after the publish, before the
-delete) is a redelivery quota answers with the same decision.
+then publishes it and marks the row published. If the gateway dies between
+the two, or the broker is away, the row stays unpublished; every gateway
+replica runs a relay that publishes rows older than a moment (so it does not
+race the request that is publishing its own). Rows are taken `FOR UPDATE
+SKIP LOCKED`, so two replicas never publish one row at the same time, and a
+command published twice anyway (a crash after the publish, before the mark)
+is a redelivery quota answers with the same decision.
+
+A row is deleted only when its operation ends (operations.record_outcome).
+Until then it can be published again: when the broker lost its topics, every
+Pending operation's command is marked unpublished and the relay sends it
+again, and each service answers it as the redelivery it is.
 """
 
 from __future__ import annotations
@@ -49,10 +54,11 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
 
     async def deliver(self, operation_id: str) -> bool:
-        """Publish one recorded command and forget it; False when it stays for the relay."""
+        """Publish one recorded command and mark it published; False when it stays for the relay."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                "SELECT topic_key, value FROM command_outbox WHERE operation_id = $1 FOR UPDATE SKIP LOCKED",
+                "SELECT topic_key, value FROM command_outbox WHERE operation_id = $1 AND published_at IS NULL"
+                " FOR UPDATE SKIP LOCKED",
                 operation_id,
             )
             if row is None:
@@ -62,7 +68,7 @@ class Outbox:
             except FAILURES as exc:
                 log.warning("command kept for the relay operation=%s error=%r", operation_id, exc)
                 return False
-            await conn.execute("DELETE FROM command_outbox WHERE operation_id = $1", operation_id)
+            await conn.execute("UPDATE command_outbox SET published_at = now() WHERE operation_id = $1", operation_id)
         return True
 
     async def relay_once(self) -> int:
@@ -70,7 +76,7 @@ class Outbox:
         if not self._broker.reachable and not await self._broker.probe():
             return 0
         waiting = await self._pool.fetch(
-            "SELECT operation_id FROM command_outbox WHERE created_at < now() - $1::interval"
+            "SELECT operation_id FROM command_outbox WHERE published_at IS NULL AND created_at < now() - $1::interval"
             " ORDER BY created_at LIMIT 100",
             self._relay_after,
         )
@@ -82,6 +88,15 @@ class Outbox:
         if delivered:
             log.info("outbox relay published %d recorded command(s)", delivered)
         return delivered
+
+    async def unpublish_pending(self) -> int:
+        """The broker lost its topics: publish every unsettled command again (the relay will)."""
+        status = await self._pool.execute(
+            "UPDATE command_outbox SET published_at = NULL WHERE published_at IS NOT NULL"
+        )
+        count = int(status.split()[-1])
+        log.warning("outbox: %d command(s) of Pending operations will be published again", count)
+        return count
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._relay(), name="command-outbox-relay")

@@ -106,6 +106,20 @@ class CommandResults:
             if self._applied.get(tp) == offset:
                 del self._applied[tp]
 
+    async def read_again(self) -> None:
+        """The broker lost the topic: its offsets start again, so read what it holds from the start.
+
+        What was applied but not committed belongs to the old log; committed into the new one
+        it could make a later member skip results.
+        """
+        if self._consumer is None:
+            return
+        assigned = self._consumer.assignment()
+        self._applied.clear()
+        if assigned:
+            await self._consumer.seek_to_beginning(*assigned)
+        log.warning("command results: reading %s again from the start", self._topic)
+
     def forget(self, partitions: set[TopicPartition]) -> None:
         # An offset kept from an earlier ownership could move a later commit backwards.
         for tp in partitions:

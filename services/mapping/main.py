@@ -7,7 +7,9 @@ import logging
 import faust
 
 from schemas import topics
+from services.mapping import store
 from services.mapping.handlers import OwnerTracker
+from services.runtime.broker_watch import LogCheck
 from services.runtime.kafka import topic_name
 from services.runtime.logs import setup_logging
 from services.runtime.settings import Settings
@@ -25,6 +27,13 @@ def build_app(settings: Settings) -> faust.App:
         if tracker is None:
             tracker = OwnerTracker(resources.pool, resources.publish)
         return tracker
+
+    async def republish_everything(_: LogCheck) -> None:
+        # havip.mappings must hold every HAVIP's state (forwarders and data-plane agents start from it).
+        count = await store.forget_published(resources.pool)
+        log.warning("the broker lost its topics: %d HAVIP states will be published again", count)
+
+    resources.on_broker_lost(republish_everything)
 
     # Commands and reports for one HAVIP share its key; one agent reads both
     # topics so they reach the database in the order this worker sees them.

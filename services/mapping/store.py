@@ -159,6 +159,12 @@ async def mark_published(pool: asyncpg.Pool, havip_id: str, version: int) -> Non
     )
 
 
+async def forget_published(pool: asyncpg.Pool) -> int:
+    """The mappings topic was lost: every HAVIP's state must be published again (the sweep does it)."""
+    status = await pool.execute("UPDATE havips SET published_version = 0 WHERE published_version > 0")
+    return int(status.split()[-1])
+
+
 async def unpublished_havips(pool: asyncpg.Pool, older_than: timedelta, limit: int = 1000) -> list[str]:
     # Only changes older than a publish normally takes, so the sweep does not race the handler.
     rows = await pool.fetch(

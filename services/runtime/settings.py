@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     # Lets several stacks (or test modules) share one broker without seeing each other.
     topic_prefix: str = ""
     partitions: int = Field(default=4, ge=1)
+    # A service that finds a topic missing (a new cluster, or a broker that lost its topics)
+    # creates it. Turn off where topics are managed elsewhere (Strimzi KafkaTopic objects).
+    create_topics: bool = True
 
     http_host: str = "127.0.0.1"
     gateway_port: int = 8080

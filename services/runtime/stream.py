@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import aiokafka
 import asyncpg
@@ -26,6 +28,7 @@ from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, Unappliable
 from schemas.topics import Topic
+from services.runtime.broker_watch import BrokerWatch, LogCheck, OnLost, advance_group_epoch, group_epoch
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_app, serve_http
@@ -80,10 +83,15 @@ class StreamApp(faust.App):
         return _PromptTransport(self.conf.broker_consumer, self)
 
 
-def new_stream_app(settings: Settings, service: str) -> faust.App:
+def group_id(settings: Settings, service: str) -> str:
+    """A stream worker's consumer group, before its epoch (see `new_worker`)."""
+    return f"{settings.topic_prefix}havip-{service}"
+
+
+def new_stream_app(settings: Settings, service: str, epoch: int = 0) -> faust.App:
     brokers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
     return StreamApp(
-        f"{settings.topic_prefix}havip-{service}",
+        group_id(settings, service) + (f"-g{epoch}" if epoch else ""),
         broker=brokers,
         web_enabled=False,
         topic_allow_declare=False,  # topics are created by `havip topics`, never on the fly
@@ -105,24 +113,45 @@ def raw_topic(app: faust.App, settings: Settings, *topics: Topic) -> faust.Topic
 
 def new_worker(settings: Settings, service: str, health_port: int) -> tuple[faust.App, WorkerResources]:
     """A stream app with its resources (pool, producer, dead letters, health server) attached."""
-    app = new_stream_app(settings, service)
-    resources = WorkerResources(settings, service)
+    # After the broker lost its topics the workers join a new group (see consumer_group_epochs).
+    epoch = _blocking(_read_epoch(settings, service))
+    app = new_stream_app(settings, service, epoch)
+    resources = WorkerResources(settings, service, epoch)
     resources.attach(app, health_port)
     return app, resources
+
+
+async def _read_epoch(settings: Settings, service: str) -> int:
+    pool = await connect_pool(settings.database_url, max_size=1)
+    try:
+        return await group_epoch(pool, group_id(settings, service))
+    finally:
+        await pool.close()
+
+
+def _blocking(work: Awaitable[int]) -> int:
+    # Not asyncio.run: it would leave no current event loop for the faust worker that follows.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(work)
+    finally:
+        loop.close()
 
 
 class WorkerResources:
     """What every stream handler needs, opened once when the worker starts."""
 
-    def __init__(self, settings: Settings, service: str) -> None:
+    def __init__(self, settings: Settings, service: str, epoch: int = 0) -> None:
         self.settings = settings
         self.service = service
+        self.epoch = epoch
         self.health = Health(service)
         self.ready = asyncio.Event()
         self.pool: asyncpg.Pool
         self.producer: AIOKafkaProducer
         self.dead_letters: DeadLetters
         self._assigned = False
+        self._recoveries: list[OnLost] = []
         self.health.add_check("resources", lambda: None if self.ready.is_set() else "starting")
         self.health.add_check("partitions", lambda: None if self._assigned else "waiting for partition assignment")
 
@@ -152,10 +181,30 @@ class WorkerResources:
         self.producer = new_producer(self.settings)
         await self.producer.start()
         self.dead_letters = DeadLetters(self.producer, self.settings, self.service)
+        self._broker = BrokerWatch(
+            self.settings, self.service, self.pool, self._on_broker_lost, on_recovered=self._restart_consumers
+        )
+        self._broker.start()
+        self.health.add_check("broker", lambda: self._broker.problem)
         self.ready.set()
         log.info("resources ready")
 
+    def on_broker_lost(self, recovery: OnLost) -> None:
+        """Something this service must redo, from PostgreSQL, when the broker lost its topics."""
+        self._recoveries.append(recovery)
+
+    async def _on_broker_lost(self, check: LogCheck) -> None:
+        for recovery in self._recoveries:
+            await recovery(check)
+        await advance_group_epoch(self.pool, group_id(self.settings, self.service), self.epoch)
+
+    def _restart_consumers(self) -> None:
+        # faust remembers the offsets it read and skips any record at or below them, and the group's
+        # offsets were committed against the lost log: only fresh consumers in a new group are safe.
+        request_restart("the broker lost our topics: starting again with fresh consumers in a new group")
+
     async def _close(self) -> None:
+        await self._broker.stop()
         await self._database.stop()
         self._http.cancel()
         await self.producer.stop()
@@ -235,6 +284,21 @@ async def _retry_transient(action: Callable[[], Awaitable[None]]) -> None:
 
 def _validation_reason(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in exc.errors()[:10])
+
+
+def request_restart(reason: str) -> NoReturn:
+    """Start again at once, in this same process, with fresh consumers.
+
+    No graceful stop: what it would commit belongs to the lost log and the old group, and the new
+    group has no member to wait for. The same PID, so a supervisor (havip dev up, Kubernetes) sees
+    no crash and nothing to back off from; what was in flight is read again in the new group.
+    """
+    log.warning("restarting: %s", reason)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def run_worker(app: faust.App, settings: Settings) -> None:

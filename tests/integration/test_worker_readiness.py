@@ -1,21 +1,31 @@
-"""Readiness tells the truth about PostgreSQL: a stream worker whose database is away says so.
+"""Readiness tells the truth about each dependency: a service whose database or broker is away says so.
 
 The database sits behind a TCP proxy the test cuts, as a stopped server would be; the
-worker's /readyz must turn 503 (naming the database) within a short grace, and 200
-again once the database is back, without a restart.
+service's /readyz must turn 503 (naming the database) within a short grace, and 200
+again once the database is back, without a restart. The broker is frozen with SIGSTOP
+(it accepts connections and answers nothing, the worst kind of broken); it is a broker
+of this test's own, since the session's is shared.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
+from services.dev.embedded import EmbeddedBroker
+from services.dev.processes import ServiceProcess
+from services.runtime.kafka import ensure_topics
 from services.runtime.settings import Settings
+from tests.conftest import Infra, fresh_settings
+from tests.fault_tools import all_ready
 from tests.net_tools import TcpProxy
+from tests.pipeline_tools import SERVICES
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +45,8 @@ async def until(url: str, status: int, timeout: float = 30.0) -> float:
     return time.monotonic() - started
 
 
-@pytest.mark.parametrize("service", ["quota", "mapping"])
-async def test_a_worker_is_unready_while_postgres_is_away_and_ready_again_after(
+@pytest.mark.parametrize("service", ["quota", "mapping", "forwarder", "gateway"])
+async def test_a_service_is_unready_while_postgres_is_away_and_ready_again_after(
     settings: Settings,
     start_service,
     service: str,  # type: ignore[no-untyped-def]
@@ -57,3 +67,34 @@ async def test_a_worker_is_unready_while_postgres_is_away_and_ready_again_after(
     came_back = await until(worker.url, 200)
     print(f"\n{service}: unready {went_unready:.1f} s after the cut, ready {came_back:.1f} s after the restore")
     assert worker.process is not None and worker.process.poll() is None  # recovered by itself
+
+
+async def test_every_service_is_unready_while_the_broker_answers_nothing_and_ready_again_after(
+    infra: Infra, workdir: Path
+) -> None:
+    broker = EmbeddedBroker(workdir)
+    broker.start()
+    services: list[ServiceProcess] = []
+    try:
+        settings = (await fresh_settings(infra)).model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        await ensure_topics(settings)
+        logs = workdir / f"broker-readiness-{broker.port}"
+        logs.mkdir()
+        services = [ServiceProcess(name, settings, logs).start() for name in SERVICES]
+        await all_ready(services, timeout=90)
+        assert broker._process is not None
+        broker._process.send_signal(signal.SIGSTOP)
+        try:
+            for service in services:
+                went_unready = await until(service.url, 503)
+                body = (await readiness(service.url))[1]
+                assert "broker" in body["reasons"], body  # type: ignore[operator]
+                print(f"\n{service.service}: unready {went_unready:.1f} s after the broker froze (or the one before)")
+        finally:
+            broker._process.send_signal(signal.SIGCONT)
+        came_back = await all_ready(services, timeout=60)
+        print(f"all ready again {came_back:.1f} s after the broker thawed")
+    finally:
+        for service in services:
+            service.stop()
+        broker.stop()
