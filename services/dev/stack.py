@@ -232,7 +232,9 @@ class DevStack:
         self._broker.start()
         asyncio.run(seed(self.settings))
         print(
-            f"broker restarted on {self._broker.bootstrap}; topics recreated and demo inventory re-seeded", flush=True
+            f"broker restarted on {self._broker.bootstrap}; topics recreated and demo inventory re-seeded;"
+            " the services notice the lost topics and rebuild them from PostgreSQL",
+            flush=True,
         )
 
     def stop(self) -> None:
