@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -32,6 +33,8 @@ from services.runtime.db import CONNECT_TIMEOUT_SECONDS
 log = logging.getLogger(__name__)
 
 CHANNEL = "havip_agent_directory"
+# How the listening session shows in pg_stat_activity.
+APPLICATION_NAME = "havip-gateway-agent-directory"
 PROBE_EVERY = 1.0
 PROBE_TIMEOUT = 1.0
 # Re-reading a few keys by their index takes milliseconds; a connection slower than this is lost.
@@ -41,6 +44,16 @@ RELOAD_EVERY = 300.0
 RECONNECT_EVERY = 1.0
 # A re-read names this many keys at most, so a burst of changes is not one huge statement.
 _KEYS_PER_READ = 500
+
+
+@dataclass
+class _Named:
+    """Keys to re-read, by kind: the payloads of migration 0004's notifications."""
+
+    token: set[str] = field(default_factory=set)
+    instance: set[str] = field(default_factory=set)
+    havip: set[str] = field(default_factory=set)
+    left_behind: bool = False  # more were named than one read takes
 
 
 class DirectorySync:
@@ -108,7 +121,9 @@ class DirectorySync:
                 await asyncio.sleep(RECONNECT_EVERY)
 
     async def _connect_and_load(self) -> None:
-        conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT_SECONDS)
+        conn = await asyncpg.connect(
+            self._dsn, timeout=CONNECT_TIMEOUT_SECONDS, server_settings={"application_name": APPLICATION_NAME}
+        )
         try:
             conn.add_termination_listener(lambda _conn: self._wake.set())
             await conn.add_listener(CHANNEL, self._on_notification)
@@ -146,8 +161,15 @@ class DirectorySync:
                 await asyncio.wait_for(self._reload(conn), timeout=RELOAD_TIMEOUT)
                 previous = None
                 continue
-            if not await asyncio.wait_for(self._reread(conn), timeout=REREAD_TIMEOUT):
+            named = self._take_changed()
+            if named is None:
                 await asyncio.wait_for(conn.fetchval("SELECT 1"), timeout=self._probe_timeout)
+            else:
+                await asyncio.wait_for(self._reread(conn, named), timeout=REREAD_TIMEOUT)
+            if named is not None and named.left_behind:
+                previous = None  # more than one read's worth: nothing is current until it is all read
+                self._wake.set()
+                continue
             # Every change committed before a round trip began was notified before it ended: it
             # was re-read in this round, or (arriving during it) waits for the next one.
             if not any(self._changed.values()):
@@ -156,26 +178,26 @@ class DirectorySync:
                 self.directory.confirm(previous)
             previous = as_of
 
-    async def _reread(self, conn: asyncpg.Connection) -> bool:
-        """Re-read what the notifications named; False when they named nothing."""
+    def _take_changed(self) -> _Named | None:
+        """What the notifications named since the last round (at most one read's worth), or None."""
+        if not any(self._changed.values()):
+            return None
         taken = {kind: set(list(keys)[:_KEYS_PER_READ]) for kind, keys in self._changed.items()}
-        if not any(taken.values()):
-            return False
         for kind, keys in taken.items():
             self._changed[kind] -= keys
+        return _Named(**taken, left_behind=any(self._changed.values()))
+
+    async def _reread(self, conn: asyncpg.Connection, named: _Named) -> None:
         # HAVIPs before attachments: a HAVIP is created before anything is attached to it.
-        if taken["token"]:
-            found = await tokens.agent_principals(conn, sorted(taken["token"]))
-            self.directory.update_tokens(taken["token"], found)
-        if taken["havip"]:
-            tenants = await reporters.havip_tenants(conn, sorted(taken["havip"]))
-            self.directory.update_havips(taken["havip"], tenants)
-        if taken["instance"]:
-            attached = await reporters.attached_havips(conn, sorted(taken["instance"]))
-            self.directory.update_attachments(taken["instance"], attached)
-        if any(self._changed.values()):
-            self._wake.set()  # more than one read's worth: go on at once
-        return True
+        if named.token:
+            found = await tokens.agent_principals(conn, sorted(named.token))
+            self.directory.update_tokens(named.token, found)
+        if named.havip:
+            tenants = await reporters.havip_tenants(conn, sorted(named.havip))
+            self.directory.update_havips(named.havip, tenants)
+        if named.instance:
+            attached = await reporters.attached_havips(conn, sorted(named.instance))
+            self.directory.update_attachments(named.instance, attached)
 
     def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         kind, _, key = payload.partition(":")
