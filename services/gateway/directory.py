@@ -9,8 +9,9 @@ How stale it may be (also in the README):
 - While the replica can read PostgreSQL, a committed change (a token issued or
   revoked, an instance attached or detached, a HAVIP created) is honoured once
   its notification is re-read: milliseconds. A listening connection that stops
-  answering is noticed within 2 s and the copy reloaded in full, so no replica
-  decides from a copy more than about 2 s behind a database it can read.
+  answering is noticed within 2 s (a probe every second, a 1 s timeout), and a
+  new one reloads the copy in full a second later, so no replica decides from a
+  copy more than about 3 s (plus the reload) behind a database it can read.
 - A token revoked through this replica is refused here at once, whatever the copy.
 - While PostgreSQL is away nothing can change in it, so the copy stays right; a
   replica cut off alone keeps deciding from its copy for at most `TRUSTED_FOR`

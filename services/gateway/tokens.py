@@ -10,7 +10,7 @@ request, on every gateway replica. Agent tokens are held in each replica's
 agent directory (`services.gateway.directory`), so a VRRP report needs no
 database round trip: revoked, an agent token answers 401 on the very next
 request on the replica that revoked it, and on the others once the database's
-notification reaches them (milliseconds; about 2 s at worst while they can read
+notification reaches them (milliseconds; about 3 s at worst while they can read
 the database; see that module for a replica cut off from it).
 """
 
