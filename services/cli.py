@@ -101,6 +101,12 @@ def _bench_renewals(args: argparse.Namespace) -> int:
     return run_renewal_bench(load_settings(), havips=args.havips, renewals=args.renewals, changes=args.changes)
 
 
+def _bench_recovery(args: argparse.Namespace) -> int:
+    from services.dev.bench_recovery import run_recovery_bench
+
+    return run_recovery_bench(load_settings(), rounds=args.rounds)
+
+
 def _bench_keepalived(args: argparse.Namespace) -> int:
     from services.dev.bench_keepalived import run_keepalived_bench
 
@@ -139,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     keepalived = bench_sub.add_parser("keepalived", help="real keepalived failovers, notify to forwarder (root)")
     keepalived.add_argument("--rounds", type=int, default=10)
     keepalived.set_defaults(func=_bench_keepalived)
+    recovery = bench_sub.add_parser(
+        "recovery", help="gateway restart, PostgreSQL and broker outages, a broker that lost its topics"
+    )
+    recovery.add_argument("--rounds", type=int, default=3)
+    recovery.set_defaults(func=_bench_recovery)
 
     agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
     agent.add_argument("--config", required=True, help="the agent's TOML file")

@@ -1,0 +1,204 @@
+"""`havip bench recovery`: how the stack behaves through its faults, measured on this machine.
+
+On a stack of its own (embedded broker and PostgreSQL unless the environment names
+others), in one run, `rounds` times each:
+
+- gateway SIGKILLed and started again: time until it accepts a VRRP report (202),
+  and until /readyz answers 200;
+- PostgreSQL killed, then started again once every service said so: per service, the
+  time until /readyz turned 503, and until it was 200 again after the restart;
+- broker frozen (SIGSTOP: it accepts connections and answers nothing), then thawed:
+  the same two times per service;
+- broker killed and started again empty (the embedded broker keeps topics in memory):
+  time until every service is ready again, and until a failover reported after the
+  restart reaches the forwarder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from services.dev.processes import ServiceProcess
+from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
+from services.dev.walkthrough import Tenant
+from services.runtime.settings import Settings
+
+Figures = dict[str, list[float]]
+
+
+def run_recovery_bench(settings: Settings, rounds: int) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
+    print(f"starting a stack (logs in {workdir}) ...", flush=True)
+    with dev_stack(settings, workdir) as stack:
+        figures = asyncio.run(_bench(stack, rounds))
+    _print_table(figures)
+    return 0
+
+
+async def _bench(stack: DevStack, rounds: int) -> Figures:
+    figures: Figures = defaultdict(list)
+    async with (
+        httpx.AsyncClient(base_url=stack.url("gateway"), timeout=10) as gateway,
+        httpx.AsyncClient(base_url=stack.url("forwarder"), timeout=10) as forwarder,
+    ):
+        tenant = Tenant(gateway, forwarder, DEMO_TENANT_TOKEN, demo_agent_tokens())
+        havip = await tenant.create_havip("vsw-demo-a", name="bench-recovery")
+        for instance in ("i-demo-web1", "i-demo-web2"):
+            await tenant.attach(havip["havip_id"], instance)
+        failover = _Failover(tenant, havip["havip_id"], havip["ip_address"])
+        await failover.next()
+        for number in range(1, rounds + 1):
+            print(f"round {number}/{rounds}", flush=True)
+            await _gateway_restart(stack, failover, figures)
+            await _postgres_outage(stack, figures)
+            await _broker_freeze(stack, figures)
+            await _broker_loss(stack, failover, figures)
+    return figures
+
+
+class _Failover:
+    """Moves the HAVIP to the other instance, retrying reports the way an agent does."""
+
+    def __init__(self, tenant: Tenant, havip_id: str, ip: str) -> None:
+        self._tenant = tenant
+        self._havip_id = havip_id
+        self._ip = ip
+        self.owner = "i-demo-web2"
+
+    async def report_accepted(self, instance: str, state: str) -> None:
+        while True:
+            try:
+                await self._tenant.report(self._havip_id, instance, state)
+                return
+            except Exception:  # 503 or no gateway yet: what an agent retries
+                await asyncio.sleep(0.05)
+
+    async def next(self, timeout: float = 120.0) -> None:
+        new = "i-demo-web1" if self.owner == "i-demo-web2" else "i-demo-web2"
+        await self.report_accepted(self.owner, "BACKUP")
+        await self.report_accepted(new, "MASTER")
+        await self._tenant.wait_owner("vpc-demo", self._ip, new, timeout=timeout)
+        self.owner = new
+
+
+async def _gateway_restart(stack: DevStack, failover: _Failover, figures: Figures) -> None:
+    gateway = next(s for s in stack.services if s.service == "gateway")
+    gateway.kill()
+    started = time.monotonic()
+    gateway.start()
+    await failover.report_accepted(failover.owner, "MASTER")
+    figures["gateway restart: a report accepted"].append(time.monotonic() - started)
+    await _until_ready([gateway])
+    figures["gateway restart: ready"].append(time.monotonic() - started)
+
+
+async def _postgres_outage(stack: DevStack, figures: Figures) -> None:
+    postgres = stack._postgres
+    if postgres is None:
+        return  # not ours to stop
+    await _outage(
+        stack.services,
+        "PostgreSQL",
+        figures,
+        cut=lambda: _signal(postgres._process, signal.SIGKILL),
+        restore=lambda: asyncio.to_thread(postgres.start),
+    )
+
+
+async def _broker_freeze(stack: DevStack, figures: Figures) -> None:
+    broker = stack._broker
+    if broker is None:
+        return
+    await _outage(
+        stack.services,
+        "broker frozen",
+        figures,
+        cut=lambda: _signal(broker._process, signal.SIGSTOP),
+        restore=lambda: _signal(broker._process, signal.SIGCONT),
+    )
+
+
+async def _broker_loss(stack: DevStack, failover: _Failover, figures: Figures) -> None:
+    broker = stack._broker
+    if broker is None:
+        return
+    await _signal(broker._process, signal.SIGKILL)
+    await asyncio.to_thread(stack._restart_broker)  # empty, on the same port, topics and inventory seeded
+    started = time.monotonic()
+    await asyncio.sleep(0.5)  # the services' next look finds the lost topics
+    ready = asyncio.create_task(_until_ready(stack.services))
+    await failover.next()
+    figures["broker lost its topics: a failover reaches the forwarder"].append(time.monotonic() - started)
+    await ready
+    figures["broker lost its topics: all ready"].append(time.monotonic() - started)
+
+
+async def _outage(
+    services: list[ServiceProcess],
+    what: str,
+    figures: Figures,
+    cut: Callable[[], Awaitable[None]],
+    restore: Callable[[], Awaitable[object]],
+) -> None:
+    await _until_ready(services)
+    await cut()
+    cut_at = time.monotonic()
+    unready = await _first(services, ready=False)
+    await restore()
+    restored_at = time.monotonic()
+    ready = await _first(services, ready=True)
+    for service in services:
+        figures[f"{what}: {service.service} unready after"].append(unready[service.service] - cut_at)
+        figures[f"{what}: {service.service} ready again after"].append(ready[service.service] - restored_at)
+
+
+async def _first(services: list[ServiceProcess], *, ready: bool, timeout: float = 120.0) -> dict[str, float]:
+    """When each service first answered /readyz as asked (ready: 200, else anything but 200)."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=2) as client:
+        while len(seen) < len(services):
+            for service in services:
+                if service.service in seen:
+                    continue
+                try:
+                    status = (await client.get(f"{service.url}/readyz")).status_code
+                except httpx.HTTPError:
+                    status = None
+                if (status == 200) == ready:
+                    seen[service.service] = time.monotonic()
+            if time.monotonic() > deadline:
+                missing = sorted({s.service for s in services} - set(seen))
+                raise TimeoutError(f"not {'ready' if ready else 'unready'} in {timeout}s: {missing}")
+            await asyncio.sleep(0.05)
+    return seen
+
+
+async def _until_ready(services: list[ServiceProcess]) -> None:
+    await _first(services, ready=True)
+
+
+async def _signal(process: object, sig: signal.Signals) -> None:
+    assert process is not None
+    process.send_signal(sig)  # type: ignore[attr-defined]
+    if sig == signal.SIGKILL:
+        await asyncio.to_thread(process.wait)  # type: ignore[attr-defined]
+
+
+def _print_table(figures: Figures) -> None:
+    width = max(len(name) for name in figures)
+    print(f"\n{'figure':<{width}}  {'runs':>4}  {'median':>8}  {'min':>8}  {'max':>8}")
+    for name, samples in figures.items():
+        print(
+            f"{name:<{width}}  {len(samples):>4}  {statistics.median(samples):>7.2f}s"
+            f"  {min(samples):>7.2f}s  {max(samples):>7.2f}s"
+        )
