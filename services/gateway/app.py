@@ -76,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await results.read_again()
 
             watch = BrokerWatch(settings, SERVICE, pool, recover)
+            await watch.first_look()  # milliseconds; readiness is right from the first request
             watch.start()
             stack.push_async_callback(watch.stop)
 

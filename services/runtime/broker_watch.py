@@ -135,6 +135,11 @@ class BrokerWatch:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="broker-watch")
 
+    async def first_look(self) -> None:
+        """Look once before starting, so readiness is decided from the start (a broker away: unready)."""
+        with contextlib.suppress(Exception):  # the loop that follows counts and reports failures
+            await asyncio.wait_for(self.look(), self._timeout)
+
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
