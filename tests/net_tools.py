@@ -17,6 +17,15 @@ class TcpProxy:
         self.port = free_port()
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        """Keep every connection open and accept new ones, but pass no byte: a hung server."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     async def restore(self) -> None:
         self._server = await asyncio.start_server(self._link, "127.0.0.1", self.port)
@@ -44,16 +53,19 @@ class TcpProxy:
             self._links.discard(task)
             return
         try:
-            await asyncio.gather(_pipe(client_reader, server_writer), _pipe(server_reader, client_writer))
+            await asyncio.gather(
+                _pipe(client_reader, server_writer, self._flowing), _pipe(server_reader, client_writer, self._flowing)
+            )
         finally:
             for writer in (client_writer, server_writer):
                 writer.close()
             self._links.discard(task)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
     with contextlib.suppress(ConnectionError):
         while data := await reader.read(65536):
+            await flowing.wait()
             writer.write(data)
             await writer.drain()
     with contextlib.suppress(OSError):

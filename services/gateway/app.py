@@ -43,7 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
             health.start()
             stack.push_async_callback(health.stop)
 
-            pool = await connect_pool(settings.database_url)
+            pool = await connect_pool(settings.database_url, command_timeout=settings.database_timeout_seconds)
             stack.push_async_callback(pool.close)
             # Refuse to serve against an older schema: `havip migrate` runs first.
             await require_current_schema(pool)

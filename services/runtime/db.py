@@ -57,12 +57,29 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 CONNECT_TIMEOUT_SECONDS = 5.0
 
 
-async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 60.0) -> asyncpg.Pool:
-    """A pool, retrying while the database is still starting."""
+async def connect_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    timeout: float = 60.0,
+    command_timeout: float | None = None,
+) -> asyncpg.Pool:
+    """A pool, retrying while the database is still starting.
+
+    `command_timeout`: a statement that has not answered by then raises TimeoutError (one of
+    DATABASE_UNAVAILABLE), so a database that hangs is an outage, not a request that never ends.
+    """
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         try:
-            return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT_SECONDS)
+            return await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                command_timeout=command_timeout,
+            )
         except (OSError, asyncpg.CannotConnectNowError):
             if asyncio.get_running_loop().time() > deadline:
                 raise

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     # The longest a request waits for the broker to take a message; then 503 with Retry-After.
     publish_timeout_seconds: float = Field(default=5.0, gt=0)
+    # The longest a gateway request waits for one database statement; then 503 with Retry-After.
+    database_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # Consumer group timing: short enough that a restarted worker takes its
     # partitions back within seconds.

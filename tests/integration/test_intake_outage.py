@@ -293,3 +293,29 @@ async def test_an_attachment_made_after_start_is_honoured_and_an_unknown_havip_w
 
         await eventually(decided, timeout=30)
         assert directory.following
+
+
+async def test_a_hung_database_is_an_outage_for_tenant_calls_not_a_request_that_never_ends(
+    settings: Settings,
+    db: asyncpg.Pool,
+    start_service: Callable[..., Any],
+) -> None:
+    await store_token(db, TENANT_TOKEN, Principal("tenant", TENANT))
+    async with proxied_database(settings) as (proxy, proxied):
+        gateway_process = await asyncio.to_thread(start_service, "gateway", database_url=proxied)
+        async with httpx.AsyncClient(base_url=gateway_process.url, timeout=60) as gateway:
+            assert (await gateway.get("/v1/havips", headers=bearer(TENANT_TOKEN))).status_code == 200
+            proxy.freeze()  # connections stay open; nothing answers
+            started = time.monotonic()
+            answer = await gateway.get("/v1/havips", headers=bearer(TENANT_TOKEN))
+            waited = time.monotonic() - started
+            assert_come_back_later(answer)
+            # Within the statement timeout (5 s) and a connection attempt (5 s), never the client's 60 s.
+            assert waited < settings.database_timeout_seconds + 10, waited
+            proxy.thaw()
+
+            async def answers() -> bool:
+                return (await gateway.get("/v1/havips", headers=bearer(TENANT_TOKEN))).status_code == 200
+
+            await eventually(answers, timeout=30)
+            print(f"\na hung database answered 503 after {waited:.1f} s")
