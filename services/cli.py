@@ -113,6 +113,12 @@ def _bench_keepalived(args: argparse.Namespace) -> int:
     return run_keepalived_bench(load_settings(), rounds=args.rounds)
 
 
+def _bench_rebalance(args: argparse.Namespace) -> int:
+    from services.dev.bench_rebalance import run_rebalance_bench
+
+    return run_rebalance_bench(load_settings(), rounds=args.rounds, static=args.static)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="havip", description="Edge HAVIP control plane")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     recovery.add_argument("--rounds", type=int, default=3)
     recovery.set_defaults(func=_bench_recovery)
+    rebalance = bench_sub.add_parser("rebalance", help="a mapping worker SIGKILLed: until its partitions move on")
+    rebalance.add_argument("--rounds", type=int, default=5)
+    rebalance.add_argument("--static", action="store_true", help="also measure static group membership")
+    rebalance.set_defaults(func=_bench_rebalance)
 
     agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
     agent.add_argument("--config", required=True, help="the agent's TOML file")

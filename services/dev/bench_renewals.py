@@ -46,10 +46,10 @@ def run_renewal_bench(settings: Settings, havips: int, renewals: int, changes: i
 async def _bench(settings: Settings, workdir: Path, havips: int, renewals: int, changes: int) -> tuple[float, float]:
     pool = await connect_pool(settings.database_url)
     try:
-        await _seed(pool, havips)
+        await seed_live_masters(pool, havips)
         print(f"seeded {havips} HAVIPs, each owned by a live claim", flush=True)
         renewal_rate = await _drain(
-            settings, pool, workdir, renewals, lambda n: _renewal(n % havips, 2 + n // havips), "renewals"
+            settings, pool, workdir, renewals, lambda n: renewal(n % havips, 2 + n // havips), "renewals"
         )
         change_rate = await _drain(settings, pool, workdir, changes, lambda n: _change(n, havips), "state changes")
     finally:
@@ -57,7 +57,8 @@ async def _bench(settings: Settings, workdir: Path, havips: int, renewals: int, 
     return renewal_rate, change_rate
 
 
-async def _seed(pool: asyncpg.Pool, havips: int) -> None:
+async def seed_live_masters(pool: asyncpg.Pool, havips: int) -> None:
+    """HAVIPs `havip-N`, each with instances i-2N and i-2N+1 attached, i-2N owning it with a live claim (seq 1)."""
     now = datetime.now(UTC)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
@@ -90,7 +91,7 @@ async def _seed(pool: asyncpg.Pool, havips: int) -> None:
         )
 
 
-def _renewal(havip: int, seq: int) -> VrrpReported:
+def renewal(havip: int, seq: int) -> VrrpReported:
     return _report(havip, f"i-{2 * havip}", VrrpState.MASTER, seq, MAX_LEASE_SECONDS)
 
 

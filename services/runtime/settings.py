@@ -56,6 +56,14 @@ class Settings(BaseSettings):
     # Consumer group timing: short enough that a restarted worker takes its
     # partitions back within seconds.
     session_timeout_seconds: float = 6.0
+    # The stream workers' (quota, mapping) consumer group. A worker that dies holds its
+    # partitions until the broker expires its session; `havip bench rebalance` measures
+    # what these cost. Apache Kafka refuses a session below its group.min.session.timeout.ms
+    # (6 s unless the brokers are told otherwise).
+    worker_session_timeout_seconds: float = Field(default=6.0, gt=0)
+    worker_heartbeat_interval_seconds: float = Field(default=1.0, gt=0)
+    # Static membership (Kafka's group.instance.id), unique per worker; empty: dynamic.
+    worker_group_instance_id: str = ""
     log_level: str = "INFO"
 
 
