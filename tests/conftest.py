@@ -60,7 +60,9 @@ def infra(workdir: Path) -> Iterator[Infra]:
             if kafka is None:
                 from testcontainers.kafka import KafkaContainer
 
-                kafka = stack.enter_context(KafkaContainer().with_kraft()).get_bootstrap_server()
+                # Stream workers' sessions are shorter than Kafka's default minimum of 6 s.
+                container = KafkaContainer().with_kraft().with_env("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", "500")
+                kafka = stack.enter_context(container).get_bootstrap_server()
             if dsn is None:
                 try:  # newer testcontainers releases move community modules
                     from testcontainers.community.postgres import PostgresContainer

@@ -57,12 +57,15 @@ class Settings(BaseSettings):
     # partitions back within seconds.
     session_timeout_seconds: float = 6.0
     # The stream workers' (quota, mapping) consumer group. A worker that dies holds its
-    # partitions until the broker expires its session; `havip bench rebalance` measures
-    # what these cost. Apache Kafka refuses a session below its group.min.session.timeout.ms
-    # (6 s unless the brokers are told otherwise).
-    worker_session_timeout_seconds: float = Field(default=6.0, gt=0)
-    worker_heartbeat_interval_seconds: float = Field(default=1.0, gt=0)
-    # Static membership (Kafka's group.instance.id), unique per worker; empty: dynamic.
+    # partitions until the broker expires its session, so the session is short, with four
+    # heartbeats in it so a busy worker is not taken for dead. The embedded broker also holds
+    # every JoinGroup for max(1 s, half the session): 2 s is the longest session that costs
+    # no more. Measured with `havip bench rebalance` (README). Apache Kafka refuses a session
+    # below its brokers' group.min.session.timeout.ms (6 s unless they are told otherwise).
+    worker_session_timeout_seconds: float = Field(default=2.0, gt=0)
+    worker_heartbeat_interval_seconds: float = Field(default=0.5, gt=0)
+    # Static membership (Kafka's group.instance.id), unique per worker; empty: dynamic. Not on
+    # the embedded broker: there two static workers never settle (`havip bench rebalance --static`).
     worker_group_instance_id: str = ""
     log_level: str = "INFO"
 

@@ -22,6 +22,7 @@ import asyncpg
 import faust
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
@@ -78,6 +79,15 @@ class _PromptTransport(faust_aiokafka.Transport):
     Consumer = _PromptConsumer
 
 
+class _PromptTableManager(TableManager):
+    async def on_start(self) -> None:
+        # faust sleeps a second here before it lets the consumer subscribe; our workers have no
+        # tables, and a restarted worker's partitions stand still until it joins.
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 class StreamApp(faust.App):
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _PromptTransport(self.conf.broker_consumer, self)
@@ -105,6 +115,7 @@ def new_stream_app(settings: Settings, service: str, epoch: int = 0) -> faust.Ap
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         store="memory://",
+        TableManager=_PromptTableManager,
     )
 
 

@@ -2,13 +2,17 @@
 
 A new faust or aiokafka release can move them without an error: the worker
 would still run, with faust's hard-coded 1.5 s long-poll holding every VRRP
-report. pyproject.toml pins an upper bound we have tested; this test fails if
-the hook no longer reaches the running consumer's fetcher.
+report, or its one-second sleep before a (re)started worker joins its group.
+pyproject.toml pins an upper bound we have tested; these tests fail if a hook
+no longer reaches what it replaces.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
+from faust.tables import TableManager
 
 from services.runtime.settings import Settings
 from services.runtime.stream import FETCH_MAX_WAIT_MS, new_stream_app
@@ -32,3 +36,18 @@ def test_the_stream_app_builds_its_consumers_through_the_hook(settings: Settings
     app = new_stream_app(settings, "hook-check")
     assert type(app.transport).__name__ == "_PromptTransport"
     assert type(app.consumer._new_consumer_thread()).__name__ == "_PromptConsumerThread"
+
+
+def test_the_table_manager_starts_as_faust_s_does_but_without_its_sleep(settings: Settings) -> None:
+    app = new_stream_app(settings, "hook-check")
+    assert type(app.tables).__name__ == "_PromptTableManager"
+    # Ours repeats faust's on_start minus the sleep: faust's must still be exactly that.
+    faust_steps = [line.strip() for line in inspect.getsource(TableManager.on_start).splitlines()[2:]]
+    ours = [line.strip() for line in inspect.getsource(type(app.tables).on_start).splitlines()]
+    assert faust_steps == [
+        "await self.sleep(1.0)",
+        "if not self.should_stop:",
+        "await self._update_channels()",
+        "await self.recovery.start()",
+    ]
+    assert faust_steps[1:] == [line for line in ours if line and not line.startswith(("#", "async def"))]
