@@ -34,7 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import Counter
 
 from schemas.topics import ALL
-from services.runtime.kafka import ensure_topics, topic_name
+from services.runtime.kafka import ensure_topics, new_admin, new_consumer, topic_name
 from services.runtime.settings import Settings
 from services.runtime.tasks import cancel_and_wait
 
@@ -206,8 +206,8 @@ class BrokerWatch:
         if self._consumer is None or self._admin is None:
             # Never subscribes, so it never joins a group; the admin client only describes.
             timeout_ms = int(self._timeout * 1000)
-            consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.kafka_bootstrap, request_timeout_ms=timeout_ms)
-            admin = AIOKafkaAdminClient(bootstrap_servers=self._settings.kafka_bootstrap, request_timeout_ms=timeout_ms)
+            consumer = new_consumer(self._settings, None, request_timeout_ms=timeout_ms)
+            admin = new_admin(self._settings, request_timeout_ms=timeout_ms)
             try:
                 await consumer.start()
                 await admin.start()

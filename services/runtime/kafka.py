@@ -50,10 +50,14 @@ def new_consumer(settings: Settings, group_id: str | None, **overrides: object) 
     return AIOKafkaConsumer(**options)
 
 
+def new_admin(settings: Settings, **overrides: object) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **overrides)
+
+
 async def wait_for_broker(settings: Settings, timeout: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        admin = new_admin(settings)
         try:
             await admin.start()
             await admin.list_topics()
@@ -72,7 +76,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
     Topics are created up front, never auto-created, so every topic keyed by
     havip_id has the same partition count.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = new_admin(settings)
     await admin.start()
     created: list[str] = []
     try:
