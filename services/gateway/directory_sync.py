@@ -29,6 +29,7 @@ from services.gateway import tokens
 from services.gateway.directory import AgentDirectory
 from services.readmodel import reporters
 from services.runtime.db import CONNECT_TIMEOUT_SECONDS
+from services.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,8 @@ class DirectorySync:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="agent-directory")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         await self._close()
 
     def problem(self) -> str | None:

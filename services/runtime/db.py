@@ -8,7 +8,6 @@ call `require_current_schema` and refuse to start against an older schema.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from importlib import resources
 import asyncpg
 
 from schemas.errors import SchemaOutOfDate
+from services.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +146,7 @@ class DatabaseProbe:
         self._task = asyncio.get_running_loop().create_task(self._probe(), name="database-probe")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         self._task = None
 
     async def _probe(self) -> None:
