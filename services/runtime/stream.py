@@ -34,6 +34,7 @@ from services.runtime.db import DatabaseProbe, connect_pool, require_current_sch
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_app, serve_http
 from services.runtime.kafka import new_producer, topic_name
+from services.runtime.partitions import PartitionHolding
 from services.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -162,10 +163,8 @@ class WorkerResources:
         self.pool: asyncpg.Pool
         self.producer: AIOKafkaProducer
         self.dead_letters: DeadLetters
-        self._assigned = False
         self._recoveries: list[OnLost] = []
         self.health.add_check("resources", lambda: None if self.ready.is_set() else "starting")
-        self.health.add_check("partitions", lambda: None if self._assigned else "waiting for partition assignment")
 
     def attach(self, app: faust.App, port: int) -> None:
         @app.task
@@ -176,9 +175,12 @@ class WorkerResources:
             finally:
                 await self._close()
 
+        self.partitions = PartitionHolding(app, self.settings)
+        self.health.add_check("partitions", self.partitions.problem)
+
         @app.on_rebalance_complete.connect
         async def on_rebalanced(sender: Any, **_: Any) -> None:
-            self._assigned = True
+            self.partitions.on_rebalance_complete()
 
     async def _open(self, port: int) -> None:
         self.health.start()
@@ -216,6 +218,7 @@ class WorkerResources:
         request_restart("the broker lost our topics: starting again with fresh consumers in a new group")
 
     async def _close(self) -> None:
+        await self.partitions.stop()
         await self._broker.stop()
         await self._database.stop()
         self._http.cancel()

@@ -1,4 +1,5 @@
-"""Readiness tells the truth about each dependency: a service whose database or broker is away says so.
+"""Readiness tells the truth about each dependency: a service whose database or broker is away says so,
+and a stream worker not yet caught up with its partitions says so.
 
 The database sits behind a TCP proxy the test cuts, as a stopped server would be; the
 service's /readyz must turn 503 (naming the database) within a short grace, and 200
@@ -15,12 +16,15 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import pytest
 
+from schemas import topics
+from services.dev.bench_renewals import renewal, seed_live_masters
 from services.dev.embedded import EmbeddedBroker
 from services.dev.processes import ServiceProcess
-from services.runtime.kafka import ensure_topics
+from services.runtime.kafka import ensure_topics, new_producer, topic_name
 from services.runtime.settings import Settings
 from tests.conftest import Infra, fresh_settings
 from tests.fault_tools import all_ready
@@ -98,3 +102,37 @@ async def test_every_service_is_unready_while_the_broker_answers_nothing_and_rea
         for service in services:
             service.stop()
         broker.stop()
+
+
+async def test_a_mapping_worker_is_ready_only_once_it_applied_what_its_partitions_held(
+    settings: Settings,
+    db: asyncpg.Pool,
+    start_service,  # type: ignore[no-untyped-def]
+) -> None:
+    havips, renewals = 40, 50
+    await seed_live_masters(db, havips)
+    producer = new_producer(settings)
+    await producer.start()
+    try:  # a backlog of renewals, queued before the worker starts
+        topic = topic_name(settings, topics.VRRP)
+        sent = [
+            await producer.send(topic, key=f"havip-{h}".encode(), value=topics.encode(renewal(h, seq)))
+            for seq in range(2, 2 + renewals)
+            for h in range(havips)
+        ]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    worker = await asyncio.to_thread(start_service, "mapping", wait=False)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if (await readiness(worker.url))[0] == 200:
+                break
+        except httpx.HTTPError:
+            pass  # not listening yet
+        assert time.monotonic() < deadline, worker.tail()
+        await asyncio.sleep(0.05)
+    # Ready means caught up: every renewal queued before it started is applied.
+    owners = [f"i-{2 * h}" for h in range(havips)]
+    assert await db.fetchval("SELECT min(seq) FROM vrrp_reports WHERE instance_id = ANY($1)", owners) == 1 + renewals
