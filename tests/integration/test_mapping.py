@@ -3,65 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 
 import httpx
 import pytest
 
 from schemas import topics
 from schemas.errors import ErrorCode
-from schemas.messages import AttachHaVip, CreateHaVip, DetachHaVip, InstanceStatus, VrrpReported, VrrpState
+from schemas.messages import DetachHaVip, InstanceStatus, VrrpState
 from services.readmodel.mappings import load_mappings
-from services.runtime.settings import Settings
-from tests.inventory_tools import TENANT, Publisher, instance, inventory
+from tests.inventory_tools import TENANT, Publisher, instance
 from tests.kafka_tools import read_topic
+from tests.mapping_tools import build_havips, member, report, route
 
 pytestmark = pytest.mark.integration
-
-
-def _report(
-    havip: str, instance: str, state: VrrpState, seq: int, priority: int = 100, lease: float | None = None
-) -> VrrpReported:
-    now = datetime.now(UTC)
-    return VrrpReported(
-        havip_id=havip,
-        tenant_id=TENANT,
-        instance_id=instance,
-        state=state,
-        priority=priority,
-        seq=seq,
-        reported_at=now,
-        received_at=now,
-        lease_seconds=lease,
-    )
-
-
-def _member(havip: int, k: int, per_havip: int) -> str:
-    """Each HAVIP gets its own instances, so no instance meets its HAVIP limit."""
-    return f"i-{havip * per_havip + k}"
-
-
-async def _build_havips(publish: Publisher, settings: Settings, havips: int, per_havip: int) -> None:
-    await publish.inventory(inventory(instances=havips * per_havip))
-    for h in range(havips):
-        await publish.send(
-            topics.COMMANDS,
-            f"havip-{h}",
-            CreateHaVip(command_id=f"create-{h}", tenant_id=TENANT, havip_id=f"havip-{h}", vswitch_id="vsw-a"),
-        )
-        for i in range(per_havip):
-            await publish.send(
-                topics.COMMANDS,
-                f"havip-{h}",
-                AttachHaVip(
-                    command_id=f"attach-{h}-{i}",
-                    tenant_id=TENANT,
-                    havip_id=f"havip-{h}",
-                    target_id=_member(h, i, per_havip),
-                ),
-            )
-    results = await read_topic(settings, topics.RESULTS, until=havips * (1 + per_havip), timeout=90)
-    assert {r.type for r in results} == {"CommandSucceeded"}, results
 
 
 async def test_sigkill_mid_stream_leaves_postgres_and_forwarder_agreeing(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
@@ -71,7 +25,7 @@ async def test_sigkill_mid_stream_leaves_postgres_and_forwarder_agreeing(setting
     forwarder = start_service("forwarder")
     expected: dict[str, str] = {}
     async with Publisher(settings) as publish:
-        await _build_havips(publish, settings, havips, per_havip)
+        await build_havips(publish, settings, havips, per_havip)
         # Each round is a clean failover: the old master steps down, the other takes over.
         for r in range(rounds):
             if r == rounds // 2:
@@ -79,9 +33,9 @@ async def test_sigkill_mid_stream_leaves_postgres_and_forwarder_agreeing(setting
             if r == rounds // 2 + 5:
                 mapping = start_service("mapping", wait=False)
             for h in range(havips):
-                new, old = _member(h, r % per_havip, per_havip), _member(h, (r + 1) % per_havip, per_havip)
-                await publish.send(topics.VRRP, f"havip-{h}", _report(f"havip-{h}", old, VrrpState.BACKUP, seq=r + 1))
-                await publish.send(topics.VRRP, f"havip-{h}", _report(f"havip-{h}", new, VrrpState.MASTER, seq=r + 1))
+                new, old = member(h, r % per_havip, per_havip), member(h, (r + 1) % per_havip, per_havip)
+                await publish.send(topics.VRRP, f"havip-{h}", report(f"havip-{h}", old, VrrpState.BACKUP, seq=r + 1))
+                await publish.send(topics.VRRP, f"havip-{h}", report(f"havip-{h}", new, VrrpState.MASTER, seq=r + 1))
                 expected[f"havip-{h}"] = new
     mapping.wait_ready()
 
@@ -99,7 +53,7 @@ async def test_sigkill_mid_stream_leaves_postgres_and_forwarder_agreeing(setting
     async with httpx.AsyncClient(base_url=forwarder.url) as client:
         deadline = asyncio.get_running_loop().time() + 30
         while True:
-            answers = {h: await _route(client, m.ip_address) for h, m in in_db.items()}
+            answers = {h: await route(client, m.ip_address) for h, m in in_db.items()}
             agreed = {h: (m.owner.instance_id if m.owner else None, m.version) for h, m in in_db.items()}
             if answers == agreed or asyncio.get_running_loop().time() > deadline:
                 break
@@ -109,27 +63,22 @@ async def test_sigkill_mid_stream_leaves_postgres_and_forwarder_agreeing(setting
     assert causes == {"MasterReported", "OwnerReleased"}
 
 
-async def _route(client: httpx.AsyncClient, ip: str) -> tuple[str | None, int]:
-    body = (await client.get("/v1/routes", params={"vpc_id": "vpc-t", "ip": ip})).json()
-    return body["instance_id"], body["version"]
-
-
 async def test_reports_follow_the_owner_rules_end_to_end(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
     start_service("quota")
     start_service("mapping")
     async with Publisher(settings) as publish:
-        await _build_havips(publish, settings, havips=1, per_havip=2)
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, seq=1))
+        await build_havips(publish, settings, havips=1, per_havip=2)
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-0", VrrpState.MASTER, seq=1))
         # A stranger may not own it: dead-lettered, nothing changes.
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-99", VrrpState.MASTER, seq=1))
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-99", VrrpState.MASTER, seq=1))
         # Garbage on the topic is kept, with the reason; the consumer goes on.
         await publish.send(topics.VRRP, "havip-0", b'{"type": "VrrpReported", "state": "MASTER"}')
         # Split brain: i-1 claims MASTER too, with a higher priority, and wins.
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, seq=1, priority=200))
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.MASTER, seq=1, priority=200))
         # A replay of i-0's old report changes nothing.
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, seq=1))
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-0", VrrpState.MASTER, seq=1))
         # Owner stops: i-0 still claims MASTER, so it takes over.
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.STOP, seq=2, priority=200))
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.STOP, seq=2, priority=200))
     letters = await read_topic(settings, topics.DEAD_LETTERS, until=2, timeout=30)
     assert sorted(letter.code for letter in letters) == sorted(
         [ErrorCode.REPORTER_NOT_ATTACHED, ErrorCode.MALFORMED_MESSAGE]
@@ -161,14 +110,14 @@ async def test_stopped_moved_and_detached_owners(settings, db, start_service) ->
             await asyncio.sleep(0.1)
 
     async with Publisher(settings) as publish:
-        await _build_havips(publish, settings, havips=1, per_havip=2)
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, seq=1))
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.BACKUP, seq=1))
+        await build_havips(publish, settings, havips=1, per_havip=2)
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-0", VrrpState.MASTER, seq=1))
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.BACKUP, seq=1))
         assert len(await history_reaches(1)) == 1
         await publish.inventory([instance(0, status=InstanceStatus.STOPPED, revision=2)])
         assert (await history_reaches(2))[-1] == ("i-0", None, "OwnerInstanceUnavailable")
 
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, seq=2))
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.MASTER, seq=2))
         assert (await history_reaches(3))[-1] == (None, "i-1", "MasterReported")
         version = await db.fetchval("SELECT version FROM havips WHERE havip_id = 'havip-0'")
         # A live migration: same owner, new host; the published route must follow.
@@ -218,18 +167,18 @@ async def test_renewals_change_nothing_and_a_lapsed_owner_hands_over_at_once(set
     start_service("mapping")
     lease = 2.5
     async with Publisher(settings) as publish:
-        await _build_havips(publish, settings, havips=1, per_havip=2)
+        await build_havips(publish, settings, havips=1, per_havip=2)
         # A split brain: both claim MASTER with leases; the higher priority owns it.
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, 1, 100, lease))
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, 1, 90, lease))
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-0", VrrpState.MASTER, 1, 100, lease))
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.MASTER, 1, 90, lease))
         assert await _eventually(lambda: db.fetchval("SELECT count(*) FROM vrrp_reports WHERE seq = 1"))
         assert await _history(db) == [(None, "i-0", "MasterReported", "VrrpReport")]
         version = await db.fetchval("SELECT version FROM havips")
 
         # Both agents renew every 0.5 s for 3 s: nothing changes, nothing is published.
         for seq in range(2, 8):
-            await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, seq, 100, lease))
-            await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, seq, 90, lease))
+            await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-0", VrrpState.MASTER, seq, 100, lease))
+            await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.MASTER, seq, 90, lease))
             await asyncio.sleep(0.5)
         assert await _eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM vrrp_reports WHERE seq = 7"))
         assert await db.fetchval("SELECT version FROM havips") == version
@@ -238,7 +187,7 @@ async def test_renewals_change_nothing_and_a_lapsed_owner_hands_over_at_once(set
         # i-0's keepalived dies: its renewals stop. i-1 renews once more, with a longer
         # lease, and then stays quiet: once i-0's lease runs out the owner changes
         # without waiting for any other message.
-        await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, 8, 90, 10.0))
+        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.MASTER, 8, 90, 10.0))
         await _eventually(lambda: _changed(db), timeout=10)
         changes = await _history(db)
         assert changes[1:] == [("i-0", "i-1", "OwnerClaimLapsed", "LeaseExpiry")]
@@ -257,14 +206,14 @@ async def test_a_mapping_worker_killed_mid_split_brain_loses_no_lease(settings, 
     mapping = start_service("mapping")
     lease = 2.5
     async with Publisher(settings) as publish:
-        await _build_havips(publish, settings, havips=1, per_havip=2)
+        await build_havips(publish, settings, havips=1, per_havip=2)
         seq = 0
 
         async def renew_both() -> None:
             nonlocal seq
             seq += 1
-            await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-0", VrrpState.MASTER, seq, 100, lease))
-            await publish.send(topics.VRRP, "havip-0", _report("havip-0", "i-1", VrrpState.MASTER, seq, 90, lease))
+            await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-0", VrrpState.MASTER, seq, 100, lease))
+            await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.MASTER, seq, 90, lease))
 
         await renew_both()
         assert await _eventually(lambda: db.fetchval("SELECT count(*) = 2 FROM vrrp_reports WHERE seq = 1"))
