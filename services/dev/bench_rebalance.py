@@ -4,7 +4,9 @@ Per profile of consumer-group settings, each figure the median of several rounds
 - takeover: one of two running workers is SIGKILLed; until every partition is processed again;
 - handover: the same with SIGTERM (the worker leaves its group as it stops);
 - restart: the only worker is SIGKILLed and started again at once; until every partition is processed again;
-- start: that restarted worker's time from its process start until every partition is processed.
+- start: that restarted worker's time from its process start until every partition is processed;
+- rejoin: with two workers, the killed one started again: the longest any partition stands still
+  while it joins (the group rebalances once more).
 
 "Processed" is seen in PostgreSQL: one HAVIP per partition of `vrrp.events`, its owner renewing its
 claim every 50 ms; a partition is processed again when a renewal sent after the kill is stored.
@@ -21,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
@@ -34,6 +37,7 @@ from services.runtime.db import connect_pool
 from services.runtime.kafka import ensure_topics, new_producer, topic_name
 from services.runtime.settings import Settings
 
+T = TypeVar("T")
 PROBE_PERIOD = 0.05
 SEEDED_HAVIPS = 64  # enough that every partition has one
 SCENARIOS = {
@@ -41,6 +45,7 @@ SCENARIOS = {
     "handover": "SIGTERM one of two workers: until every partition is processed again",
     "restart": "SIGKILL the only worker, start it again at once: until every partition is processed again",
     "start": "that restarted worker's process start: until every partition is processed",
+    "rejoin": "the SIGKILLed one of two workers started again: the longest any partition stood still",
 }
 
 
@@ -92,8 +97,10 @@ async def _bench(base: Settings, workdir: Path, chosen: list[Profile], rounds: i
             figures: Figures = {}
             async with Probes(settings, pool) as probes:
                 run = Run(settings, profile, probes, workdir / profile.name, rounds)
-                figures["takeover"] = await run.measured("takeover", run.takeovers(ServiceProcess.kill))
-                figures["handover"] = await run.measured("handover", run.takeovers(ServiceProcess.stop))
+                both = await run.measured("takeover", run.takeovers(ServiceProcess.kill))
+                figures["takeover"], figures["rejoin"] = (None, None) if both is None else both
+                both = await run.measured("handover", run.takeovers(ServiceProcess.stop))
+                figures["handover"] = None if both is None else both[0]
                 both = await run.measured("restart", run.restarts())
                 figures["restart"], figures["start"] = (None, None) if both is None else both
             results.append((profile, figures))
@@ -116,17 +123,19 @@ class Probes:
         assert len(by_partition) == settings.partitions, "seed more HAVIPs: a partition has no probe"
         self._havips = sorted(by_partition.values())
         self._sent: list[tuple[float, int]] = []  # (when, seq), in order
+        self._stalls: list[tuple[float, float]] = []  # (when it ended, how long): a probe's stored seq stood still
         self._producer = new_producer(settings)
 
     async def __aenter__(self) -> Probes:
         self._seq = await self._pool.fetchval("SELECT max(seq) FROM vrrp_reports") + 1
         await self._producer.start()
-        self._task = asyncio.get_running_loop().create_task(self._renew())
+        self._tasks = [asyncio.get_running_loop().create_task(work()) for work in (self._renew, self._watch)]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._producer.stop()
 
     async def _renew(self) -> None:
@@ -138,6 +147,24 @@ class Probes:
                 report = renewal(n, self._seq)
                 await self._producer.send(topic, key=report.havip_id.encode(), value=topics.encode(report))
             await asyncio.sleep(PROBE_PERIOD)
+
+    async def _watch(self) -> None:
+        owners = [f"i-{2 * n}" for n in self._havips]
+        stored: dict[str, tuple[int, float]] = {}  # havip -> (seq, when it was first seen)
+        while True:
+            rows = await self._pool.fetch("SELECT havip_id, seq FROM vrrp_reports WHERE instance_id = ANY($1)", owners)
+            now = time.monotonic()
+            for row in rows:
+                seq, since = stored.get(row["havip_id"], (row["seq"], now))
+                if row["seq"] != seq:
+                    self._stalls.append((now, now - since))
+                    since = now
+                stored[row["havip_id"]] = (row["seq"], since)
+            await asyncio.sleep(0.02)
+
+    def longest_stall(self, since: float) -> float:
+        """The longest any partition stood still, of the stalls that ended after `since`."""
+        return max((length for ended, length in self._stalls if ended > since), default=0.0)
 
     async def processed_after(self, moment: float, timeout: float = 60.0) -> float:
         """Seconds from `moment` until every partition stored a renewal sent after it."""
@@ -166,12 +193,12 @@ class Run:
     rounds: int
     _workers: list[ServiceProcess] = field(default_factory=list)
 
-    async def measured(self, scenario: str, work: Awaitable[object]) -> object | None:
+    async def measured(self, scenario: str, work: Awaitable[T]) -> T | None:
         print(f"{self.profile.name}: {SCENARIOS[scenario]}, {self.rounds} rounds", flush=True)
         try:
             return await work
         except TimeoutError as exc:
-            print(f"  the group never settled: {exc}", flush=True)
+            print(f"  the group never settled: {str(exc).splitlines()[0]}", flush=True)
             return None
         finally:
             for worker in self._workers:
@@ -195,19 +222,21 @@ class Run:
         await asyncio.sleep(max(0.0, since + 2 * self.profile.session_timeout + 2 - time.monotonic()))
         await self.probes.processed_after(time.monotonic())
 
-    async def takeovers(self, end: Callable[[ServiceProcess], None]) -> list[float]:
+    async def takeovers(self, end: Callable[[ServiceProcess], None]) -> tuple[list[float], list[float]]:
         workers = [self._worker(n) for n in range(2)]
         await self._settle(time.monotonic())
-        samples = []
+        samples, rejoins = [], []
         for r in range(self.rounds):
             victim = workers[r % 2]
             moment = time.monotonic()
             await asyncio.to_thread(end, victim)
             samples.append(await self.probes.processed_after(moment))
             print(f"  round {r + 1}: every partition processed again after {samples[-1]:.2f} s", flush=True)
+            rejoined = time.monotonic()
             victim.start()
             await self._settle(moment)
-        return samples
+            rejoins.append(self.probes.longest_stall(rejoined))
+        return samples, rejoins
 
     async def restarts(self) -> tuple[list[float], list[float]]:
         worker = self._worker(0)
