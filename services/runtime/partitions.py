@@ -17,7 +17,6 @@ import logging
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from services.runtime.kafka import new_consumer
 from services.runtime.settings import Settings
@@ -58,14 +57,11 @@ class PartitionHolding:
         assigned = [TopicPartition(tp.topic, tp.partition) for tp in self._app.consumer.assignment()]
         while True:
             try:
-                if self._probe is None:
-                    probe = new_consumer(self._settings, self._app.conf.id)
-                    await probe.start()
-                    self._probe = probe
-                ends = await self._probe.end_offsets(assigned) if assigned else {}
-                starts = await self._probe.beginning_offsets(assigned) if assigned else {}
+                probe = await self._opened_probe()
+                ends = await probe.end_offsets(assigned) if assigned else {}
+                starts = await probe.beginning_offsets(assigned) if assigned else {}
                 break
-            except KafkaError as exc:
+            except Exception as exc:  # broker away, or anything else: readiness must not stop following
                 log.warning("cannot read where our partitions end, retrying: %r", exc)
                 await asyncio.sleep(1.0)
         # An empty partition needs nothing; one never committed is read from its beginning.
@@ -76,13 +72,24 @@ class PartitionHolding:
         while self._behind:
             for tp, end in list(self._behind.items()):
                 try:
-                    committed = await self._probe.committed(tp)
-                except KafkaError as exc:
+                    committed = await probe.committed(tp)
+                except Exception as exc:
                     log.warning("cannot read the group's offsets, retrying: %r", exc)
                     break
                 if committed is not None and committed >= end:
                     del self._behind[tp]
             await asyncio.sleep(POLL_SECONDS)
+
+    async def _opened_probe(self) -> AIOKafkaConsumer:
+        if self._probe is None:
+            probe = new_consumer(self._settings, self._app.conf.id)
+            try:
+                await probe.start()
+            except BaseException:
+                await probe.stop()
+                raise
+            self._probe = probe
+        return self._probe
 
     async def stop(self) -> None:
         if self._follow is not None:
