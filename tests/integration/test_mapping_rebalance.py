@@ -5,8 +5,9 @@ every 0.25 s. The mapping worker is SIGKILLed four times, started again at once 
 time; then a standby joins and either worker is SIGKILLed three more times (and
 started again). After each kill the forwarder must answer, within FOLLOW_BOUND_SECONDS
 (15 s) of the kill, every HAVIP's owner from a failover published after the kill.
-Measured on a 2-core machine (`havip bench rebalance`): about 3 s with a standby,
-about 5 to 7 s for a restart; the bound leaves room for a loaded CI runner.
+Measured on a 2-core machine (`havip bench rebalance`, medians): 3.3 s for a standby to
+take over, 3.7 s for a lone worker started again at once; the bound leaves room for a
+loaded CI runner and a worker that is slow to start.
 At the end, with the stream stopped, PostgreSQL's owners are the last reports' and
 the forwarder answers what PostgreSQL holds.
 """
