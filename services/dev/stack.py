@@ -32,6 +32,7 @@ from services.gateway.tokens import Principal, store_token
 from services.runtime.db import connect_pool, migrate
 from services.runtime.kafka import (
     ensure_topics,
+    new_admin,
     new_producer,
     topic_name,
     wait_for_broker,
@@ -227,9 +228,8 @@ class DevStack:
             yield Child(service.service, lambda s=service: s.returncode, service.start, service.ready)
 
     def _restart_broker(self) -> None:
-        # Tansu keeps topics in memory: a new broker is an empty one, on the same port so clients reconnect.
         assert self._broker is not None
-        self._broker.start()
+        restart_embedded_broker(self._broker, self.settings)
         asyncio.run(seed(self.settings))
         print(
             f"broker restarted on {self._broker.bootstrap}; topics recreated and demo inventory re-seeded;"
@@ -246,6 +246,34 @@ class DevStack:
             self._postgres.stop()
         if self._broker:
             self._broker.stop()
+
+
+def restart_embedded_broker(broker: EmbeddedBroker, settings: Settings) -> None:
+    """Start the embedded broker again, empty, on its port, with every topic made afresh.
+
+    Tansu keeps topics in memory, so the new broker has none, and the services reconnect
+    at once. Tansu 0.6 creates a topic that a produce request names before anything else
+    did, and such a topic's partition answers fetches with nothing, for good, while its end
+    offset grows. A producer that had our topics in its metadata sends exactly that. So
+    every topic that already exists is deleted and all are created again, at once; what
+    the services wrote in that moment is lost like the rest of the old broker's log, and
+    they rebuild it (services/runtime/broker_watch.py).
+    """
+    broker.start()
+    asyncio.run(_recreate_topics(settings))
+
+
+async def _recreate_topics(settings: Settings) -> None:
+    admin = new_admin(settings)
+    await admin.start()
+    try:
+        ours = {topic_name(settings, topic) for topic in topics.ALL}
+        stray = sorted(ours & set(await admin.list_topics()))
+        if stray:
+            await admin.delete_topics(stray)
+    finally:
+        await admin.close()
+    await ensure_topics(settings)
 
 
 def postgres_dir(workdir: Path) -> Path:

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas import topics
 from services.dev.embedded import EmbeddedBroker
 from services.dev.processes import ServiceProcess
-from services.dev.stack import DEMO_TENANT_TOKEN, demo_agent_tokens, seed
+from services.dev.stack import DEMO_TENANT_TOKEN, demo_agent_tokens, restart_embedded_broker, seed
 from services.dev.walkthrough import Tenant
 from services.runtime.db import connect_pool
 from services.runtime.kafka import ensure_topics, topic_name
@@ -89,7 +89,8 @@ async def test_a_broker_that_lost_its_topics_is_noticed_and_recovered_from(infra
                 broker._process.wait()
                 lost_at = time.monotonic()
                 await asyncio.sleep(4)  # long enough for every service to notice
-                broker.start()  # empty, on the same port
+                # Empty, on the same port, as `havip dev up` starts it again (topics made afresh).
+                await asyncio.to_thread(restart_embedded_broker, broker, settings)
                 os.kill(quota.pid, signal.SIGCONT)
 
                 # Once it can be published, the failover goes through like any other.
