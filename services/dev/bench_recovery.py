@@ -170,8 +170,8 @@ async def _outage(
     restored_at = time.monotonic()
     ready = await _first(services, ready=True)
     for service in services:
-        figures[f"{what}: {service.service} unready after"].append(unready[service.service] - cut_at)
-        figures[f"{what}: {service.service} ready again after"].append(ready[service.service] - restored_at)
+        figures[f"{what}: {service.name} unready after"].append(unready[service.name] - cut_at)
+        figures[f"{what}: {service.name} ready again after"].append(ready[service.name] - restored_at)
 
 
 async def _first(services: list[ServiceProcess], *, ready: bool, timeout: float = LIMIT_SECONDS) -> dict[str, float]:
@@ -179,18 +179,18 @@ async def _first(services: list[ServiceProcess], *, ready: bool, timeout: float 
     seen: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=2) as client:
-        while len(seen) < len(services):
+        while len(seen) < len(services):  # keyed by name: a standby worker counts on its own
             for service in services:
-                if service.service in seen:
+                if service.name in seen:
                     continue
                 try:
                     status = (await client.get(f"{service.url}/readyz")).status_code
                 except httpx.HTTPError:
                     status = None
                 if (status == 200) == ready:
-                    seen[service.service] = time.monotonic()
+                    seen[service.name] = time.monotonic()
             if time.monotonic() > deadline:
-                return {s.service: seen.get(s.service, math.inf) for s in services}
+                return {s.name: seen.get(s.name, math.inf) for s in services}
             await asyncio.sleep(0.05)
     return seen
 

@@ -51,13 +51,21 @@ def spawn_havip(
 
 class ServiceProcess:
     def __init__(
-        self, service: str, settings: Settings, log_dir: Path, extra_env: dict[str, str] | None = None
+        self,
+        service: str,
+        settings: Settings,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
         self.service = service
+        # Tells apart several processes of one service (a standby worker): its log, its restarts.
+        self.name = name or service
         self.extra_env = extra_env
         self.settings = settings
         self.port: int = getattr(settings, PORT_SETTING[service])
-        self.log = log_dir / f"{service}.log"
+        self.log = log_dir / f"{self.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._stop_requested = False
 

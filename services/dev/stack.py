@@ -25,8 +25,8 @@ from schemas.messages import (
     Message,
     VSwitchChanged,
 )
-from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres
-from services.dev.processes import Child, Restarts, ServiceProcess, heal
+from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from services.dev.processes import PORT_SETTING, Child, Restarts, ServiceProcess, heal
 from services.gateway.tenants import create_tenant, get_tenant
 from services.gateway.tokens import Principal, store_token
 from services.runtime.db import connect_pool, migrate
@@ -139,6 +139,11 @@ async def _migrate(dsn: str) -> None:
         await pool.close()
 
 
+# Two mapping workers: with a standby in the group, a worker that dies hands its partitions on
+# in about 3 s, however long its own restart takes (`havip bench rebalance`; README "A worker that dies").
+DEV_SERVICES = ("quota", "mapping", "mapping", "forwarder", "gateway")
+
+
 class DevStack:
     """Broker, database and the four services; embedded unless the environment names them.
 
@@ -153,7 +158,7 @@ class DevStack:
         *,
         embedded_kafka: bool,
         embedded_postgres: bool,
-        services: tuple[str, ...] = ("quota", "mapping", "forwarder", "gateway"),
+        services: tuple[str, ...] = DEV_SERVICES,
         keep_data: bool = False,
     ) -> None:
         self.settings = settings
@@ -198,10 +203,19 @@ class DevStack:
             self.settings = self.settings.model_copy(update={"database_url": self._postgres.dsn("havip")})
         asyncio.run(_migrate(self.settings.database_url))
         asyncio.run(seed(self.settings))
-        for name in self._wanted:
-            self.services.append(ServiceProcess(name, self.settings, self.workdir).start())
+        for service in self._wanted:
+            self.services.append(self._process(service).start())
         for service in self.services:
             service.wait_ready()
+
+    def _process(self, service: str) -> ServiceProcess:
+        """The first process of a service uses the configured port; another (a standby) a free one."""
+        earlier = sum(1 for s in self.services if s.service == service)
+        if not earlier:
+            return ServiceProcess(service, self.settings, self.workdir)
+        port = free_port(self.settings.http_host)
+        settings = self.settings.model_copy(update={PORT_SETTING[service]: port})
+        return ServiceProcess(service, settings, self.workdir, name=f"{service}-{earlier + 1}")
 
     def exited(self) -> ServiceProcess | None:
         return next((s for s in self.services if s.process is not None and s.process.poll() is not None), None)
@@ -225,7 +239,7 @@ class DevStack:
             postgres = self._postgres
             yield Child("postgres", lambda: postgres.returncode, postgres.start)
         for service in self.services:
-            yield Child(service.service, lambda s=service: s.returncode, service.start, service.ready)
+            yield Child(service.name, lambda s=service: s.returncode, service.start, service.ready)
 
     def _restart_broker(self) -> None:
         assert self._broker is not None
@@ -326,7 +340,7 @@ def _print_banner(settings: Settings, services: list[ServiceProcess], work: Path
         f"  gateway    {urls['gateway']}   (API docs: {urls['gateway']}/docs)",
         f"  forwarder  {urls['forwarder']}",
         f"  quota      {urls['quota']}/readyz",
-        f"  mapping    {urls['mapping']}/readyz",
+        *(f"  {s.name:<10} {s.url}/readyz" for s in services if s.service == "mapping"),
         f"  kafka      {settings.kafka_bootstrap}",
         f"  postgres   {settings.database_url}",
         f"  logs       {work}",
