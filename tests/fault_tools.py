@@ -53,15 +53,21 @@ async def all_ready(services: Iterable[ServiceProcess], timeout: float) -> float
     """Seconds until every service answers /readyz 200 (and none has exited)."""
     started = time.monotonic()
     pending = list(services)
+    last: dict[str, str] = {}
     async with httpx.AsyncClient(timeout=2) as client:
         while pending:
             for service in list(pending):
                 assert service.process is not None and service.process.poll() is None, service.tail()
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{service.url}/readyz")).status_code == 200:
-                        pending.remove(service)
+                try:
+                    answer = await client.get(f"{service.url}/readyz")
+                except httpx.HTTPError as exc:
+                    last[service.name] = repr(exc)
+                    continue
+                last[service.name] = answer.text
+                if answer.status_code == 200:
+                    pending.remove(service)
             if pending:
-                assert time.monotonic() - started < timeout, [(s.service, s.tail(10)) for s in pending]
+                assert time.monotonic() - started < timeout, [(s.name, last.get(s.name), s.tail(10)) for s in pending]
                 await asyncio.sleep(0.2)
     return time.monotonic() - started
 
