@@ -71,6 +71,8 @@ async def test_a_service_is_unready_while_postgres_is_away_and_ready_again_after
     came_back = await until(worker.url, 200)
     print(f"\n{service}: unready {went_unready:.1f} s after the cut, ready {came_back:.1f} s after the restore")
     assert worker.process is not None and worker.process.poll() is None  # recovered by itself
+    # Stopped here, while this loop still runs the proxy its shutdown talks through.
+    await asyncio.to_thread(worker.stop)
 
 
 async def test_every_service_is_unready_while_the_broker_answers_nothing_and_ready_again_after(
