@@ -202,10 +202,10 @@ async def test_the_stack_survives_every_part_of_it_killed_in_turn(workdir: Path)
             work = [asyncio.create_task(agents.run(stop)), asyncio.create_task(tenant.run(stop))]
 
             async def kill(name: str, pid_of: Any) -> None:
-                await asyncio.sleep(3)  # work flows between faults
+                await asyncio.sleep(2)  # work flows between faults
                 pid_of().send_signal(signal.SIGKILL)
                 print(f"\n{time.monotonic() - started:6.1f}s killed {name}", flush=True)
-                await asyncio.sleep(2)
+                await asyncio.sleep(2)  # heal notices the death and starts it again (1 s back-off)
                 ready_in = await all_ready(stack.services, timeout=SETTLE_SECONDS)
                 print(f"{time.monotonic() - started:6.1f}s all ready again ({ready_in:.1f} s)", flush=True)
 
@@ -225,7 +225,7 @@ async def test_the_stack_survives_every_part_of_it_killed_in_turn(workdir: Path)
             work = [asyncio.create_task(agents.run(stop)), asyncio.create_task(tenant.run(stop))]
             assert stack._broker is not None
             await kill("broker", lambda: stack._broker._process)  # type: ignore[union-attr]
-            await asyncio.sleep(3)
+            await asyncio.sleep(2)
             stop.set()
             await asyncio.gather(*work)
             for havip_id in flipped:  # the agents' next claims
