@@ -166,30 +166,6 @@ def elect(contest: Contest, at: datetime) -> Candidate | None:
     return None
 
 
-def renewal_changes_nothing(contest: Contest, report: Report) -> bool:
-    """Whether a fresh report only extends a claim that is still live, so no owner can change.
-
-    This is the cheap path for lease renewals (`store.renew_claim` asks the
-    same in one statement): the same MASTER state and priority, a claim still
-    live when the renewal arrives, and an owner that is either this instance
-    or itself still live, so neither a lapse nor a new ranking is due.
-    """
-    last = contest.reports.get(report.instance_id)
-    if report.state is not VrrpState.MASTER or report.expires_at is None or report.expires_at <= report.received_at:
-        return False
-    if last is None or last.state is not VrrpState.MASTER or last.expires_at is None:
-        return False
-    if last.priority != report.priority or not last.live_at(report.received_at) or not report.newer_than(last):
-        return False
-    owner = contest.candidate(contest.owner_target_id)
-    if owner is None:
-        return False
-    if owner.instance_id == report.instance_id:
-        return True
-    owner_report = contest.reports.get(owner.instance_id)
-    return owner_report is not None and owner_report.live_at(report.received_at)
-
-
 def lapse_due(contest: Contest, at: datetime) -> bool:
     """Whether the owner's claim has lapsed while another live claim waits: the owner must change now."""
     owner = contest.candidate(contest.owner_target_id)

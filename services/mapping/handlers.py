@@ -1,19 +1,23 @@
 """What the mapping service does with each message: parse → decide (pure) → persist → publish.
 
-After every message that may have changed a HAVIP, its full state is
-published again: if the worker died between its database commit and its
-publish, the redelivered message republishes what the first attempt lost.
-Forwarders apply a state only if its version is newer, so repeats are free.
+A HAVIP's full state is published whenever it changed, and the version on
+`havip.mappings` is recorded (`published_version`). If the worker died
+between its database commit and its publish, the redelivered message finds
+the HAVIP committed but unpublished and publishes it, and the sweep
+publishes whatever else is left so (a lease expiry has no message to
+redeliver). Forwarders apply a state only if its version is newer, so
+repeats are free.
 
-A lease renewal that changes nothing (the common case: every live master
-renews every second) costs one statement and publishes nothing; there is
-nothing new to publish, so a crash after it loses nothing either.
+VRRP reports come in batches (see report_batch.py): a bounded number of
+statements per batch, however many reports it holds. A lease renewal that
+changes nothing (the common case: every live master renews every second) is
+one row of the batch's upsert and publishes nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -31,18 +35,8 @@ from schemas.messages import (
 )
 from services.mapping import store
 from services.mapping.commands import COMMAND_TYPE, AcceptedCommand, Reelect, apply_accepted
-from services.mapping.election import (
-    Contest,
-    Report,
-    ReportVerdict,
-    Trigger,
-    TriggerKind,
-    elect,
-    explain,
-    judge_report,
-    lapse_due,
-    withdrawn,
-)
+from services.mapping.election import Contest, Report, Trigger, TriggerKind, elect, explain, lapse_due
+from services.mapping.report_batch import IncomingReport, LockedHavip, Refusal, ReportPlan, plan_reports
 from services.readmodel.mappings import load_mappings
 from services.runtime.inventory import InventoryChange, record_inventory
 
@@ -51,7 +45,10 @@ log = logging.getLogger(__name__)
 OWNER_CHANGES = Counter("havip_owner_changes_total", "Owner changes", ["cause"])
 REPORTS = Counter("havip_vrrp_reports_total", "VRRP reports by verdict", ["verdict"])
 
-Publish = Callable[[topics.Topic, str, bytes], Awaitable[None]]
+UNPUBLISHED_READ = 1000
+
+# Produces (key, value) records to a topic and returns once the broker has them all.
+Publish = Callable[[topics.Topic, Sequence[tuple[str, bytes]]], Awaitable[None]]
 
 
 def report_of(reported: VrrpReported) -> Report:
@@ -101,7 +98,7 @@ class OwnerTracker:
                 )
             elif earlier["rejected_code"] is not None:
                 refusal = (earlier["rejected_code"], earlier["rejected_reason"])
-        await self.publish_state(command.havip_id)
+        await self.publish_states([command.havip_id])
         outcome = {
             "command_id": command.command_id,
             "tenant_id": command.tenant_id,
@@ -114,7 +111,7 @@ class OwnerTracker:
             if refusal is None
             else CommandRejected(**outcome, code=refusal[0], reason=refusal[1])
         )
-        await self._publish(topics.RESULTS, command.command_id, topics.encode(result))
+        await self._publish(topics.RESULTS, [(command.command_id, topics.encode(result))])
 
     def _reelect_for_command(self, command: AcceptedCommand) -> Reelect:
         async def reelect(conn: asyncpg.Connection, havip_id: str, before: Contest) -> bool:
@@ -124,57 +121,51 @@ class OwnerTracker:
         return reelect
 
     async def on_report(self, reported: VrrpReported) -> None:
-        report = report_of(reported)
-        if await store.renew_claim(self._pool, reported.havip_id, reported.tenant_id, report):
-            REPORTS.labels("renewal").inc()
-            return
-        refused: Unappliable | None = None
+        """One report: the batch path with a batch of one; Unappliable when it cannot count."""
+        for refusal in await self.on_reports([reported]):
+            raise Unappliable(refusal.code, refusal.message)
+
+    async def on_reports(self, batch: Sequence[VrrpReported]) -> list[Refusal]:
+        """Apply reports in the order given, in one transaction; the ones that cannot count (by index)."""
+        incoming = [IncomingReport(r.havip_id, r.tenant_id, r.message_id, report_of(r)) for r in batch]
         async with self._pool.acquire() as conn, conn.transaction():
-            havip = await store.lock_havip(conn, reported.havip_id)
-            if havip is None or havip["tenant_id"] != reported.tenant_id:
-                raise Unappliable(ErrorCode.UNKNOWN_HAVIP, f"no HAVIP {reported.havip_id} for this tenant")
-            before = await store.load_contest(conn, reported.havip_id, havip["owner_target_id"])
-            verdict = judge_report(before, report)
-            REPORTS.labels(verdict.value).inc()
-            if verdict is ReportVerdict.NOT_ATTACHED:
-                # Dead-lettered, but its sequence number is kept: redelivered after an attach, it stays stale.
-                await store.save_report(conn, reported.havip_id, withdrawn(report))
-                refused = Unappliable(
-                    ErrorCode.REPORTER_NOT_ATTACHED,
-                    f"{reported.instance_id} is not attached to {reported.havip_id};"
-                    " only attached instances may own it",
+            rows = await store.lock_havips(conn, {item.havip_id for item in incoming})
+            contests = await store.load_contests(conn, {row["havip_id"]: row["owner_target_id"] for row in rows})
+            locked = {
+                row["havip_id"]: LockedHavip(
+                    havip_id=row["havip_id"],
+                    tenant_id=row["tenant_id"],
+                    version=row["version"],
+                    published_version=row["published_version"],
+                    contest=contests[row["havip_id"]],
                 )
-                changed = False
-            elif verdict is ReportVerdict.STALE:
-                changed = True  # most likely redelivered after a crash: publish what it may have changed
-            else:
-                await store.save_report(conn, reported.havip_id, report)
-                # The contest after is the one before plus this report: no need to read it back.
-                # Evaluated at the report's arrival, so a replay decides exactly as the first pass did.
-                trigger = Trigger(
-                    TriggerKind.VRRP_REPORT,
-                    message_id=reported.message_id,
-                    instance_id=reported.instance_id,
-                    seq=reported.seq,
-                )
-                changed = await self._reelect(
-                    conn,
-                    reported.havip_id,
-                    before,
-                    reported.received_at,
-                    trigger,
-                    after=before.with_report(report),
-                    only_if_owner_changed=True,
-                )
-        if refused is not None:
-            raise refused
-        if changed:
-            await self.publish_state(reported.havip_id)
+                for row in rows
+            }
+            plan = plan_reports(locked, incoming)
+            await store.save_reports(conn, plan.reports)
+            await store.save_owners(conn, plan.havips)
+            await store.record_owner_changes(conn, plan.outcomes)
+        self._count(plan)
+        await self.publish_states(plan.publish)
+        return plan.refusals
+
+    def _count(self, plan: ReportPlan) -> None:
+        for verdict, count in plan.verdicts.items():
+            REPORTS.labels(verdict.value).inc(count)
+        for outcome in plan.outcomes:
+            OWNER_CHANGES.labels(outcome.change.cause.value).inc()
+            log.info(
+                "owner changed havip=%s cause=%s trigger=%s detail=%s",
+                outcome.havip_id,
+                outcome.change.cause.value,
+                outcome.trigger.kind.value,
+                outcome.change.detail,
+            )
 
     async def expire_leases(self, at: datetime | None = None) -> int:
         """Hand over every HAVIP whose owner's claim ran out while another claim is live; how many changed."""
         at = at or utcnow()
-        changed = 0
+        changed: list[str] = []
         for havip_id in await store.havips_with_lapsed_owner(self._pool, at):
             async with self._pool.acquire() as conn, conn.transaction():
                 havip = await store.lock_havip(conn, havip_id)
@@ -188,9 +179,9 @@ class OwnerTracker:
                 trigger = Trigger(TriggerKind.LEASE_EXPIRY, lease_expired_at=expired)
                 if not await self._reelect(conn, havip_id, before, at, trigger, only_if_owner_changed=True):
                     continue
-            changed += 1
-            await self.publish_state(havip_id)
-        return changed
+            changed.append(havip_id)
+        await self.publish_states(changed)
+        return len(changed)
 
     async def on_inventory(self, change: InventoryChange) -> None:
         instance_id = change.instance_id if isinstance(change, InstanceChanged | EniChanged) else None
@@ -206,8 +197,7 @@ class OwnerTracker:
                 # A stopped instance loses ownership; a moved one changes the route: publish either way.
                 await self._reelect(conn, havip["havip_id"], before, at, trigger)
                 affected.append(havip["havip_id"])
-        for havip_id in affected:
-            await self.publish_state(havip_id)
+        await self.publish_states(affected)
 
     async def _reelect(
         self,
@@ -242,17 +232,25 @@ class OwnerTracker:
             )
         return True
 
-    async def publish_state(self, havip_id: str) -> None:
-        for mapping in await load_mappings(self._pool, [havip_id]):
-            await self._publish(topics.MAPPINGS, havip_id, topics.encode(mapping))
-            await store.mark_published(self._pool, havip_id, mapping.version)
+    async def publish_states(self, havip_ids: Collection[str]) -> None:
+        """Publish the committed state of these HAVIPs, then record the versions now published."""
+        if not havip_ids:
+            return
+        mappings = await load_mappings(self._pool, sorted(havip_ids))
+        await self._publish(topics.MAPPINGS, [(m.havip_id, topics.encode(m)) for m in mappings])
+        await store.mark_published(self._pool, {m.havip_id: m.version for m in mappings})
 
     async def publish_unpublished(self) -> int:
         """Publish what is committed but was never published (a worker died between the two)."""
-        havip_ids = await store.unpublished_havips(self._pool, older_than=timedelta(seconds=2))
-        for havip_id in havip_ids:
-            await self.publish_state(havip_id)
-        return len(havip_ids)
+        published = 0
+        while True:  # all of it (after a lost broker that is every HAVIP), a bounded read at a time
+            havip_ids = await store.unpublished_havips(
+                self._pool, older_than=timedelta(seconds=2), limit=UNPUBLISHED_READ
+            )
+            await self.publish_states(havip_ids)
+            published += len(havip_ids)
+            if len(havip_ids) < UNPUBLISHED_READ:
+                return published
 
     async def sweep(self) -> None:
         """Run by every worker on a short timer: lapsed leases, then anything left unpublished."""

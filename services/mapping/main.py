@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import faust
 
 from schemas import topics
+from schemas.errors import Unappliable
+from schemas.messages import VrrpReported
 from services.mapping import store
 from services.mapping.handlers import OwnerTracker
 from services.runtime.broker_watch import LogCheck
 from services.runtime.kafka import topic_name
 from services.runtime.logs import setup_logging
 from services.runtime.settings import Settings
-from services.runtime.stream import TRANSIENT, handle_stream, new_worker, raw_topic, run_worker
+from services.runtime.stream import (
+    TRANSIENT,
+    handle_stream,
+    handle_stream_in_batches,
+    new_worker,
+    raw_topic,
+    run_worker,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +35,7 @@ def build_app(settings: Settings) -> faust.App:
     def current() -> OwnerTracker:
         nonlocal tracker
         if tracker is None:
-            tracker = OwnerTracker(resources.pool, resources.publish)
+            tracker = OwnerTracker(resources.pool, resources.publish_many)
         return tracker
 
     async def republish_everything(_: LogCheck) -> None:
@@ -35,17 +45,22 @@ def build_app(settings: Settings) -> faust.App:
 
     resources.on_broker_lost(republish_everything)
 
+    async def apply_reports(reports: Sequence[VrrpReported]) -> list[tuple[int, Unappliable]]:
+        refusals = await current().on_reports(reports)
+        return [(r.index, Unappliable(r.code, r.message)) for r in refusals]
+
     # Commands and reports for one HAVIP share its key; one agent reads both
     # topics so they reach the database in the order this worker sees them.
+    # Reports are applied a fetch's worth at a time (a bounded number of statements per batch).
     @app.agent(raw_topic(app, settings, topics.ACCEPTED, topics.VRRP))
     async def havip_changes(stream: faust.StreamT) -> None:
-        await handle_stream(
+        await handle_stream_in_batches(
             resources,
             stream,
-            {
-                topic_name(settings, topics.ACCEPTED): (topics.ACCEPTED, lambda cmd: current().on_accepted(cmd)),
-                topic_name(settings, topics.VRRP): (topics.VRRP, lambda report: current().on_report(report)),
-            },
+            {topic_name(settings, topics.ACCEPTED): (topics.ACCEPTED, lambda cmd: current().on_accepted(cmd))},
+            (topic_name(settings, topics.VRRP), topics.VRRP, apply_reports),
+            max_records=settings.report_batch_max,
+            within_seconds=settings.report_batch_wait_seconds,
         )
 
     @app.agent(raw_topic(app, settings, topics.INVENTORY))

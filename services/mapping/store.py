@@ -2,33 +2,41 @@
 
 Every change to a HAVIP happens under `FOR UPDATE` on its `havips` row, so
 commands, VRRP reports, lease expiries and inventory changes for one HAVIP
-apply one at a time, whichever worker or agent handles them. A lease renewal
-takes the same row `FOR SHARE`: it waits for a change in flight, never for
-another renewal.
+apply one at a time, whichever worker or agent handles them. A batch of VRRP
+reports locks all its HAVIPs at once, in havip_id order, as every statement
+that locks several does, so two of them never wait on each other in a cycle.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
 
 from schemas.ipv4 import parse_ipv4
-from schemas.messages import HaVipStatus, InstanceStatus, VrrpState
+from schemas.messages import InstanceStatus, VrrpState
 from services.mapping.election import Candidate, Contest, OwnerChange, Report, Trigger
+from services.mapping.report_batch import HavipAfter, OwnerOutcome, havip_status
+
+_HAVIP_COLUMNS = "havip_id, tenant_id, owner_target_id, status, version, published_version"
 
 
 async def lock_havip(conn: asyncpg.Connection, havip_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT havip_id, tenant_id, owner_target_id, status, version FROM havips WHERE havip_id = $1 FOR UPDATE",
-        havip_id,
+    return await conn.fetchrow(f"SELECT {_HAVIP_COLUMNS} FROM havips WHERE havip_id = $1 FOR UPDATE", havip_id)
+
+
+async def lock_havips(conn: asyncpg.Connection, havip_ids: Collection[str]) -> list[asyncpg.Record]:
+    # Sorted, so two transactions locking several HAVIPs take them in the same order.
+    return await conn.fetch(
+        f"SELECT {_HAVIP_COLUMNS} FROM havips WHERE havip_id = ANY($1::text[]) ORDER BY havip_id FOR UPDATE",
+        sorted(havip_ids),
     )
 
 
 async def lock_havips_of_instance(conn: asyncpg.Connection, instance_id: str) -> list[asyncpg.Record]:
-    # Sorted, so two transactions locking several HAVIPs take them in the same order.
     return await conn.fetch(
-        "SELECT havip_id, tenant_id, owner_target_id, status, version FROM havips"
+        f"SELECT {_HAVIP_COLUMNS} FROM havips"
         " WHERE havip_id IN (SELECT havip_id FROM attachments WHERE instance_id = $1)"
         " ORDER BY havip_id FOR UPDATE",
         instance_id,
@@ -36,24 +44,34 @@ async def lock_havips_of_instance(conn: asyncpg.Connection, instance_id: str) ->
 
 
 async def load_contest(conn: asyncpg.Connection, havip_id: str, owner_target_id: str | None) -> Contest:
-    candidates = tuple(
-        Candidate(
-            target_id=row["target_id"],
-            instance_id=row["instance_id"],
-            primary_ip=parse_ipv4(row["ip"] or "0.0.0.0"),
-            instance_status=InstanceStatus(row["status"]),
+    return (await load_contests(conn, {havip_id: owner_target_id}))[havip_id]
+
+
+_CANDIDATES = """
+SELECT a.havip_id, a.target_id, a.instance_id, host(coalesce(e.private_ip, i.private_ip)) AS ip,
+       coalesce(i.status, $2) AS status
+  FROM attachments a LEFT JOIN instances i ON i.instance_id = a.instance_id
+  LEFT JOIN enis e ON e.eni_id = a.eni_id
+ WHERE a.havip_id = ANY($1::text[]) ORDER BY a.havip_id, a.target_id
+"""
+
+
+async def load_contests(conn: asyncpg.Connection, owners: Mapping[str, str | None]) -> dict[str, Contest]:
+    """The contest of each HAVIP in `owners` (havip_id -> its owner_target_id): two queries for all."""
+    ids = list(owners)
+    candidates: dict[str, list[Candidate]] = {havip_id: [] for havip_id in ids}
+    for row in await conn.fetch(_CANDIDATES, ids, InstanceStatus.DELETED.value):
+        candidates[row["havip_id"]].append(
+            Candidate(
+                target_id=row["target_id"],
+                instance_id=row["instance_id"],
+                primary_ip=parse_ipv4(row["ip"] or "0.0.0.0"),
+                instance_status=InstanceStatus(row["status"]),
+            )
         )
-        for row in await conn.fetch(
-            "SELECT a.target_id, a.instance_id, host(coalesce(e.private_ip, i.private_ip)) AS ip,"
-            " coalesce(i.status, $2) AS status"
-            " FROM attachments a LEFT JOIN instances i ON i.instance_id = a.instance_id"
-            " LEFT JOIN enis e ON e.eni_id = a.eni_id WHERE a.havip_id = $1 ORDER BY a.target_id",
-            havip_id,
-            InstanceStatus.DELETED.value,
-        )
-    )
-    reports = {
-        row["instance_id"]: Report(
+    reports: dict[str, dict[str, Report]] = {havip_id: {} for havip_id in ids}
+    for row in await conn.fetch("SELECT * FROM vrrp_reports WHERE havip_id = ANY($1::text[])", ids):
+        reports[row["havip_id"]][row["instance_id"]] = Report(
             instance_id=row["instance_id"],
             state=VrrpState(row["state"]),
             priority=row["priority"],
@@ -62,71 +80,43 @@ async def load_contest(conn: asyncpg.Connection, havip_id: str, owner_target_id:
             received_at=row["received_at"],
             expires_at=row["expires_at"],
         )
-        for row in await conn.fetch("SELECT * FROM vrrp_reports WHERE havip_id = $1", havip_id)
+    return {
+        havip_id: Contest(
+            owner_target_id=owner_target_id, candidates=tuple(candidates[havip_id]), reports=reports[havip_id]
+        )
+        for havip_id, owner_target_id in owners.items()
     }
-    return Contest(owner_target_id=owner_target_id, candidates=candidates, reports=reports)
 
 
 async def save_report(conn: asyncpg.Connection, havip_id: str, report: Report) -> None:
-    await conn.execute(
-        "INSERT INTO vrrp_reports (havip_id, instance_id, state, priority, seq, reported_at, received_at, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        " ON CONFLICT (havip_id, instance_id) DO UPDATE SET state = excluded.state, priority = excluded.priority,"
-        " seq = excluded.seq, reported_at = excluded.reported_at, received_at = excluded.received_at,"
-        " expires_at = excluded.expires_at",
-        havip_id,
-        report.instance_id,
-        report.state.value,
-        report.priority,
-        report.seq,
-        report.reported_at,
-        report.received_at,
-        report.expires_at,
-    )
+    await save_reports(conn, {(havip_id, report.instance_id): report})
 
 
-# `election.renewal_changes_nothing` in one statement: extend a claim only if it
-# is the same live MASTER claim at the same priority, the report is newer, and
-# the owner is this instance or itself still live. Anything else (a priority
-# change, a revived claim, an owner whose lease ran out) takes the full path.
-_RENEW = """
-WITH h AS (
-    SELECT havip_id, owner_target_id FROM havips WHERE havip_id = $1 AND tenant_id = $2 FOR SHARE
-), owner AS (
-    SELECT r.instance_id, r.state, r.expires_at
-      FROM h JOIN attachments a ON a.havip_id = h.havip_id AND a.target_id = h.owner_target_id
-      JOIN vrrp_reports r ON r.havip_id = h.havip_id AND r.instance_id = a.instance_id
-)
-UPDATE vrrp_reports r
-   SET seq = $4, reported_at = $5, received_at = $6, expires_at = $7
-  FROM h
- WHERE r.havip_id = h.havip_id AND r.instance_id = $3
-   AND r.state = 'MASTER' AND r.priority = $8
-   AND r.expires_at IS NOT NULL AND r.expires_at > $6
-   AND (r.seq, r.reported_at) < ($4, $5)
-   AND EXISTS (SELECT 1 FROM owner o
-                WHERE o.instance_id = $3
-                   OR (o.state = 'MASTER' AND (o.expires_at IS NULL OR o.expires_at > $6)))
-RETURNING true
+_SAVE_REPORTS = """
+INSERT INTO vrrp_reports (havip_id, instance_id, state, priority, seq, reported_at, received_at, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[],
+                     $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+ON CONFLICT (havip_id, instance_id) DO UPDATE SET state = excluded.state, priority = excluded.priority,
+    seq = excluded.seq, reported_at = excluded.reported_at, received_at = excluded.received_at,
+    expires_at = excluded.expires_at
 """
 
 
-async def renew_claim(pool: asyncpg.Pool, havip_id: str, tenant_id: str, report: Report) -> bool:
-    """One round trip: True when the report only renewed a live claim (nothing else to do)."""
-    if report.state is not VrrpState.MASTER or report.expires_at is None or report.expires_at <= report.received_at:
-        return False
-    return bool(
-        await pool.fetchval(
-            _RENEW,
-            havip_id,
-            tenant_id,
-            report.instance_id,
-            report.seq,
-            report.reported_at,
-            report.received_at,
-            report.expires_at,
-            report.priority,
-        )
+async def save_reports(conn: asyncpg.Connection, reports: Mapping[tuple[str, str], Report]) -> None:
+    """Upsert the last report of each (havip_id, instance_id): one statement however many."""
+    if not reports:
+        return
+    rows = list(reports.items())
+    await conn.execute(
+        _SAVE_REPORTS,
+        [havip_id for (havip_id, _), _ in rows],
+        [instance_id for (_, instance_id), _ in rows],
+        [r.state.value for _, r in rows],
+        [r.priority for _, r in rows],
+        [r.seq for _, r in rows],
+        [r.reported_at for _, r in rows],
+        [r.received_at for _, r in rows],
+        [r.expires_at for _, r in rows],
     )
 
 
@@ -153,9 +143,16 @@ async def havips_with_lapsed_owner(pool: asyncpg.Pool, at: datetime, limit: int 
     return [row["havip_id"] for row in rows]
 
 
-async def mark_published(pool: asyncpg.Pool, havip_id: str, version: int) -> None:
+async def mark_published(pool: asyncpg.Pool, versions: Mapping[str, int]) -> None:
+    """Record the version of each HAVIP now on `havip.mappings` (one statement for all)."""
+    if not versions:
+        return
     await pool.execute(
-        "UPDATE havips SET published_version = $2 WHERE havip_id = $1 AND published_version < $2", havip_id, version
+        "UPDATE havips h SET published_version = p.version"
+        " FROM unnest($1::text[], $2::bigint[]) AS p(havip_id, version)"
+        " WHERE h.havip_id = p.havip_id AND h.published_version < p.version",
+        list(versions),
+        list(versions.values()),
     )
 
 
@@ -185,29 +182,59 @@ async def save_outcome(
     trigger: Trigger,
 ) -> int:
     """Store the owner and status, bump the version, record why the owner changed and what caused it."""
-    status = HaVipStatus.IN_USE if contest.candidates else HaVipStatus.AVAILABLE
     version: int = await conn.fetchval(
         "UPDATE havips SET owner_target_id = $2, status = $3, version = version + 1, updated_at = now()"
         " WHERE havip_id = $1 RETURNING version",
         havip_id,
         owner.target_id if owner else None,
-        status.value,
+        havip_status(contest).value,
     )
     if change is not None:
-        await conn.execute(
-            "INSERT INTO owner_changes (havip_id, version, previous_instance_id, instance_id, cause, detail,"
-            " trigger_kind, trigger_message_id, trigger_instance_id, trigger_seq, lease_expired_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            havip_id,
-            version,
-            change.previous.instance_id if change.previous else None,
-            change.owner.instance_id if change.owner else None,
-            change.cause.value,
-            change.detail,
-            trigger.kind.value,
-            trigger.message_id,
-            trigger.instance_id,
-            trigger.seq,
-            trigger.lease_expired_at,
-        )
+        await record_owner_changes(conn, [OwnerOutcome(havip_id, version, owner, change, trigger)])
     return version
+
+
+async def save_owners(conn: asyncpg.Connection, havips: Mapping[str, HavipAfter]) -> None:
+    """Store a batch's outcome per HAVIP, at the versions the batch counted to (one statement)."""
+    if not havips:
+        return
+    await conn.execute(
+        "UPDATE havips h SET owner_target_id = o.owner_target_id, status = o.status, version = o.version,"
+        " updated_at = now() FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
+        " AS o(havip_id, owner_target_id, status, version)"
+        " WHERE h.havip_id = o.havip_id",
+        list(havips),
+        [after.owner_target_id for after in havips.values()],
+        [after.status.value for after in havips.values()],
+        [after.version for after in havips.values()],
+    )
+
+
+_OWNER_CHANGES = """
+INSERT INTO owner_changes (havip_id, version, previous_instance_id, instance_id, cause, detail,
+                           trigger_kind, trigger_message_id, trigger_instance_id, trigger_seq, lease_expired_at)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::bigint[], $11::timestamptz[])
+"""
+
+
+async def record_owner_changes(conn: asyncpg.Connection, outcomes: Sequence[OwnerOutcome]) -> None:
+    """Why each owner changed and what caused it, in the order the changes happened (one statement)."""
+    if not outcomes:
+        return
+    changes = [o.change for o in outcomes]
+    triggers = [o.trigger for o in outcomes]
+    await conn.execute(
+        _OWNER_CHANGES,
+        [o.havip_id for o in outcomes],
+        [o.version for o in outcomes],
+        [c.previous.instance_id if c.previous else None for c in changes],
+        [c.owner.instance_id if c.owner else None for c in changes],
+        [c.cause.value for c in changes],
+        [c.detail for c in changes],
+        [t.kind.value for t in triggers],
+        [t.message_id for t in triggers],
+        [t.instance_id for t in triggers],
+        [t.seq for t in triggers],
+        [t.lease_expired_at for t in triggers],
+    )

@@ -14,7 +14,6 @@ from services.mapping.election import (
     explain,
     judge_report,
     lapse_due,
-    renewal_changes_nothing,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -133,34 +132,6 @@ def test_older_reports_and_replays_change_nothing() -> None:
     assert judge_report(current, report("i-a", VrrpState.BACKUP, seq=6, at=6.0)) is ReportVerdict.FRESH
     # Same sequence number, later agent clock: the clock breaks the tie.
     assert judge_report(current, report("i-a", VrrpState.BACKUP, seq=5, at=5.5)) is ReportVerdict.FRESH
-
-
-def test_a_renewal_of_a_live_claim_changes_nothing() -> None:
-    owned = contest(
-        report("i-a", VrrpState.MASTER, priority=100, at=0.0),
-        report("i-b", VrrpState.MASTER, priority=90, at=0.5),
-        owner="i-a",
-    )
-    assert renewal_changes_nothing(owned, report("i-a", VrrpState.MASTER, priority=100, seq=2, at=1.0))
-    assert renewal_changes_nothing(owned, report("i-b", VrrpState.MASTER, priority=90, seq=2, at=1.0))
-
-
-def test_renewals_that_could_move_the_owner_take_the_full_path() -> None:
-    owned = contest(
-        report("i-a", VrrpState.MASTER, priority=100, at=0.0),
-        report("i-b", VrrpState.MASTER, priority=90, at=0.5),
-        owner="i-a",
-    )
-    # The owner's lease ran out before i-b's renewal arrived: the owner must change.
-    assert not renewal_changes_nothing(owned, report("i-b", VrrpState.MASTER, priority=90, seq=2, at=2.6))
-    # A new priority may reorder the claims.
-    assert not renewal_changes_nothing(owned, report("i-b", VrrpState.MASTER, priority=150, seq=2, at=1.0))
-    # A claim that had lapsed comes back to life: it may win again.
-    assert not renewal_changes_nothing(owned, report("i-b", VrrpState.MASTER, priority=90, seq=2, at=3.1))
-    # A replay is not a renewal.
-    assert not renewal_changes_nothing(owned, report("i-a", VrrpState.MASTER, priority=100, seq=1, at=0.0))
-    # Lease zero says the claim is no longer known to be live.
-    assert not renewal_changes_nothing(owned, report("i-a", VrrpState.MASTER, seq=2, at=1.0, lease=0.0))
 
 
 def test_every_owner_change_says_why() -> None:

@@ -1,8 +1,9 @@
 """Random interleavings of reports, renewals, expiries, attaches, detaches, status changes,
 duplicates and redeliveries, driven through the election code the mapping service uses.
 
-The driver below takes each message the way `OwnerTracker` does (judge it, take the
-cheap renewal path when `renewal_changes_nothing`, else elect), deduplicates
+The driver below takes each report through `plan_reports`, as `OwnerTracker` does
+(a batch of one here; tests/unit/test_report_batch.py shows a batch decides as its
+reports would one at a time), deduplicates
 commands and inventory changes the way the tables do, and runs the lease sweep
 after every step (the service sweeps every 200 ms). After every step:
 - the owner is attached, running, and its latest state is MASTER;
@@ -25,14 +26,11 @@ from services.mapping.election import (
     Candidate,
     Contest,
     Report,
-    ReportVerdict,
     elect,
-    judge_report,
     lapse_due,
     rank,
-    renewal_changes_nothing,
-    withdrawn,
 )
+from services.mapping.report_batch import IncomingReport, LockedHavip, plan_reports
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 INSTANCES = {"i-a": IPv4Address("10.0.0.11"), "i-b": IPv4Address("10.0.0.12"), "i-c": IPv4Address("10.0.0.13")}
@@ -90,16 +88,9 @@ class World:
             self._elect(replace(self.contest, candidates=candidates), self.now)
 
     def _report(self, report: Report) -> None:
-        verdict = judge_report(self.contest, report)
-        if verdict is ReportVerdict.NOT_ATTACHED:
-            self.contest = self.contest.with_report(withdrawn(report))  # dead-lettered, its seq kept
-            return
-        if verdict is ReportVerdict.STALE:
-            return
-        if renewal_changes_nothing(self.contest, report):
-            self.contest = self.contest.with_report(report)  # the one-statement path: the owner stays
-            return
-        self._elect(self.contest.with_report(report), report.received_at)
+        locked = LockedHavip("h-1", "t-1", version=1, published_version=1, contest=self.contest)
+        plan = plan_reports({"h-1": locked}, [IncomingReport("h-1", "t-1", "m-1", report)])
+        self.contest = plan.contests["h-1"]
 
     def _membership(self, command: Attach | Detach) -> None:
         others = tuple(c for c in self.contest.candidates if c.instance_id != command.instance)

@@ -1,0 +1,163 @@
+"""Many VRRP reports decided at once, in memory: what each does to its HAVIP.
+
+The mapping worker reads reports in batches (a fetch's worth, per partition
+in order). It locks every HAVIP of the batch, loads their contests once,
+and this module walks the reports in the order they arrived, exactly as the
+one-report-at-a-time path would: each report is judged against the contest
+as the reports before it left it, the owner is elected at the report's
+arrival, and every owner change gets its own version. The caller then
+stores the plan in a bounded number of statements and publishes the HAVIPs
+whose state changed.
+
+A renewal (the common case: every live master renews every second) goes
+through the same rules; it only extends a claim, so its whole cost is one
+row in the batch's single upsert of reports.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from schemas.errors import ErrorCode
+from schemas.messages import HaVipStatus
+from services.mapping.election import (
+    Candidate,
+    Contest,
+    OwnerChange,
+    Report,
+    ReportVerdict,
+    Trigger,
+    TriggerKind,
+    elect,
+    explain,
+    judge_report,
+    withdrawn,
+)
+
+
+@dataclass(frozen=True)
+class LockedHavip:
+    """A HAVIP as the batch found it under its row lock."""
+
+    havip_id: str
+    tenant_id: str
+    version: int
+    published_version: int
+    contest: Contest
+
+
+@dataclass(frozen=True)
+class IncomingReport:
+    """One VRRP report of the batch, in arrival order."""
+
+    havip_id: str
+    tenant_id: str
+    message_id: str
+    report: Report
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A report that cannot count: dead-lettered with this code (`index` into the batch)."""
+
+    index: int
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class OwnerOutcome:
+    """An owner change to store, at the version it happened."""
+
+    havip_id: str
+    version: int
+    owner: Candidate | None
+    change: OwnerChange
+    trigger: Trigger
+
+
+@dataclass(frozen=True)
+class HavipAfter:
+    """What the `havips` row holds once the batch is stored (only for HAVIPs whose owner changed)."""
+
+    owner_target_id: str | None
+    status: HaVipStatus
+    version: int
+
+
+@dataclass
+class ReportPlan:
+    # The last report per (havip_id, instance_id): what the vrrp_reports rows end as.
+    reports: dict[tuple[str, str], Report] = field(default_factory=dict)
+    outcomes: list[OwnerOutcome] = field(default_factory=list)
+    havips: dict[str, HavipAfter] = field(default_factory=dict)
+    # HAVIPs to publish: changed now, or committed earlier and never published (a crash between the two).
+    publish: set[str] = field(default_factory=set)
+    # When the gateway accepted the report behind each HAVIP's last change (carried to the forwarder).
+    caused_at: dict[str, datetime] = field(default_factory=dict)
+    refusals: list[Refusal] = field(default_factory=list)
+    verdicts: Counter[ReportVerdict] = field(default_factory=Counter)
+    # Each HAVIP's contest as the batch leaves it.
+    contests: dict[str, Contest] = field(default_factory=dict)
+
+
+def plan_reports(locked: Mapping[str, LockedHavip], incoming: Sequence[IncomingReport]) -> ReportPlan:
+    """Decide every report of a batch against the HAVIPs it found locked."""
+    plan = ReportPlan()
+    contests = plan.contests
+    contests.update((havip_id, row.contest) for havip_id, row in locked.items())
+    versions = {havip_id: row.version for havip_id, row in locked.items()}
+    for index, item in enumerate(incoming):
+        row = locked.get(item.havip_id)
+        if row is None or row.tenant_id != item.tenant_id:
+            plan.refusals.append(Refusal(index, ErrorCode.UNKNOWN_HAVIP, f"no HAVIP {item.havip_id} for this tenant"))
+            continue
+        before = contests[item.havip_id]
+        report = item.report
+        verdict = judge_report(before, report)
+        plan.verdicts[verdict] += 1
+        key = (item.havip_id, report.instance_id)
+        if verdict is ReportVerdict.NOT_ATTACHED:
+            # Its sequence number is kept: redelivered after an attach, it stays stale.
+            plan.reports[key] = withdrawn(report)
+            contests[item.havip_id] = before.with_report(plan.reports[key])
+            plan.refusals.append(
+                Refusal(
+                    index,
+                    ErrorCode.REPORTER_NOT_ATTACHED,
+                    f"{report.instance_id} is not attached to {item.havip_id}; only attached instances may own it",
+                )
+            )
+            continue
+        if verdict is ReportVerdict.STALE:
+            # Most likely redelivered after a crash: publish what the first pass may not have.
+            if row.published_version < versions[item.havip_id]:
+                plan.publish.add(item.havip_id)
+            continue
+        plan.reports[key] = report
+        after = before.with_report(report)
+        # Evaluated at the report's arrival, so a replay decides exactly as the first pass did.
+        owner = elect(after, report.received_at)
+        change = explain(before, after, owner, report.received_at)
+        if change is None:
+            contests[item.havip_id] = after
+            continue
+        owner_target_id = owner.target_id if owner else None
+        contests[item.havip_id] = replace(after, owner_target_id=owner_target_id)
+        versions[item.havip_id] += 1
+        trigger = Trigger(
+            TriggerKind.VRRP_REPORT, message_id=item.message_id, instance_id=report.instance_id, seq=report.seq
+        )
+        plan.outcomes.append(OwnerOutcome(item.havip_id, versions[item.havip_id], owner, change, trigger))
+        plan.havips[item.havip_id] = HavipAfter(owner_target_id, havip_status(after), versions[item.havip_id])
+        plan.publish.add(item.havip_id)
+        plan.caused_at[item.havip_id] = report.received_at
+    return plan
+
+
+def havip_status(contest: Contest) -> HaVipStatus:
+    """A HAVIP with an attachment is in use, whoever owns it."""
+    return HaVipStatus.IN_USE if contest.candidates else HaVipStatus.AVAILABLE
