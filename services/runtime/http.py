@@ -297,6 +297,8 @@ def install_http_conventions(
     serve_docs_offline(app)
 
 
+KEEP_ALIVE_SECONDS = 75
+
 # uvicorn's exit code for a failed startup (e.g. the schema is out of date).
 STARTUP_FAILURE = 3
 
@@ -314,6 +316,10 @@ def run_http_service(app: FastAPI, service: str, host: str, port: int) -> None:
         log_config=None,  # keep the one logger setup
         access_log=False,  # requests are counted in /metrics instead
         timeout_graceful_shutdown=10,
+        # A server that closes an idle keep-alive connection just as a client reuses it makes
+        # that client's request fail unanswered. Clients give up idle connections sooner than
+        # this (httpx after 5 s, load balancers after about 60 s), so they never race us.
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     server = uvicorn.Server(config)
     server.run()

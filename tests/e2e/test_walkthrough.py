@@ -63,9 +63,16 @@ async def test_readme_walkthrough_with_failover(settings: Settings, dev_up) -> N
         stopped = await tenant.attach(havip["havip_id"], "i-demo-stopped")
         assert stopped["status"] == "Succeeded"  # a Stopped instance may be attached, but cannot own
 
-        assert await tenant.route("vpc-demo", "192.168.1.100") == {
+        # The forwarder follows havip.mappings on its own, so it may still be a record behind the
+        # operation's result; it must reach the committed version, with nobody owning the address.
+        committed = (await tenant.havip(havip["havip_id"]))["version"]
+        deadline = time.monotonic() + 10
+        while (route := await tenant.route("vpc-demo", "192.168.1.100")) is None or route["version"] < committed:
+            assert time.monotonic() < deadline, f"the forwarder stayed at {route} (committed version {committed})"
+            await asyncio.sleep(0.05)
+        assert route == {
             "havip_id": havip["havip_id"],
-            "version": (await tenant.havip(havip["havip_id"]))["version"],
+            "version": committed,
             "instance_id": None,
             "eni_id": None,
             "private_ip": None,
