@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import sys
+from pathlib import Path
 
 from services.admin.cli import register as register_admin
 from services.client.cli import register as register_havips
@@ -69,8 +70,6 @@ def _bench_failover(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     if not args.check:
         from services.agent.main import run
 
@@ -99,6 +98,12 @@ def _bench_renewals(args: argparse.Namespace) -> int:
     from services.dev.bench_renewals import run_renewal_bench
 
     return run_renewal_bench(load_settings(), havips=args.havips, renewals=args.renewals, changes=args.changes)
+
+
+def _bench_mapping(args: argparse.Namespace) -> int:
+    from services.dev.bench_mapping import run_mapping_bench
+
+    return run_mapping_bench(load_settings(), havips=args.havips, seconds=args.seconds, out=args.out)
 
 
 def _bench_recovery(args: argparse.Namespace) -> int:
@@ -148,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     renewals.add_argument("--renewals", type=int, default=30_000)
     renewals.add_argument("--changes", type=int, default=3_000)
     renewals.set_defaults(func=_bench_renewals)
+    mapping = bench_sub.add_parser("mapping", help="VRRP reports one mapping worker applies per second, sustained")
+    mapping.add_argument("--havips", type=int, default=10_000)
+    mapping.add_argument("--seconds", type=float, default=60.0, help="measured per kind of report, after a warm-up")
+    mapping.add_argument("--out", type=Path, default=None, help="write mapping.json here")
+    mapping.set_defaults(func=_bench_mapping)
     keepalived = bench_sub.add_parser("keepalived", help="real keepalived failovers, notify to forwarder (root)")
     keepalived.add_argument("--rounds", type=int, default=10)
     keepalived.set_defaults(func=_bench_keepalived)

@@ -1,0 +1,224 @@
+"""`havip bench mapping`: VRRP reports one mapping worker applies per second, sustained.
+
+HAVIPs are seeded straight into the mapping tables (two attached instances,
+the first owning each with a live claim), one mapping worker is started, and
+reports are produced straight to `vrrp.events` for a fixed time: first lease
+renewals (the owner renews its claim: nothing changes but the lease), then
+state changes (the owner steps down, then claims again: each one moves the
+owner and publishes the HAVIP's state). The producer keeps a bounded backlog
+ahead of the worker, so the worker is never idle and the broker's partitions
+do not grow without end; what the worker applied is read from its own
+`/metrics` once a second.
+
+The producer shares this machine with the worker, the broker and PostgreSQL;
+the output says when the producer, not the worker, was the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from schemas import topics
+from schemas.messages import MAX_LEASE_SECONDS
+from services.dev.bench_renewals import TENANT, seed_live_masters
+from services.dev.embedded import free_port
+from services.dev.processes import ServiceProcess
+from services.dev.stack import dev_stack
+from services.runtime.db import connect_pool
+from services.runtime.kafka import new_producer, topic_name
+from services.runtime.settings import Settings
+
+# Records queued ahead of the worker: enough that it never waits for the producer,
+# few enough that a fetch stays fast on the embedded broker (it slows as a partition grows).
+BACKLOG = 20_000
+WARMUP_SECONDS = 5.0
+APPLIED_LABELS = ('service="mapping"', 'outcome="applied"', f'topic="{topics.VRRP.name}"')
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    seconds: float
+    per_second: list[float]  # applied in each whole second after the warm-up
+    produced: int
+    applied: int
+    producer_bound_seconds: int  # seconds in which the backlog ran dry: the producer was the limit
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_second) if self.per_second else 0.0
+
+    @property
+    def mean(self) -> float:
+        return sum(self.per_second) / len(self.per_second) if self.per_second else 0.0
+
+
+def run_mapping_bench(settings: Settings, havips: int, seconds: float, out: Path | None) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
+    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
+    with dev_stack(settings, workdir, services=()) as stack:
+        phases = asyncio.run(_bench(stack.settings, workdir, havips, seconds))
+    print()
+    print(f"{'reports':<16}{'median/s':>12}{'mean/s':>12}{'applied':>12}{'producer-bound s':>20}")
+    for phase in phases:
+        print(
+            f"{phase.name:<16}{phase.median:>12,.0f}{phase.mean:>12,.0f}{phase.applied:>12,}"
+            f"{phase.producer_bound_seconds:>20}"
+        )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        result = {
+            "havips": havips,
+            "seconds": seconds,
+            "phases": [
+                {
+                    "name": p.name,
+                    "median_per_second": p.median,
+                    "mean_per_second": p.mean,
+                    "per_second": p.per_second,
+                    "produced": p.produced,
+                    "applied": p.applied,
+                    "producer_bound_seconds": p.producer_bound_seconds,
+                }
+                for p in phases
+            ],
+        }
+        (out / "mapping.json").write_text(json.dumps(result, indent=2))
+        print(f"results in {out}")
+    return 0
+
+
+async def _bench(settings: Settings, workdir: Path, havips: int, seconds: float) -> list[Phase]:
+    pool = await connect_pool(settings.database_url)
+    try:
+        await seed_live_masters(pool, havips)
+    finally:
+        await pool.close()
+    print(f"seeded {havips} HAVIPs, each owned by a live claim; starting one mapping worker", flush=True)
+    port = free_port()
+    worker = ServiceProcess("mapping", settings.model_copy(update={"mapping_port": port}), workdir).start()
+    producer = new_producer(settings)
+    await producer.start()
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        async with httpx.AsyncClient(base_url=f"http://{settings.http_host}:{port}", timeout=10) as metrics:
+            renewals = Reports(havips, changes=False)
+            changes = Reports(havips, changes=True)
+            return [
+                await _phase("renewals", settings, producer, metrics, renewals.next, seconds),
+                await _phase("state changes", settings, producer, metrics, changes.next, seconds),
+            ]
+    finally:
+        await producer.stop()
+        worker.stop()
+
+
+class Reports:
+    """VRRP reports as the agents would send them, newest seq per HAVIP, round robin over the HAVIPs."""
+
+    def __init__(self, havips: int, *, changes: bool) -> None:
+        self._havips = havips
+        self._changes = changes
+        self._n = 0
+
+    def next(self) -> tuple[bytes, bytes]:
+        havip, round_ = self._n % self._havips, self._n // self._havips
+        self._n += 1
+        if self._changes:
+            # The owner steps down (BACKUP: nobody owns it), then claims again (MASTER): two owner changes.
+            state, seq = ("BACKUP" if round_ % 2 == 0 else "MASTER"), 10**9 + round_
+        else:
+            state, seq = "MASTER", 2 + round_
+        now = datetime.now(UTC).isoformat()
+        report = {
+            "message_id": str(uuid.uuid4()),
+            "occurred_at": now,
+            "schema_version": 1,
+            "type": "VrrpReported",
+            "havip_id": f"havip-{havip}",
+            "tenant_id": TENANT,
+            "instance_id": f"i-{2 * havip}",
+            "state": state,
+            "priority": 100,
+            "seq": seq,
+            "reported_at": now,
+            "received_at": now,
+            "lease_seconds": MAX_LEASE_SECONDS,
+        }
+        return f"havip-{havip}".encode(), json.dumps(report).encode()
+
+
+async def _phase(
+    name: str,
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    metrics: httpx.AsyncClient,
+    make: Callable[[], tuple[bytes, bytes]],
+    seconds: float,
+) -> Phase:
+    topic = topic_name(settings, topics.VRRP)
+    start_applied = await _applied(metrics)
+    applied = start_applied
+    produced = 0
+    stop = time.monotonic() + WARMUP_SECONDS + seconds
+
+    async def produce() -> None:
+        nonlocal produced
+        while time.monotonic() < stop:
+            if produced - (applied - start_applied) >= BACKLOG:
+                await asyncio.sleep(0.005)
+                continue
+            sent = []
+            for _ in range(500):
+                key, value = make()
+                sent.append(await producer.send(topic, key=key, value=value))
+            await asyncio.gather(*sent)
+            produced += len(sent)
+
+    task = asyncio.get_running_loop().create_task(produce())
+    per_second: list[float] = []
+    dry = 0
+    began = time.monotonic()
+    last, last_at = applied, began
+    try:
+        while time.monotonic() < stop:
+            await asyncio.sleep(1.0)
+            applied = await _applied(metrics)
+            now = time.monotonic()
+            rate = (applied - last) / (now - last_at)
+            backlog = produced - (applied - start_applied)
+            if now - began > WARMUP_SECONDS:
+                per_second.append(rate)
+                dry += backlog < 1000
+            print(f"  {name}: {rate:9,.0f}/s applied, backlog {backlog:7,}", flush=True)
+            last, last_at = applied, now
+    finally:
+        await task
+    # Let the worker finish the backlog so the next phase starts clean.
+    deadline = time.monotonic() + 120
+    while applied - start_applied < produced and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        applied = await _applied(metrics)
+    return Phase(name, seconds, per_second, produced, applied - start_applied, dry)
+
+
+async def _applied(metrics: httpx.AsyncClient) -> int:
+    answer = await metrics.get("/metrics")
+    answer.raise_for_status()
+    applied = 0
+    for line in answer.text.splitlines():
+        if line.startswith("havip_stream_records_total{") and all(label in line for label in APPLIED_LABELS):
+            applied += int(float(line.rsplit(" ", 1)[1]))
+    return applied
