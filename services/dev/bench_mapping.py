@@ -55,6 +55,8 @@ class Phase:
     produced: int
     applied: int
     producer_bound_seconds: int  # seconds in which the backlog ran dry: the producer was the limit
+    batches: int  # batches the worker applied
+    batch_seconds: float  # time inside them (the rest is fetching, parsing and faust)
 
     @property
     def median(self) -> float:
@@ -71,11 +73,17 @@ def run_mapping_bench(settings: Settings, havips: int, seconds: float, out: Path
     with dev_stack(settings, workdir, services=()) as stack:
         phases = asyncio.run(_bench(stack.settings, workdir, havips, seconds))
     print()
-    print(f"{'reports':<16}{'median/s':>12}{'mean/s':>12}{'applied':>12}{'producer-bound s':>20}")
+    print(
+        f"{'reports':<16}{'median/s':>10}{'mean/s':>10}{'applied':>10}{'per batch':>11}"
+        f"{'ms/batch':>10}{'busy':>7}{'producer-bound s':>18}"
+    )
     for phase in phases:
+        size = phase.applied / phase.batches if phase.batches else 0.0
+        per_batch = 1000 * phase.batch_seconds / phase.batches if phase.batches else 0.0
         print(
-            f"{phase.name:<16}{phase.median:>12,.0f}{phase.mean:>12,.0f}{phase.applied:>12,}"
-            f"{phase.producer_bound_seconds:>20}"
+            f"{phase.name:<16}{phase.median:>10,.0f}{phase.mean:>10,.0f}{phase.applied:>10,}{size:>11,.0f}"
+            f"{per_batch:>10.1f}{phase.batch_seconds / (WARMUP_SECONDS + phase.seconds):>7.0%}"
+            f"{phase.producer_bound_seconds:>18}"
         )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +99,8 @@ def run_mapping_bench(settings: Settings, havips: int, seconds: float, out: Path
                     "produced": p.produced,
                     "applied": p.applied,
                     "producer_bound_seconds": p.producer_bound_seconds,
+                    "batches": p.batches,
+                    "batch_seconds": p.batch_seconds,
                 }
                 for p in phases
             ],
@@ -169,7 +179,7 @@ async def _phase(
     seconds: float,
 ) -> Phase:
     topic = topic_name(settings, topics.VRRP)
-    start_applied = await _applied(metrics)
+    start_applied, start_batches = await _applied(metrics), await _batches(metrics)
     applied = start_applied
     produced = 0
     stop = time.monotonic() + WARMUP_SECONDS + seconds
@@ -211,14 +221,32 @@ async def _phase(
     while applied - start_applied < produced and time.monotonic() < deadline:
         await asyncio.sleep(0.5)
         applied = await _applied(metrics)
-    return Phase(name, seconds, per_second, produced, applied - start_applied, dry)
+    end_batches = await _batches(metrics)
+    batches, batch_seconds = end_batches[0] - start_batches[0], end_batches[1] - start_batches[1]
+    return Phase(name, seconds, per_second, produced, applied - start_applied, dry, int(batches), batch_seconds)
+
+
+async def _batches(metrics: httpx.AsyncClient) -> tuple[float, float]:
+    """How many batches of reports the worker applied, and the seconds spent in them."""
+    count = total = 0.0
+    for line in await _metric_lines(metrics):
+        if 'service="mapping"' in line and f'topic="{topics.VRRP.name}"' in line:
+            if line.startswith("havip_stream_batch_seconds_count{"):
+                count = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("havip_stream_batch_seconds_sum{"):
+                total = float(line.rsplit(" ", 1)[1])
+    return count, total
+
+
+async def _metric_lines(metrics: httpx.AsyncClient) -> list[str]:
+    answer = await metrics.get("/metrics")
+    answer.raise_for_status()
+    return answer.text.splitlines()
 
 
 async def _applied(metrics: httpx.AsyncClient) -> int:
-    answer = await metrics.get("/metrics")
-    answer.raise_for_status()
     applied = 0
-    for line in answer.text.splitlines():
+    for line in await _metric_lines(metrics):
         if line.startswith("havip_stream_records_total{") and all(label in line for label in APPLIED_LABELS):
             applied += int(float(line.rsplit(" ", 1)[1]))
     return applied
