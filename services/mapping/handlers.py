@@ -17,7 +17,7 @@ one row of the batch's upsert and publishes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -146,7 +146,7 @@ class OwnerTracker:
             await store.save_owners(conn, plan.havips)
             await store.record_owner_changes(conn, plan.outcomes)
         self._count(plan)
-        await self.publish_states(plan.publish)
+        await self.publish_states(plan.publish, plan.caused_at)
         return plan.refusals
 
     def _count(self, plan: ReportPlan) -> None:
@@ -232,11 +232,20 @@ class OwnerTracker:
             )
         return True
 
-    async def publish_states(self, havip_ids: Collection[str]) -> None:
-        """Publish the committed state of these HAVIPs, then record the versions now published."""
+    async def publish_states(self, havip_ids: Collection[str], caused_at: Mapping[str, datetime] | None = None) -> None:
+        """Publish the committed state of these HAVIPs, then record the versions now published.
+
+        `caused_at`: when the gateway accepted the report behind a HAVIP's change, carried to the
+        forwarder so it can tell how long a failover took to reach it.
+        """
         if not havip_ids:
             return
         mappings = await load_mappings(self._pool, sorted(havip_ids))
+        if caused_at:
+            mappings = [
+                m.model_copy(update={"report_received_at": caused_at[m.havip_id]}) if m.havip_id in caused_at else m
+                for m in mappings
+            ]
         await self._publish(topics.MAPPINGS, [(m.havip_id, topics.encode(m)) for m in mappings])
         await store.mark_published(self._pool, {m.havip_id: m.version for m in mappings})
 

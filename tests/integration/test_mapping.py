@@ -68,17 +68,20 @@ async def test_reports_follow_the_owner_rules_end_to_end(settings, db, start_ser
     start_service("mapping")
     async with Publisher(settings) as publish:
         await build_havips(publish, settings, havips=1, per_havip=2)
-        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-0", VrrpState.MASTER, seq=1))
+        claimed = report("havip-0", "i-0", VrrpState.MASTER, seq=1)
+        await publish.send(topics.VRRP, "havip-0", claimed)
         # A stranger may not own it: dead-lettered, nothing changes.
         await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-99", VrrpState.MASTER, seq=1))
         # Garbage on the topic is kept, with the reason; the consumer goes on.
         await publish.send(topics.VRRP, "havip-0", b'{"type": "VrrpReported", "state": "MASTER"}')
         # Split brain: i-1 claims MASTER too, with a higher priority, and wins.
-        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.MASTER, seq=1, priority=200))
+        outranked = report("havip-0", "i-1", VrrpState.MASTER, seq=1, priority=200)
+        await publish.send(topics.VRRP, "havip-0", outranked)
         # A replay of i-0's old report changes nothing.
         await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-0", VrrpState.MASTER, seq=1))
         # Owner stops: i-0 still claims MASTER, so it takes over.
-        await publish.send(topics.VRRP, "havip-0", report("havip-0", "i-1", VrrpState.STOP, seq=2, priority=200))
+        stopped = report("havip-0", "i-1", VrrpState.STOP, seq=2, priority=200)
+        await publish.send(topics.VRRP, "havip-0", stopped)
     letters = await read_topic(settings, topics.DEAD_LETTERS, until=2, timeout=30)
     assert sorted(letter.code for letter in letters) == sorted(
         [ErrorCode.REPORTER_NOT_ATTACHED, ErrorCode.MALFORMED_MESSAGE]
@@ -94,6 +97,18 @@ async def test_reports_follow_the_owner_rules_end_to_end(settings, db, start_ser
         ("i-0", "i-1", "HigherPriorityClaim"),
         ("i-1", "i-0", "Takeover"),
     ]
+    # Each state a report changed says when the gateway accepted that report (the forwarder's
+    # convergence histogram starts there); the create and the two attaches carry none. Changes
+    # applied in one batch are published once, as the last one left the HAVIP.
+    final = await db.fetchval("SELECT version FROM havips WHERE havip_id = 'havip-0'")
+    states = await read_topic(settings, topics.MAPPINGS, until=4, timeout=30)
+    while states[-1].version < final:
+        assert len(states) < 8, f"the final version {final} was never published: {states}"
+        states = await read_topic(settings, topics.MAPPINGS, until=len(states) + 1, timeout=10)
+    caused = [s.report_received_at for s in states if s.report_received_at is not None]
+    assert caused[-1] == stopped.received_at
+    assert set(caused) <= {claimed.received_at, outranked.received_at, stopped.received_at}
+    assert all(s.report_received_at is None for s in states[:3])
 
 
 async def test_stopped_moved_and_detached_owners(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
