@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import sys
+from pathlib import Path
 
 from services.admin.cli import register as register_admin
 from services.client.cli import register as register_havips
@@ -95,6 +96,20 @@ def _notify(args: argparse.Namespace) -> int:
     return run(Path(args.config), [args.type, args.name, args.state, args.priority], deliver_seconds=args.wait)
 
 
+def _bench_out(args: argparse.Namespace, name: str) -> Path:
+    from services.dev.benchkit import default_out_dir
+
+    return Path(args.out) if args.out else default_out_dir(name)
+
+
+def _bench_lookups(args: argparse.Namespace) -> int:
+    from services.dev.bench_lookups import run_lookups_bench
+
+    return run_lookups_bench(
+        load_settings(), havips=args.havips, seconds=args.seconds, out_dir=_bench_out(args, "lookups")
+    )
+
+
 def _bench_renewals(args: argparse.Namespace) -> int:
     from services.dev.bench_renewals import run_renewal_bench
 
@@ -117,6 +132,12 @@ def _bench_rebalance(args: argparse.Namespace) -> int:
     from services.dev.bench_rebalance import run_rebalance_bench
 
     return run_rebalance_bench(load_settings(), rounds=args.rounds, static=args.static)
+
+
+def _out_option(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(
+        "--out", metavar="DIR", help=f"results JSON and PNGs (default: bench-results/{name}-<timestamp>)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     rebalance.add_argument("--rounds", type=int, default=5)
     rebalance.add_argument("--static", action="store_true", help="also measure static group membership")
     rebalance.set_defaults(func=_bench_rebalance)
+    lookups = bench_sub.add_parser(
+        "lookups", help="forwarder lookups (in process, HTTP single and batch) against PostgreSQL, side by side"
+    )
+    lookups.add_argument("--havips", type=int, default=10_000, help="HAVIPs the stack holds (default 10,000)")
+    lookups.add_argument("--seconds", type=float, default=10.0, help="load on each side (default 10)")
+    _out_option(lookups, "lookups")
+    lookups.set_defaults(func=_bench_lookups)
 
     agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
     agent.add_argument("--config", required=True, help="the agent's TOML file")
