@@ -110,6 +110,36 @@ def _bench_lookups(args: argparse.Namespace) -> int:
     )
 
 
+def _bench_coldstart(args: argparse.Namespace) -> int:
+    from services.dev.bench_coldstart import run_coldstart_bench
+
+    return run_coldstart_bench(
+        load_settings(), sizes=args.sizes, starts=args.starts, out_dir=_bench_out(args, "coldstart")
+    )
+
+
+def _bench_intake(args: argparse.Namespace) -> int:
+    from services.dev.bench_intake import run_intake_bench
+
+    return run_intake_bench(
+        load_settings(),
+        agents=args.agents,
+        seconds=args.seconds,
+        connections=args.connections,
+        out_dir=_bench_out(args, "intake"),
+    )
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("give one or more positive counts, e.g. 100000,1000000")
+    return sizes
+
+
 def _bench_renewals(args: argparse.Namespace) -> int:
     from services.dev.bench_renewals import run_renewal_bench
 
@@ -188,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     lookups.add_argument("--seconds", type=float, default=10.0, help="load on each side (default 10)")
     _out_option(lookups, "lookups")
     lookups.set_defaults(func=_bench_lookups)
+    coldstart = bench_sub.add_parser("coldstart", help="forwarder start to ready, and its memory, per fleet size")
+    coldstart.add_argument(
+        "--sizes", type=_sizes, default=[100_000, 1_000_000], help="HAVIP counts (default 100000,1000000)"
+    )
+    coldstart.add_argument("--starts", type=int, default=3, help="forwarder starts per size; the median is shown (3)")
+    _out_option(coldstart, "coldstart")
+    coldstart.set_defaults(func=_bench_coldstart)
+    intake = bench_sub.add_parser("intake", help="VRRP reports a gateway accepts per second over HTTP (wrk)")
+    intake.add_argument("--agents", type=int, default=500, help="agent tokens the load is spread over (default 500)")
+    intake.add_argument("--seconds", type=float, default=15.0, help="length of the load (default 15)")
+    intake.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    _out_option(intake, "intake")
+    intake.set_defaults(func=_bench_intake)
 
     agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
     agent.add_argument("--config", required=True, help="the agent's TOML file")
