@@ -66,7 +66,15 @@ def _dev_seed(_: argparse.Namespace) -> int:
 def _bench_failover(args: argparse.Namespace) -> int:
     from services.dev.bench import run_failover_bench
 
-    return run_failover_bench(load_settings(), rounds=args.rounds)
+    return run_failover_bench(
+        load_settings(),
+        rounds=args.rounds,
+        havips=args.havips,
+        reports_per_second=args.reports_per_second,
+        renewals_per_second=args.renewals_per_second,
+        round_timeout=args.round_timeout,
+        out_dir=_bench_out(args, "failover"),
+    )
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -191,8 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the system on this machine")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    failover = bench_sub.add_parser("failover", help="VRRP report to forwarder answer, over many failovers")
-    failover.add_argument("--rounds", type=int, default=100)
+    failover = bench_sub.add_parser(
+        "failover", help="VRRP report to forwarder answer over many failovers, idle and under background load"
+    )
+    failover.add_argument("--rounds", type=int, default=1000, help="failovers per phase (default 1,000)")
+    failover.add_argument("--havips", type=int, default=10_000, help="HAVIPs the stack holds (default 10,000)")
+    failover.add_argument(
+        "--reports-per-second", type=float, default=1000, help="background owner-changing reports (default 1,000)"
+    )
+    failover.add_argument(
+        "--renewals-per-second", type=float, default=5000, help="background lease renewals (default 5,000)"
+    )
+    failover.add_argument(
+        "--round-timeout", type=float, default=30.0, help="seconds a round may take before the phase stops (30)"
+    )
+    _out_option(failover, "failover")
     failover.set_defaults(func=_bench_failover)
     renewals = bench_sub.add_parser("renewals", help="lease renewals and state changes one mapping worker applies")
     renewals.add_argument("--havips", type=int, default=10_000)
