@@ -66,7 +66,15 @@ def _dev_seed(_: argparse.Namespace) -> int:
 def _bench_failover(args: argparse.Namespace) -> int:
     from services.dev.bench import run_failover_bench
 
-    return run_failover_bench(load_settings(), rounds=args.rounds)
+    return run_failover_bench(
+        load_settings(),
+        rounds=args.rounds,
+        havips=args.havips,
+        reports_per_second=args.reports_per_second,
+        renewals_per_second=args.renewals_per_second,
+        round_timeout=args.round_timeout,
+        out_dir=_bench_out(args, "failover"),
+    )
 
 
 def _agent(args: argparse.Namespace) -> int:
@@ -92,6 +100,50 @@ def _notify(args: argparse.Namespace) -> int:
     from services.agent.notify import run
 
     return run(Path(args.config), [args.type, args.name, args.state, args.priority], deliver_seconds=args.wait)
+
+
+def _bench_out(args: argparse.Namespace, name: str) -> Path:
+    from services.dev.benchkit import default_out_dir
+
+    return Path(args.out) if args.out else default_out_dir(name)
+
+
+def _bench_lookups(args: argparse.Namespace) -> int:
+    from services.dev.bench_lookups import run_lookups_bench
+
+    return run_lookups_bench(
+        load_settings(), havips=args.havips, seconds=args.seconds, out_dir=_bench_out(args, "lookups")
+    )
+
+
+def _bench_coldstart(args: argparse.Namespace) -> int:
+    from services.dev.bench_coldstart import run_coldstart_bench
+
+    return run_coldstart_bench(
+        load_settings(), sizes=args.sizes, starts=args.starts, out_dir=_bench_out(args, "coldstart")
+    )
+
+
+def _bench_intake(args: argparse.Namespace) -> int:
+    from services.dev.bench_intake import run_intake_bench
+
+    return run_intake_bench(
+        load_settings(),
+        agents=args.agents,
+        seconds=args.seconds,
+        connections=args.connections,
+        out_dir=_bench_out(args, "intake"),
+    )
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of counts: {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("give one or more positive counts, e.g. 100000,1000000")
+    return sizes
 
 
 def _bench_renewals(args: argparse.Namespace) -> int:
@@ -124,6 +176,12 @@ def _bench_rebalance(args: argparse.Namespace) -> int:
     return run_rebalance_bench(load_settings(), rounds=args.rounds, static=args.static)
 
 
+def _out_option(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument(
+        "--out", metavar="DIR", help=f"results JSON and PNGs (default: bench-results/{name}-<timestamp>)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="havip", description="Edge HAVIP control plane")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,8 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measure the system on this machine")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    failover = bench_sub.add_parser("failover", help="VRRP report to forwarder answer, over many failovers")
-    failover.add_argument("--rounds", type=int, default=100)
+    failover = bench_sub.add_parser(
+        "failover", help="VRRP report to forwarder answer over many failovers, idle and under background load"
+    )
+    failover.add_argument("--rounds", type=int, default=1000, help="failovers per phase (default 1,000)")
+    failover.add_argument("--havips", type=int, default=10_000, help="HAVIPs the stack holds (default 10,000)")
+    failover.add_argument(
+        "--reports-per-second", type=float, default=1000, help="background owner-changing reports (default 1,000)"
+    )
+    failover.add_argument(
+        "--renewals-per-second", type=float, default=5000, help="background lease renewals (default 5,000)"
+    )
+    failover.add_argument(
+        "--round-timeout", type=float, default=30.0, help="seconds a round may take before the phase stops (30)"
+    )
+    _out_option(failover, "failover")
     failover.set_defaults(func=_bench_failover)
     renewals = bench_sub.add_parser("renewals", help="lease renewals and state changes one mapping worker applies")
     renewals.add_argument("--havips", type=int, default=10_000)
@@ -170,6 +241,26 @@ def build_parser() -> argparse.ArgumentParser:
     rebalance.add_argument("--rounds", type=int, default=5)
     rebalance.add_argument("--static", action="store_true", help="also measure static group membership")
     rebalance.set_defaults(func=_bench_rebalance)
+    lookups = bench_sub.add_parser(
+        "lookups", help="forwarder lookups (in process, HTTP single and batch) against PostgreSQL, side by side"
+    )
+    lookups.add_argument("--havips", type=int, default=10_000, help="HAVIPs the stack holds (default 10,000)")
+    lookups.add_argument("--seconds", type=float, default=10.0, help="load on each side (default 10)")
+    _out_option(lookups, "lookups")
+    lookups.set_defaults(func=_bench_lookups)
+    coldstart = bench_sub.add_parser("coldstart", help="forwarder start to ready, and its memory, per fleet size")
+    coldstart.add_argument(
+        "--sizes", type=_sizes, default=[100_000, 1_000_000], help="HAVIP counts (default 100000,1000000)"
+    )
+    coldstart.add_argument("--starts", type=int, default=3, help="forwarder starts per size; the median is shown (3)")
+    _out_option(coldstart, "coldstart")
+    coldstart.set_defaults(func=_bench_coldstart)
+    intake = bench_sub.add_parser("intake", help="VRRP reports a gateway accepts per second over HTTP (wrk)")
+    intake.add_argument("--agents", type=int, default=500, help="agent tokens the load is spread over (default 500)")
+    intake.add_argument("--seconds", type=float, default=15.0, help="length of the load (default 15)")
+    intake.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    _out_option(intake, "intake")
+    intake.set_defaults(func=_bench_intake)
 
     agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
     agent.add_argument("--config", required=True, help="the agent's TOML file")

@@ -1,47 +1,247 @@
-"""`havip bench failover`: VRRP report in, forwarder answers the new owner; how long?"""
+"""`havip bench failover`: VRRP report in, forwarder answers the new owner; how long, idle and under load?
+
+The whole stack runs (gateway, quota, two mapping workers, forwarder) and
+holds N HAVIPs (default 10,000, seeded into the mapping tables and published
+to `havip.mappings`, so the forwarder follows them as it would in service).
+One more HAVIP, made through the API as the README's walk-through does,
+fails over between two instances again and again: the old master reports
+BACKUP (not timed), the new one POSTs MASTER to the gateway, and the clock
+runs until the forwarder answers the new owner. The same rounds run twice:
+idle, then with a background load produced straight to `vrrp.events` by
+another process (services/dev/bench_load.py): owner-changing reports and
+lease renewals on the seeded HAVIPs, paced per second.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import statistics
+import json
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
-from services.dev.stack import DEMO_TENANT_TOKEN, demo_agent_tokens, dev_stack
-from services.dev.walkthrough import Tenant, measure_failovers
+from schemas import topics
+from services.dev import bench_seed
+from services.dev.benchkit import Progress, format_table, plot_latencies, spread, write_json
+from services.dev.embedded import exit_with_parent
+from services.dev.processes import settings_env
+from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
+from services.dev.walkthrough import Tenant, WalkthroughError
+from services.runtime.db import connect_pool
+from services.runtime.kafka import new_consumer, topic_name
 from services.runtime.settings import Settings
+from services.runtime.stream import group_id
+
+OLD, NEW = "i-demo-web1", "i-demo-web2"
+WARM_UP_SECONDS = 5.0  # the load reaches its pace, and a backlog (if the workers fall behind) starts to show
 
 
-def run_failover_bench(settings: Settings, rounds: int) -> int:
+@dataclass
+class Phase:
+    label: str
+    samples_ms: list[float]
+    stopped: str = ""  # why the phase ended early, if it did
+    load: dict[str, float] | None = None  # what the background really sent, per second
+    backlog: tuple[int | None, int | None] | None = None  # mapping's uncommitted reports, at start and end
+
+
+def run_failover_bench(
+    settings: Settings,
+    rounds: int,
+    havips: int,
+    reports_per_second: float,
+    renewals_per_second: float,
+    round_timeout: float,
+    out_dir: Path,
+) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting a stack (logs in {workdir}) ...", flush=True)
+    print(f"starting the stack (logs in {workdir}) ...", flush=True)
     with dev_stack(settings, workdir) as stack:
-        samples = asyncio.run(_bench(stack.url("gateway"), stack.url("forwarder"), rounds))
-    _print_summary(samples)
+        phases = asyncio.run(
+            _bench(stack, rounds, havips, (reports_per_second, renewals_per_second), round_timeout, workdir)
+        )
+    _report(phases, havips, (reports_per_second, renewals_per_second), out_dir)
     return 0
 
 
-async def _bench(gateway_url: str, forwarder_url: str, rounds: int) -> list[float]:
+async def _bench(
+    stack: DevStack, rounds: int, havips: int, rates: tuple[float, float], round_timeout: float, workdir: Path
+) -> list[Phase]:
+    settings = stack.settings
+    pool = await connect_pool(settings.database_url)
+    try:
+        await bench_seed.ensure_havips(pool, havips)
+        published = await bench_seed.publish_mappings(settings, pool)
+    finally:
+        await pool.close()
+    print(f"published {published:,} HAVIPs to havip.mappings", flush=True)
     async with (
-        httpx.AsyncClient(base_url=gateway_url, timeout=30) as gateway,
-        httpx.AsyncClient(base_url=forwarder_url, timeout=30) as forwarder,
+        httpx.AsyncClient(base_url=stack.url("gateway"), timeout=30) as gateway,
+        httpx.AsyncClient(base_url=stack.url("forwarder"), timeout=30) as forwarder,
     ):
         tenant = Tenant(gateway, forwarder, DEMO_TENANT_TOKEN, demo_agent_tokens())
-        havip = await tenant.create_havip("vsw-demo-a", name="bench")
-        for instance in ("i-demo-web1", "i-demo-web2"):
+        last = havips - 1
+        await tenant.wait_owner(bench_seed.VPC, bench_seed.havip_address(last), bench_seed.owner_of(last), 120)
+        print(f"the forwarder holds the {havips:,} seeded HAVIPs", flush=True)
+        havip = await tenant.create_havip("vsw-demo-a", name="bench-failover")
+        for instance in (OLD, NEW):
             operation = await tenant.attach(havip["havip_id"], instance)
-            assert operation["status"] == "Succeeded", operation
+            if operation["status"] != "Succeeded":
+                raise WalkthroughError(f"attaching {instance} failed: {operation}")
         havip = await tenant.havip(havip["havip_id"])
-        return await measure_failovers(tenant, havip, "i-demo-web1", "i-demo-web2", rounds)
+        idle = await _failovers(tenant, havip, rounds, round_timeout, "idle")
+        load = _start_load(settings, workdir, havips, rates)
+        try:
+            print(f"background load started; measuring after {WARM_UP_SECONDS:g} s of it", flush=True)
+            await asyncio.sleep(WARM_UP_SECONDS)
+            backlog_before = await mapping_backlog(settings)
+            loaded = await _failovers(tenant, havip, rounds, round_timeout, "loaded")
+            loaded.backlog = (backlog_before, await mapping_backlog(settings))
+        finally:
+            loaded_rates = _stop_load(load, workdir)
+    loaded.load = loaded_rates
+    return [idle, loaded]
 
 
-def _print_summary(samples: list[float]) -> None:
-    ms = sorted(s * 1000 for s in samples)
-    quantiles = statistics.quantiles(ms, n=100) if len(ms) >= 2 else ms * 99
-    print(f"failovers: {len(ms)}  (POST /v1/vrrp-events MASTER -> forwarder answers the new owner)")
-    print(
-        f"  median {statistics.median(ms):.1f} ms   p90 {quantiles[89]:.1f} ms   p99 {quantiles[98]:.1f} ms"
-        f"   min {ms[0]:.1f} ms   max {ms[-1]:.1f} ms"
-    )
+async def mapping_backlog(settings: Settings) -> int | None:
+    """Reports on `vrrp.events` the mapping workers have not committed yet; None when it cannot tell.
+
+    A probe that never subscribes, so it never joins (and never disturbs) the workers' group.
+    The group of a fresh stack (epoch 0): after a broker loss the workers move to a new one.
+    """
+    probe = new_consumer(settings, group_id(settings, "mapping"))
+    try:
+        await probe.start()
+        topic = topic_name(settings, topics.VRRP)
+        await probe.topics()  # refreshes the cluster metadata
+        partitions = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
+        ends = await probe.end_offsets(partitions)
+        backlog = 0
+        for tp, end in ends.items():
+            backlog += end - (await probe.committed(tp) or 0)
+        return backlog
+    except KafkaError:
+        return None
+    finally:
+        await probe.stop()
+
+
+async def _failovers(tenant: Tenant, havip: dict[str, Any], rounds: int, timeout: float, label: str) -> Phase:
+    """Seconds from POSTing the new master's MASTER report to the forwarder answering it, per round.
+
+    A round that does not converge within `timeout` ends the phase: the
+    rounds after it would only measure the same backlog.
+    """
+    vpc, ip, havip_id = havip["vpc_id"], havip["ip_address"], havip["havip_id"]
+    phase = Phase(label, [])
+    progress = Progress(f"failovers ({label})", rounds)
+    try:
+        route = await tenant.route(vpc, ip)
+        owner = route["instance_id"] if route else None
+        old, new = (NEW, OLD) if owner == NEW else (OLD, NEW)
+        if owner != old:
+            await tenant.report(havip_id, old, "MASTER")
+            await tenant.wait_owner(vpc, ip, old, timeout)
+        for done in range(rounds):
+            await tenant.report(havip_id, old, "BACKUP")
+            await tenant.wait_owner(vpc, ip, None, timeout)
+            started = time.perf_counter()
+            await tenant.report(havip_id, new, "MASTER")
+            phase.samples_ms.append((await tenant.wait_owner(vpc, ip, new, timeout) - started) * 1000)
+            old, new = new, old
+            progress.update(done + 1)
+    except WalkthroughError as exc:
+        phase.stopped = f"stopped after {len(phase.samples_ms)} rounds: {exc}"
+        print(f"\n{label}: {phase.stopped}", flush=True)
+    progress.finish(len(phase.samples_ms))
+    return phase
+
+
+def _start_load(settings: Settings, workdir: Path, havips: int, rates: tuple[float, float]) -> subprocess.Popen[bytes]:
+    reports, renewals = rates
+    command = [sys.executable, "-m", "services.dev.bench_load", "--havips", str(havips)]
+    command += ["--reports-per-second", f"{reports:g}", "--renewals-per-second", f"{renewals:g}"]
+    with open(workdir / "bench-load.log", "ab") as out:
+        return subprocess.Popen(
+            command, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT, preexec_fn=exit_with_parent
+        )
+
+
+def _stop_load(load: subprocess.Popen[bytes], workdir: Path) -> dict[str, float]:
+    """Stop the load; what it sent per second over its life, from its last JSON line."""
+    if load.poll() is None:
+        load.send_signal(signal.SIGTERM)
+        try:
+            load.wait(15)
+        except subprocess.TimeoutExpired:
+            load.kill()
+            load.wait()
+    said = [line for line in (workdir / "bench-load.log").read_text().splitlines() if line.startswith("{")]
+    if not said:
+        raise RuntimeError(f"the background load said nothing: see {workdir / 'bench-load.log'}")
+    last = json.loads(said[-1])
+    seconds = last["seconds"] or 1.0
+    return {
+        "reports_per_second": last["reports"] / seconds,
+        "renewals_per_second": last["renewals"] / seconds,
+        "seconds": seconds,
+    }
+
+
+def _report(phases: list[Phase], havips: int, asked: tuple[float, float], out_dir: Path) -> None:
+    rows: list[list[Any]] = []
+    results: dict[str, Any] = {"havips": havips, "phases": {}}
+    results["background_asked_per_second"] = {"reports": asked[0], "renewals": asked[1]}
+    for phase in phases:
+        found = spread(phase.samples_ms) if phase.samples_ms else None
+        load = phase.load or {}
+        rows.append(
+            [
+                phase.label,
+                len(phase.samples_ms),
+                found.p50 if found else None,
+                found.p99 if found else None,
+                found.max if found else None,
+                load.get("reports_per_second"),
+                load.get("renewals_per_second"),
+                phase.backlog[0] if phase.backlog else None,
+                phase.backlog[1] if phase.backlog else None,
+                "yes" if phase.stopped else "",
+            ]
+        )
+        results["phases"][phase.label] = {
+            "failovers": len(phase.samples_ms),
+            "convergence_ms": found.as_dict() if found else None,
+            "stopped": phase.stopped,
+            "background_load": phase.load,
+            "mapping_backlog_at_start_and_end": phase.backlog,
+            "samples_ms": phase.samples_ms,
+        }
+    print("\nfailover convergence: POST /v1/vrrp-events MASTER -> the forwarder answers the new owner")
+    print(f"(stack holding {havips:,} seeded HAVIPs; background load straight to vrrp.events)")
+    headers = ["phase", "failovers", "p50 ms", "p99 ms", "max ms", "bg reports/s", "bg renewals/s"]
+    headers += ["backlog start", "backlog end", "stopped early"]
+    print(format_table(headers, rows))
+    for phase in phases:
+        if phase.stopped:
+            print(f"{phase.label}: {phase.stopped}")
+        if phase.load is not None:
+            sent = phase.load["reports_per_second"], phase.load["renewals_per_second"]
+            short = any(s < 0.9 * a for s, a in zip(sent, asked, strict=True))
+            print(
+                f"{phase.label}: background asked {asked[0]:,.0f} reports/s + {asked[1]:,.0f} renewals/s,"
+                f" sent {sent[0]:,.0f} + {sent[1]:,.0f}" + (" (the load generator fell short)" if short else "")
+            )
+    print("backlog: reports on vrrp.events the mapping workers had not committed, as the phase started and ended")
+    pngs = plot_latencies(out_dir, "failover", {phase.label: phase.samples_ms for phase in phases})
+    path = write_json(out_dir, results)
+    print(f"\nwrote {path}" + "".join(f"\n      {png}" for png in pngs))

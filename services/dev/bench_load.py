@@ -1,0 +1,143 @@
+"""Background VRRP load for `havip bench failover`, produced straight to `vrrp.events`, paced.
+
+Runs as its own process (`python -m services.dev.bench_load`), so producing
+thousands of messages a second never delays the measuring process's clock.
+On the HAVIPs of services/dev/bench_seed.py:
+  renewals  the first half of the HAVIPs: each owner renews its MASTER claim
+            (one a second per HAVIP at 5,000/s over 10,000 HAVIPs)
+  reports   the second half: each owner alternately steps down (BACKUP) and
+            claims again (MASTER), so every report changes the owner and is published
+Pacing is by the clock (send what is due by now), so a slow moment is made up,
+and what was really sent is printed as a JSON line every second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from schemas import topics
+from schemas.messages import VrrpState
+from services.dev import bench_seed
+from services.runtime.kafka import new_producer, topic_name
+from services.runtime.settings import Settings, load_settings
+
+_TICK = 0.01
+_LEASE_SECONDS = 30.0
+
+# A VrrpReported as the gateway would publish it, written by hand: building and validating the
+# pydantic model costs more than the broker's produce, and would cap the load on a small machine.
+# tests/unit/test_bench_load.py proves the text parses as a VrrpReported with these fields.
+_REPORT = (
+    '{{"message_id":"{message_id}","occurred_at":"{now}","schema_version":1,"type":"VrrpReported",'
+    '"havip_id":"havip-{n}","tenant_id":"' + bench_seed.TENANT + '","instance_id":"{instance_id}",'
+    '"state":"{state}","priority":100,"seq":{seq},"reported_at":"{now}","received_at":"{now}",'
+    '"lease_seconds":{lease}}}'
+)
+
+
+@dataclass
+class LoadPlan:
+    """Which report is next on each side; pure, so the order of reports is testable without a broker."""
+
+    havips: int
+    renewals_sent: int = 0
+    reports_sent: int = 0
+    _last_seq: int = 0
+
+    def next_seq(self, now_us: int) -> int:
+        # One counter for every instance, so each instance's seqs grow; in microseconds, so a later
+        # run starts above an earlier one, as an agent's clock-based seq would.
+        self._last_seq = max(self._last_seq + 1, now_us)
+        return self._last_seq
+
+    def renewal(self, now_us: int) -> tuple[int, str, VrrpState, int]:
+        """(HAVIP, instance, state, seq) of the next renewal."""
+        n = self.renewals_sent % max(1, self.havips // 2)
+        self.renewals_sent += 1
+        return n, bench_seed.owner_of(n), VrrpState.MASTER, self.next_seq(now_us)
+
+    def report(self, now_us: int) -> tuple[int, str, VrrpState, int]:
+        """(HAVIP, instance, state, seq) of the next owner-changing report."""
+        half = self.havips // 2
+        span = max(1, self.havips - half)
+        n, round_ = half + self.reports_sent % span, self.reports_sent // span
+        self.reports_sent += 1
+        state = VrrpState.BACKUP if round_ % 2 == 0 else VrrpState.MASTER
+        return n, bench_seed.owner_of(n), state, self.next_seq(now_us)
+
+
+def due(rate: float, elapsed: float, sent: int) -> int:
+    """How many messages are due now to keep `rate` per second since the start."""
+    return max(0, int(rate * elapsed) - sent)
+
+
+async def produce(settings: Settings, havips: int, reports_per_second: float, renewals_per_second: float) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    plan = LoadPlan(havips)
+    producer = new_producer(settings)
+    await producer.start()
+    topic = topic_name(settings, topics.VRRP)
+    started = last_said = time.monotonic()
+    try:
+        while not stop.is_set():
+            elapsed = time.monotonic() - started
+            now = datetime.now(UTC)
+            now_us = int(now.timestamp() * 1_000_000)
+            batch = [plan.renewal(now_us) for _ in range(due(renewals_per_second, elapsed, plan.renewals_sent))]
+            batch += [plan.report(now_us) for _ in range(due(reports_per_second, elapsed, plan.reports_sent))]
+            for report in batch:
+                key, value = encode_report(*report, now=now)
+                # Returns once the record is in the producer's buffer; it waits only when that is full.
+                await producer.send(topic, key=key, value=value)
+            if time.monotonic() - last_said >= 1.0:
+                last_said = time.monotonic()
+                _say(plan, last_said - started)
+            await asyncio.sleep(_TICK)
+        await producer.flush()
+    finally:
+        _say(plan, time.monotonic() - started)
+        await producer.stop()
+
+
+def encode_report(n: int, instance_id: str, state: VrrpState, seq: int, *, now: datetime) -> tuple[bytes, bytes]:
+    """Key and value of one report on `vrrp.events`; MASTER claims carry a lease, other states none."""
+    value = _REPORT.format(
+        message_id=uuid.uuid4(),
+        now=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        n=n,
+        instance_id=instance_id,
+        state=state.value,
+        seq=seq,
+        lease=_LEASE_SECONDS if state is VrrpState.MASTER else "null",
+    )
+    return f"havip-{n}".encode(), value.encode()
+
+
+def _say(plan: LoadPlan, elapsed: float) -> None:
+    print(
+        json.dumps({"seconds": elapsed, "reports": plan.reports_sent, "renewals": plan.renewals_sent}),
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--havips", type=int, required=True)
+    parser.add_argument("--reports-per-second", type=float, required=True)
+    parser.add_argument("--renewals-per-second", type=float, required=True)
+    args = parser.parse_args()
+    asyncio.run(produce(load_settings(), args.havips, args.reports_per_second, args.renewals_per_second))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""What every `havip bench` shares: percentiles, a progress line, the result table, JSON and PNG files.
+
+The arithmetic and the text are pure (tests/unit/test_benchkit.py); only
+`write_json` and `plot_latencies` touch the disk, and only `plot_latencies`
+needs matplotlib (the optional `bench` extra), imported when it is called so
+a bench still prints its table where matplotlib is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+RESULTS_ROOT = Path("bench-results")
+
+
+@dataclass(frozen=True)
+class Spread:
+    """How a set of samples is spread: count, p50, p99 and max, in the samples' unit."""
+
+    count: int
+    p50: float
+    p99: float
+    max: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def percentile(ordered: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of samples sorted ascending: a value that was measured, never interpolated."""
+    if not ordered:
+        raise ValueError("no samples")
+    if not 0 < fraction <= 1:
+        raise ValueError("fraction must be in (0, 1]")
+    rank = math.ceil(fraction * len(ordered))
+    return ordered[rank - 1]
+
+
+def spread(samples: Iterable[float]) -> Spread:
+    ordered = sorted(samples)
+    return Spread(len(ordered), percentile(ordered, 0.50), percentile(ordered, 0.99), ordered[-1])
+
+
+def cdf_points(samples: Iterable[float]) -> tuple[list[float], list[float]]:
+    """x: the samples ascending; y: the share of samples at or below each (the last is 1.0)."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    return ordered, [(i + 1) / n for i in range(n)]
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """None rather than a division by zero: a side that measured nothing has no ratio."""
+    return numerator / denominator if denominator else None
+
+
+def progress_line(
+    label: str, done: float, total: float | None, elapsed: float, unit: str = "", *, rate: bool = True
+) -> str:
+    """`label  done/total (pct)  elapsed  rate`, for one line rewritten in place."""
+    counted = f"{done:,.0f}{unit}" if total is None else f"{done:,.0f}/{total:,.0f}{unit} ({done / total:4.0%})"
+    line = f"{label}  {counted}  {elapsed:5.1f}s"
+    if rate:
+        line += f"  {done / elapsed if elapsed > 0 else 0.0:,.0f}{unit}/s"
+    return line
+
+
+class Progress:
+    """A progress line: rewritten in place on a terminal, a line every few seconds in a log."""
+
+    def __init__(
+        self, label: str, total: float | None = None, *, unit: str = "", rate: bool = True, out: TextIO | None = None
+    ) -> None:
+        self.label = label
+        self.total = total
+        self.unit = unit
+        self.rate = rate
+        self._out = out or sys.stdout
+        self._tty = self._out.isatty()
+        self._started = time.monotonic()
+        self._shown = 0.0
+        self._last: float | None = None
+
+    def update(self, done: float, *, force: bool = False) -> None:
+        now = time.monotonic()
+        # A terminal takes ten updates a second; a log file one every five seconds.
+        if not force and now - self._shown < (0.1 if self._tty else 5.0):
+            return
+        self._shown, self._last = now, done
+        line = progress_line(self.label, done, self.total, now - self._started, self.unit, rate=self.rate)
+        self._out.write(f"\r\x1b[2K{line}" if self._tty else f"{line}\n")
+        self._out.flush()
+
+    def finish(self, done: float) -> None:
+        if done != self._last:  # a log already has this very line
+            self.update(done, force=True)
+        if self._tty:
+            self._out.write("\n")
+            self._out.flush()
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table: text left-aligned, numbers right-aligned with thousands separators."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(row[i], int | float) or row[i] is None for row in rows) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in cells)]).rstrip()
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value >= 100:
+            return f"{value:,.0f}"
+        return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def default_out_dir(name: str, now: datetime | None = None) -> Path:
+    """`bench-results/<name>-<YYYYmmdd-HHMMSS>`: one folder per run, never overwritten by the next."""
+    return RESULTS_ROOT / f"{name}-{(now or datetime.now()).strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_json(out_dir: Path, data: Mapping[str, Any], name: str = "results.json") -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def plot_latencies(out_dir: Path, name: str, series: Mapping[str, Sequence[float]], unit: str = "ms") -> list[Path]:
+    """A histogram and a CDF of each series (one figure each, every series on it); [] without matplotlib."""
+    pyplot = _pyplot()
+    drawn = {label: values for label, values in series.items() if values}
+    if pyplot is None or not drawn:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    histogram, cdf = out_dir / f"{name}-histogram.png", out_dir / f"{name}-cdf.png"
+
+    figure, axes = pyplot.subplots(figsize=(8, 4.5))
+    # Up to the p99.9 of all series: one slow outlier must not squash every bar into the first bin.
+    everything = sorted(v for values in drawn.values() for v in values)
+    upper = percentile(everything, 0.999)
+    for label, values in drawn.items():
+        axes.hist([v for v in values if v <= upper], bins=60, alpha=0.55, label=label)
+    axes.set(xlabel=f"latency ({unit}), up to the p99.9", ylabel="samples", title=f"{name}: latency distribution")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(histogram, dpi=110)
+    pyplot.close(figure)
+
+    figure, axes = pyplot.subplots(figsize=(8, 4.5))
+    for label, values in drawn.items():
+        x, y = cdf_points(values)
+        axes.step(x, y, where="post", label=label)
+    axes.set(xlabel=f"latency ({unit}, log scale)", ylabel="share at or below", title=f"{name}: CDF")
+    axes.set_xscale("log")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(cdf, dpi=110)
+    pyplot.close(figure)
+    return [histogram, cdf]
+
+
+def plot_bars(out_dir: Path, name: str, labels: Sequence[str], values: Sequence[float], ylabel: str) -> list[Path]:
+    """One bar per label (sizes, services); [] without matplotlib."""
+    pyplot = _pyplot()
+    if pyplot is None or not labels:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    figure, axes = pyplot.subplots(figsize=(8, 4.5))
+    bars = axes.bar(list(labels), list(values))
+    axes.bar_label(bars, fmt="%.3g")
+    axes.set(ylabel=ylabel, title=name)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return [path]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is missing: no PNGs (pip install -e '.[bench]')", flush=True)
+        return None
+    matplotlib.use("Agg")  # no display: files only
+    from matplotlib import pyplot
+
+    return pyplot

@@ -1,0 +1,131 @@
+"""A dev-only route server that asks PostgreSQL, for `havip bench lookups` to compare with the forwarder.
+
+It answers `GET /v1/routes?vpc_id=..&ip=..` with the forwarder's JSON shape,
+through the same HTTP stack the forwarder had when this was written (FastAPI
+on uvicorn, the shared conventions middleware), but with one indexed query
+per request instead of a dict hit. So "forwarder vs this" is the cost of
+asking the database, and "raw asyncpg vs this" the cost of the HTTP stack.
+Private addresses only: the bench asks nothing else.
+
+When the forwarder's lean raw-ASGI handler lands (issue 8, another branch),
+point `create_app` at that handler with `lookup_route` as its lookup, so the
+comparison keeps "the same HTTP stack" on both sides. Until then this is the
+FastAPI path of services/forwarder/app.py.
+
+Run it: `python -m services.dev.pg_routes --port N` (settings from HAVIP_*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import FastAPI, Query
+from fastapi.responses import JSONResponse
+
+from schemas.errors import ErrorCode, HaVipError
+from schemas.ipv4 import IPv4Text, parse_ipv4
+from services.dev.embedded import exit_with_parent
+from services.dev.processes import settings_env
+from services.runtime.db import connect_pool
+from services.runtime.health import Health, health_router
+from services.runtime.http import install_http_conventions, run_http_service
+from services.runtime.logs import setup_logging
+from services.runtime.settings import Settings, load_settings
+
+# The forwarder's answer for one address, from the mapping tables: the owner's fields are all
+# null unless the owner's attachment and address are found, as in services/readmodel/mappings.py.
+# Index: havips_vpc_ip (migration 0006); the joins are primary-key lookups.
+ROUTE_BY_ADDRESS = """
+SELECT h.havip_id, h.version, a.instance_id, a.eni_id,
+       host(coalesce(e.private_ip, i.private_ip)) AS private_ip, i.host_id
+  FROM havips h
+  LEFT JOIN attachments a ON a.havip_id = h.havip_id AND a.target_id = h.owner_target_id
+  LEFT JOIN instances i ON i.instance_id = a.instance_id
+  LEFT JOIN enis e ON e.eni_id = a.eni_id
+ WHERE h.vpc_id = $1 AND h.ip_address = $2::inet AND h.status <> 'Deleted'
+ LIMIT 1
+"""
+
+POOL_SIZE = 32  # as many connections as wrk keeps open, so no request waits for one
+
+
+async def lookup_route(db: asyncpg.Pool | asyncpg.Connection, vpc_id: str, ip: str) -> dict[str, Any] | None:
+    """The forwarder's JSON for (vpc_id, ip), or None when no HAVIP holds it."""
+    row = await db.fetchrow(ROUTE_BY_ADDRESS, vpc_id, ip)
+    if row is None:
+        return None
+    owned = row["instance_id"] is not None and row["private_ip"] is not None
+    return {
+        "havip_id": row["havip_id"],
+        "version": row["version"],
+        "instance_id": row["instance_id"] if owned else None,
+        "eni_id": row["eni_id"] if owned else None,
+        "private_ip": row["private_ip"] if owned else None,
+        "host_id": row["host_id"] if owned else None,
+    }
+
+
+def create_app(settings: Settings) -> FastAPI:
+    health = Health("pg-routes")
+    pool: asyncpg.Pool | None = None
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        nonlocal pool
+        pool = await connect_pool(settings.database_url, min_size=POOL_SIZE, max_size=POOL_SIZE)
+        health.start()
+        try:
+            yield
+        finally:
+            await health.stop()
+            await pool.close()
+
+    app = FastAPI(title="havip pg-routes (bench only)", version="1", lifespan=lifespan)
+    app.include_router(health_router(health))
+    install_http_conventions(app, "pg-routes", max_request_body_bytes=settings.max_request_body_bytes)
+
+    @app.get("/v1/routes")
+    async def get_route(
+        ip: Annotated[IPv4Text, Query()], vpc_id: Annotated[str, Query(min_length=1, max_length=128)]
+    ) -> JSONResponse:
+        assert pool is not None
+        answer = await lookup_route(pool, vpc_id, str(parse_ipv4(ip)))
+        if answer is None:
+            raise HaVipError(ErrorCode.NOT_FOUND_ROUTE, f"no HAVIP holds {ip} in {vpc_id}")
+        return JSONResponse(answer)
+
+    return app
+
+
+def start_pg_routes(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """This server as a child process that dies with us; wait for its /readyz before using it."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.dev.pg_routes", "--port", str(port)],
+            env=settings_env(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=exit_with_parent,
+            start_new_session=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, required=True)
+    port = parser.parse_args().port
+    settings = load_settings()
+    setup_logging("pg-routes", settings.log_level)
+    run_http_service(create_app(settings), "pg-routes", settings.http_host, port)
+
+
+if __name__ == "__main__":
+    main()
