@@ -51,7 +51,7 @@ def build_app(settings: Settings) -> faust.App:
 
     # Commands and reports for one HAVIP share its key; one agent reads both
     # topics so they reach the database in the order this worker sees them.
-    # Reports are applied a fetch's worth at a time (a bounded number of statements per batch).
+    # Reports are applied in batches of what arrived meanwhile (a bounded number of statements each).
     @app.agent(raw_topic(app, settings, topics.ACCEPTED, topics.VRRP))
     async def havip_changes(stream: faust.StreamT) -> None:
         await handle_stream_in_batches(
@@ -60,7 +60,6 @@ def build_app(settings: Settings) -> faust.App:
             {topic_name(settings, topics.ACCEPTED): (topics.ACCEPTED, lambda cmd: current().on_accepted(cmd))},
             (topic_name(settings, topics.VRRP), topics.VRRP, apply_reports),
             max_records=settings.report_batch_max,
-            within_seconds=settings.report_batch_wait_seconds,
         )
 
     @app.agent(raw_topic(app, settings, topics.INVENTORY))

@@ -1,7 +1,7 @@
 """Many VRRP reports decided at once, in memory: what each does to its HAVIP.
 
-The mapping worker reads reports in batches (a fetch's worth, per partition
-in order). It locks every HAVIP of the batch, loads their contests once,
+The mapping worker applies reports in batches (what arrived while it applied
+the last one, each partition's in order). It locks every HAVIP of the batch, loads their contests once,
 and this module walks the reports in the order they arrived, exactly as the
 one-report-at-a-time path would: each report is judged against the contest
 as the reports before it left it, the owner is elected at the report's

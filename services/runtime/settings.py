@@ -47,10 +47,9 @@ class Settings(BaseSettings):
     # How often a mapping worker looks for owners whose lease ran out while another
     # instance holds a live claim (and for state committed but not yet published).
     lease_sweep_interval_seconds: float = Field(default=0.2, gt=0)
-    # A mapping worker applies VRRP reports a batch at a time: up to this many, and it waits
-    # at most this long for a batch to fill. The wait is the latency a lone report pays.
+    # A mapping worker applies the VRRP reports that arrived while it applied the last batch
+    # together, up to this many (it never waits for a batch to fill).
     report_batch_max: int = Field(default=500, ge=1)
-    report_batch_wait_seconds: float = Field(default=0.002, gt=0)
 
     # The longest a request waits for the broker to take a message; then 503 with Retry-After.
     publish_timeout_seconds: float = Field(default=5.0, gt=0)

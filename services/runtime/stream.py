@@ -271,28 +271,57 @@ async def handle_stream_in_batches(
     batched: tuple[str, Topic, BatchHandler],
     *,
     max_records: int,
-    within_seconds: float,
 ) -> None:
     """Like `handle_stream`, but consecutive records of the `batched` topic are applied together.
 
-    A fetch's worth of records at a time; faust acknowledges them only once the loop body has
-    handled all of them. Order is kept: a record of another topic ends the run before it, and the
-    batch handler applies a run in the order its records arrived.
+    Batches form by themselves: while one is applied, the records that arrive queue up and
+    become the next one (at most `max_records`), so an idle worker applies a lone record at
+    once and a busy one amortises its statements over many. Records are acknowledged (their
+    offsets may be committed) only after they were applied. Order is kept: a record of another
+    topic ends the run before it, and the batch handler applies a run in arrival order.
     """
+    queued: asyncio.Queue[faust.types.EventT] = asyncio.Queue(maxsize=2 * max_records)
+    manual = stream.noack()
+
+    async def apply_queued() -> None:
+        while True:
+            events = [await queued.get()]
+            while len(events) < max_records and not queued.empty():
+                events.append(queued.get_nowait())
+            await resources.ready.wait()
+            await _apply_in_order(resources, handlers, batched, events)
+            for event in events:
+                await manual.ack(event)
+
+    applier = asyncio.get_running_loop().create_task(apply_queued(), name="apply-batches")
+    try:
+        async for event in manual.events():
+            if applier.done():
+                break
+            await queued.put(event)
+    finally:
+        applier.cancel()
+    applier.result()  # a failure of the applier is the agent's failure, never a silent stop
+
+
+async def _apply_in_order(
+    resources: WorkerResources,
+    handlers: dict[str, tuple[Topic, Handler]],
+    batched: tuple[str, Topic, BatchHandler],
+    events: Sequence[faust.types.EventT],
+) -> None:
     batched_name, batched_topic, apply_batch = batched
-    async for events in stream.take_events(max_records, within=within_seconds):
-        await resources.ready.wait()
-        run: list[faust.types.EventT] = []
-        for event in events:
-            msg = event.message
-            if msg.topic == batched_name:
-                run.append(event)
-                continue
-            await handle_run(resources, batched_topic, apply_batch, run)
-            run = []
-            topic, handler = handlers[msg.topic]
-            await handle_record(resources, topic, handler, msg.topic, msg.partition, msg.offset, msg.key, event.value)
+    run: list[faust.types.EventT] = []
+    for event in events:
+        msg = event.message
+        if msg.topic == batched_name:
+            run.append(event)
+            continue
         await handle_run(resources, batched_topic, apply_batch, run)
+        run = []
+        topic, handler = handlers[msg.topic]
+        await handle_record(resources, topic, handler, msg.topic, msg.partition, msg.offset, msg.key, event.value)
+    await handle_run(resources, batched_topic, apply_batch, run)
 
 
 async def handle_run(
