@@ -267,6 +267,7 @@ MAPPINGS: tuple[Example, ...] = (
             {"target_id": "eni-7c33", "instance_id": "i-0b22", "eni_id": "eni-7c33"},
         ],
         "version": 6,
+        "report_received_at": "2025-06-02T08:13:04.741000Z",
     },
 )
 

@@ -424,6 +424,10 @@ class HaVipMappingChanged(Message):
     owner: Route | None = None
     attachments: list[MappedAttachment] = Field(default_factory=list)
     version: Integer = Field(ge=1)
+    report_received_at: Timestamp | None = Field(
+        default=None,
+        description="When the gateway accepted the VRRP report that caused this state, if one did.",
+    )
 
 
 # --- havip.dead-letters (key: the original key) ------------------------------
