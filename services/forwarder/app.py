@@ -8,6 +8,11 @@ An address a HAVIP holds answers its owner, or null owner fields when the
 HAVIP has no owner (traffic is dropped, and that is visible); an address no
 HAVIP holds is a 404 `NotFound.Route`. Errors are always `{code, message,
 request_id}`.
+
+The first two are answered by services/forwarder/lookups.py in front of
+FastAPI whenever the request is well formed; the handlers below answer the
+rest (and describe all of them in the OpenAPI document), so both must give
+the same answers: tests/integration/test_forwarder_lookups.py checks it.
 """
 
 from __future__ import annotations
@@ -17,14 +22,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import ErrorCode, HaVipError
-from schemas.ipv4 import IPv4Text, parse_ipv4
+from schemas.ipv4 import IPv4Text
 from services.forwarder.follower import MappingFollower
-from services.forwarder.routes import RouteAnswer, RouteTable
+from services.forwarder.lookups import MAX_BATCH_KEYS, MAX_VPC_ID_CHARS, RouteLookups
+from services.forwarder.routes import HeldRoute, RouteTable, canonical_ip
 from services.runtime.broker_watch import BrokerWatch, LogCheck
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.health import Health, health_router
@@ -34,7 +39,7 @@ from services.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_KEYS = 1000
+__all__ = ["MAX_BATCH_KEYS", "create_app"]
 
 
 class RouteOut(BaseModel):
@@ -51,7 +56,7 @@ class RouteKey(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    vpc_id: str | None = Field(default=None, min_length=1, max_length=128)
+    vpc_id: str | None = Field(default=None, min_length=1, max_length=MAX_VPC_ID_CHARS)
     ip: IPv4Text | None = None
     eip: IPv4Text | None = None
 
@@ -138,40 +143,31 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/v1/routes", response_model=RouteOut, responses=miss)
     async def get_route(
         ip: Annotated[IPv4Text | None, Query(description="A private IPv4 address, with vpc_id")] = None,
-        vpc_id: Annotated[str | None, Query(min_length=1, max_length=128)] = None,
+        vpc_id: Annotated[str | None, Query(min_length=1, max_length=MAX_VPC_ID_CHARS)] = None,
         eip: Annotated[IPv4Text | None, Query(description="A public EIP, alone")] = None,
-    ) -> JSONResponse:
+    ) -> Response:
         if not route_key_complete(vpc_id, ip, eip):
             raise HaVipError(ErrorCode.INVALID_PARAMETER, ROUTE_KEY_RULE)
-        answer = _lookup(table, vpc_id, ip, eip)
-        if answer is None:
+        route = _lookup(table, vpc_id, ip, eip)
+        if route is None:
             where = f"{ip} in {vpc_id}" if eip is None else f"public address {eip}"
             raise HaVipError(ErrorCode.NOT_FOUND_ROUTE, f"no HAVIP holds {where}")
-        return JSONResponse(_as_json(answer))
+        return Response(route.answer, media_type="application/json")
 
     @app.post("/v1/routes:batch", response_model=BatchOut)
-    async def batch_routes(body: BatchIn) -> JSONResponse:
+    async def batch_routes(body: BatchIn) -> Response:
         found = [_lookup(table, key.vpc_id, key.ip, key.eip) for key in body.keys]
-        return JSONResponse({"routes": [_as_json(a) if a is not None else None for a in found]})
+        answers = b",".join(b"null" if route is None else route.answer for route in found)
+        return Response(b'{"routes":[' + answers + b"]}", media_type="application/json")
 
+    # Last, so it is the outermost middleware: a well-formed lookup meets nothing else (see lookups.py).
+    app.add_middleware(RouteLookups, table=table, max_body_bytes=settings.max_request_body_bytes)
     return app
 
 
-def _lookup(table: RouteTable, vpc_id: str | None, ip: str | None, eip: str | None) -> RouteAnswer | None:
-    # The pattern already admitted only canonical dotted quads; parse once more to be sure of the key's form.
+def _lookup(table: RouteTable, vpc_id: str | None, ip: str | None, eip: str | None) -> HeldRoute | None:
+    # The pattern already admitted only canonical dotted quads; check once more to be sure of the key's form.
     if eip is not None:
-        return table.lookup_public(str(parse_ipv4(eip)))
+        return table.lookup_public(canonical_ip(eip))
     assert vpc_id is not None and ip is not None
-    return table.lookup(vpc_id, str(parse_ipv4(ip)))
-
-
-def _as_json(answer: RouteAnswer) -> dict[str, Any]:
-    owner = answer.owner
-    return {
-        "havip_id": answer.havip_id,
-        "version": answer.version,
-        "instance_id": owner.instance_id if owner else None,
-        "eni_id": owner.eni_id if owner else None,
-        "private_ip": owner.private_ip if owner else None,
-        "host_id": owner.host_id if owner else None,
-    }
+    return table.lookup(vpc_id, canonical_ip(ip))

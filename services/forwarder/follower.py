@@ -31,14 +31,14 @@ from collections.abc import Iterable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import ValidationError
 
 from schemas import topics
 from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import HaVipMappingChanged
-from services.forwarder.routes import RouteTable
-from services.readmodel.mappings import load_mappings
+from services.forwarder.routes import RouteState, RouteTable
+from services.readmodel.mappings import stream_route_rows
 from services.runtime.deadletters import DeadLetters
 from services.runtime.kafka import new_consumer, new_producer, topic_name
 from services.runtime.settings import Settings
@@ -58,6 +58,18 @@ APPLY_LAG = Gauge(
 )
 CAUGHT_UP = Gauge("havip_forwarder_caught_up", "1 once the route table reached the topic's end at start")
 ERRORS = Counter("havip_forwarder_follow_errors_total", "Broker or database errors while following")
+CONSUMER_LAG = Gauge(
+    "havip_forwarder_consumer_lag_records",
+    "Records of havip.mappings not applied yet: the partition's high watermark minus the next offset to apply",
+    ["partition"],
+)
+CONVERGENCE = Histogram(
+    "havip_forwarder_convergence_seconds",
+    "From the gateway accepting a VRRP report to this forwarder applying the state it caused"
+    " (records that carry report_received_at)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WATCHERS = Gauge("havip_forwarder_watchers", "Open watch streams (GET /v1/routes:watch)")
 
 
 class MappingFollower:
@@ -181,12 +193,17 @@ class MappingFollower:
         self._stage = "reading end offsets"
         ends = await consumer.end_offsets(partitions)
         self._stage = "loading the snapshot"
-        snapshot = await load_mappings(self._pool)
-        applied = sum(self._apply(mapping, source="snapshot") for mapping in snapshot)
+        read = applied = 0
+        async for rows in stream_route_rows(self._pool):
+            read += len(rows)
+            for row in rows:
+                applied += self.table.apply_state(RouteState._make(row))
+        APPLIED.labels("snapshot").inc(applied)
+        STALE.inc(read - applied)
         TABLE_SIZE.set(len(self.table))
         log.info(
             "snapshot applied havips=%s changed=%s end_offsets=%s",
-            len(snapshot),
+            read,
             applied,
             {tp.partition: offset for tp, offset in ends.items()},
         )
@@ -202,8 +219,17 @@ class MappingFollower:
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
             for records in batch.values():
                 await self._handle(records)
+            self._measure_lag(consumer)
             if not self._caught_up:
                 await self._check_caught_up(consumer)
+
+    def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
+        # The high watermark as of the last fetch: no request to the broker for it.
+        assert self._next is not None
+        for tp, offset in self._next.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - offset))
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         for tp, end in self._start_offsets.items():
@@ -229,18 +255,21 @@ class MappingFollower:
                     await self._dead_letter(record, problem)
                 else:
                     try:
-                        changed = self._apply(mapping, source="stream")
+                        changed = self._apply(mapping)
                     except HaVipError as exc:
                         await self._dead_letter(record, f"unusable address: {exc}")
                     else:
                         if changed:
-                            APPLY_LAG.set(max(0.0, time.time() - mapping.occurred_at.timestamp()))
+                            now = time.time()
+                            APPLY_LAG.set(max(0.0, now - mapping.occurred_at.timestamp()))
+                            if mapping.report_received_at is not None:
+                                CONVERGENCE.observe(max(0.0, now - mapping.report_received_at.timestamp()))
             self._next[tp] = record.offset + 1
         TABLE_SIZE.set(len(self.table))
 
-    def _apply(self, mapping: HaVipMappingChanged, *, source: str) -> bool:
+    def _apply(self, mapping: HaVipMappingChanged) -> bool:
         if self.table.apply(mapping):
-            APPLIED.labels(source).inc()
+            APPLIED.labels("stream").inc()
             return True
         STALE.inc()
         return False
