@@ -3,6 +3,7 @@
     GET  /v1/routes?vpc_id=..&ip=..   one private address in a VPC
     GET  /v1/routes?eip=..            one public EIP: it resolves through its HAVIP
     POST /v1/routes:batch             up to 1000 keys ({vpc_id, ip} or {eip}), answers in the same order
+    GET  /v1/routes:watch             a stream of every change, for agents that keep their own copy
 
 An address a HAVIP holds answers its owner, or null owner fields when the
 HAVIP has no owner (traffic is dropped, and that is visible); an address no
@@ -23,13 +24,17 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import ErrorCode, HaVipError
 from schemas.ipv4 import IPv4Text
-from services.forwarder.follower import MappingFollower
+from services.forwarder.follower import WATCHERS, MappingFollower
 from services.forwarder.lookups import MAX_BATCH_KEYS, MAX_VPC_ID_CHARS, RouteLookups
 from services.forwarder.routes import HeldRoute, RouteTable, canonical_ip
+from services.forwarder.settings import forwarder_settings
+from services.forwarder.watch import WatchFilter, WatchHub
+from services.forwarder.watch_stream import watch_lines
 from services.runtime.broker_watch import BrokerWatch, LogCheck
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.health import Health, health_router
@@ -85,9 +90,12 @@ class BatchOut(BaseModel):
     routes: list[RouteOut | None]
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(shared_settings: Settings) -> FastAPI:
+    settings = forwarder_settings(shared_settings)
     health = Health("forwarder")
     table = RouteTable()
+    hub = WatchHub(table, log_size=settings.forwarder_watch_log, buffer_size=settings.forwarder_watch_buffer)
+    WATCHERS.set_function(lambda: len(hub))
     follower: MappingFollower | None = None
 
     def caught_up() -> str | None:
@@ -131,6 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="havip forwarder", version="1", lifespan=lifespan)
     app.state.table = table
+    app.state.hub = hub
     app.state.health = health
     app.include_router(health_router(health))
     install_http_conventions(app, "forwarder", max_request_body_bytes=settings.max_request_body_bytes)
@@ -160,9 +169,65 @@ def create_app(settings: Settings) -> FastAPI:
         answers = b",".join(b"null" if route is None else route.answer for route in found)
         return Response(b'{"routes":[' + answers + b"]}", media_type="application/json")
 
+    @app.get(
+        "/v1/routes:watch",
+        response_class=StreamingResponse,
+        description=WATCH_DESCRIPTION,
+        responses={
+            200: {"content": {"application/x-ndjson": {}}, "description": "JSON lines, until the client leaves"},
+            503: {"model": ErrorBody, "description": "The route table is still loading: ServiceUnavailable"},
+        },
+    )
+    async def watch_routes(
+        vpc_id: Annotated[
+            str | None, Query(min_length=1, max_length=MAX_VPC_ID_CHARS, description="Only this VPC")
+        ] = None,
+        host_id: Annotated[
+            str | None, Query(min_length=1, max_length=128, description="Only routes to this host")
+        ] = None,
+        since: Annotated[int | None, Query(ge=0, description="The last revision you have, with epoch")] = None,
+        epoch: Annotated[str | None, Query(pattern=EPOCH_PATTERN, description="The epoch of since")] = None,
+    ) -> StreamingResponse:
+        if follower is None or not follower.caught_up:
+            raise HaVipError(ErrorCode.SERVICE_UNAVAILABLE, "the route table is still loading; watch again shortly")
+        lines = watch_lines(
+            hub,
+            WatchFilter(vpc_id, host_id),
+            epoch=epoch,
+            since=since,
+            heartbeat_seconds=settings.forwarder_watch_heartbeat_seconds,
+        )
+        return StreamingResponse(lines, media_type="application/x-ndjson")
+
     # Last, so it is the outermost middleware: a well-formed lookup meets nothing else (see lookups.py).
     app.add_middleware(RouteLookups, table=table, max_body_bytes=settings.max_request_body_bytes)
     return app
+
+
+EPOCH_PATTERN = "^[0-9a-f]{32}$"
+WATCH_DESCRIPTION = """\
+A stream of JSON lines (chunked) for data-plane agents that keep their own copy of the routes.
+
+1. `{"type":"hello","epoch":E,"revision":R,"resync":B}`. With `resync` true, drop your copy: the
+   whole table (filtered) follows. Otherwise only what changed after `since` follows.
+2. `{"type":"route",...}` lines (`revision`, `havip_id`, `version`, `vpc_id`, `ip`, `eips`, and the
+   owner: `instance_id`, `eni_id`, `private_ip`, `host_id`), and `{"type":"removed","revision":N,
+   "havip_id":..,"version":..}` for a deleted HAVIP.
+3. `{"type":"synced","revision":R}`: your copy is the table's as of R.
+4. Then every change as it is applied, in order, and `{"type":"heartbeat","revision":N}` when idle.
+
+Filters: `vpc_id`, `host_id` (the owner's host), or both. A route that leaves what you watch is
+sent once more, showing where it went (another `host_id`, or null when it has no owner): drop it.
+
+Positions: remember the `revision` of the last line you processed and the `epoch`; watch again
+with `since` and `epoch` to get only what you missed. A forwarder that restarted has a new epoch;
+a position older than the changes it remembers (`HAVIP_FORWARDER_WATCH_LOG`), or one you fell
+behind from, gets the whole table again (`resync` true).
+
+A watcher that reads too slowly (more than `HAVIP_FORWARDER_WATCH_BUFFER` changes waiting) gets
+`{"type":"resync","reason":..}` and the stream ends: watch again without `since`. 503 until the
+forwarder has loaded its table.
+"""
 
 
 def _lookup(table: RouteTable, vpc_id: str | None, ip: str | None, eip: str | None) -> HeldRoute | None:
