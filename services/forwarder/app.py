@@ -29,8 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.errors import ErrorCode, HaVipError
 from schemas.ipv4 import IPv4Text
-from services.forwarder.follower import WATCHERS, MappingFollower
+from services.forwarder.follower import MappingFollower
 from services.forwarder.lookups import MAX_BATCH_KEYS, MAX_VPC_ID_CHARS, RouteLookups
+from services.forwarder.metrics import WATCHERS
 from services.forwarder.routes import HeldRoute, RouteTable, canonical_ip
 from services.forwarder.settings import forwarder_settings
 from services.forwarder.watch import WatchFilter, WatchHub
