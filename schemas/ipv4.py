@@ -2,13 +2,16 @@
 
 `parse_ipv4` is the only parser. `IPV4_PATTERN` is the same syntax as a
 regular expression, for JSON Schemas and the OpenAPI document, and
-`IPv4Text` carries it into pydantic models; `tests/unit/test_ipv4.py` checks
-that the two accept exactly the same strings.
+`IPv4Text` carries it into pydantic models, and `is_ipv4_text` applies it
+without building an address object (the forwarder checks every key of a
+batch with it); `tests/unit/test_ipv4.py` checks that all of them accept
+exactly the same strings.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from ipaddress import IPv4Address
 from typing import Annotated
 
@@ -22,6 +25,9 @@ _OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 # ECMA-262 (JSON Schema's dialect): `$` is the end of the string. Python's `re.search`
 # also lets `$` match before a final newline, so check with `re.fullmatch` in Python.
 IPV4_PATTERN = rf"^{_OCTET}(\.{_OCTET}){{3}}$"
+
+# fullmatch, not match or search: Python's `$` would also let a final newline through.
+_IPV4_TEXT = re.compile(IPV4_PATTERN).fullmatch
 
 IPv4Text = Annotated[
     str,
@@ -42,3 +48,11 @@ def parse_ipv4(text: str) -> IPv4Address:
     if not isinstance(address, IPv4Address):
         raise HaVipError(ErrorCode.IP_VERSION, "a HAVIP is an IPv4 address; IPv6 is not supported")
     return address
+
+
+def is_ipv4_text(text: str) -> bool:
+    """True when `parse_ipv4` would take `text`; such a text is also already in canonical form.
+
+    A precompiled match of the same pattern, about ten times cheaper than parsing.
+    """
+    return _IPV4_TEXT(text) is not None

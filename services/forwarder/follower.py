@@ -25,20 +25,30 @@ services/runtime/broker_watch.py) those offsets mean nothing any more:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Iterable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from schemas import topics
 from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import HaVipMappingChanged
-from services.forwarder.routes import RouteTable
-from services.readmodel.mappings import load_mappings
+from services.forwarder.metrics import (
+    APPLIED,
+    APPLY_LAG,
+    CAUGHT_UP,
+    CONSUMER_LAG,
+    CONVERGENCE,
+    ERRORS,
+    STALE,
+    TABLE_SIZE,
+)
+from services.forwarder.routes import RouteState, RouteTable
+from services.readmodel.mappings import stream_route_rows
 from services.runtime.deadletters import DeadLetters
 from services.runtime.kafka import new_consumer, new_producer, topic_name
 from services.runtime.settings import Settings
@@ -47,17 +57,6 @@ from services.runtime.tasks import cancel_and_wait
 log = logging.getLogger(__name__)
 
 CONSUMER_NAME = "forwarder"
-
-APPLIED = Counter("havip_forwarder_records_applied_total", "Mapping records that changed the route table", ["source"])
-STALE = Counter(
-    "havip_forwarder_records_stale_total", "Mapping records ignored: not newer than the table, or a tombstone"
-)
-TABLE_SIZE = Gauge("havip_forwarder_table_havips", "Live HAVIPs in the route table")
-APPLY_LAG = Gauge(
-    "havip_forwarder_apply_lag_seconds", "Time from a mapping record's occurred_at to its application, last record"
-)
-CAUGHT_UP = Gauge("havip_forwarder_caught_up", "1 once the route table reached the topic's end at start")
-ERRORS = Counter("havip_forwarder_follow_errors_total", "Broker or database errors while following")
 
 
 class MappingFollower:
@@ -181,13 +180,29 @@ class MappingFollower:
         self._stage = "reading end offsets"
         ends = await consumer.end_offsets(partitions)
         self._stage = "loading the snapshot"
-        snapshot = await load_mappings(self._pool)
-        applied = sum(self._apply(mapping, source="snapshot") for mapping in snapshot)
+        started = time.monotonic()
+        read = applied = 0
+        # The snapshot builds objects that live as long as the process and are never in a cycle:
+        # the cyclic collector would scan them over and over while they are made (a third of the
+        # load), and at every full collection afterwards. So it is off meanwhile, and then they
+        # are moved out of its sight for good (gc.freeze; they are still freed by reference count).
+        gc.disable()
+        try:
+            async for rows in stream_route_rows(self._pool):
+                read += len(rows)
+                for row in rows:
+                    applied += self.table.apply_state(RouteState._make(row))
+        finally:
+            gc.enable()
+        gc.freeze()
+        APPLIED.labels("snapshot").inc(applied)
+        STALE.inc(read - applied)
         TABLE_SIZE.set(len(self.table))
         log.info(
-            "snapshot applied havips=%s changed=%s end_offsets=%s",
-            len(snapshot),
+            "snapshot applied havips=%s changed=%s seconds=%.2f end_offsets=%s",
+            read,
             applied,
+            time.monotonic() - started,
             {tp.partition: offset for tp, offset in ends.items()},
         )
         self._start_offsets = dict(ends)
@@ -202,8 +217,17 @@ class MappingFollower:
             batch = await consumer.getmany(timeout_ms=500, max_records=1000)
             for records in batch.values():
                 await self._handle(records)
+            self._measure_lag(consumer)
             if not self._caught_up:
                 await self._check_caught_up(consumer)
+
+    def _measure_lag(self, consumer: AIOKafkaConsumer) -> None:
+        # The high watermark as of the last fetch: no request to the broker for it.
+        assert self._next is not None
+        for tp, offset in self._next.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                CONSUMER_LAG.labels(str(tp.partition)).set(max(0, highwater - offset))
 
     async def _check_caught_up(self, consumer: AIOKafkaConsumer) -> None:
         for tp, end in self._start_offsets.items():
@@ -229,18 +253,21 @@ class MappingFollower:
                     await self._dead_letter(record, problem)
                 else:
                     try:
-                        changed = self._apply(mapping, source="stream")
+                        changed = self._apply(mapping)
                     except HaVipError as exc:
                         await self._dead_letter(record, f"unusable address: {exc}")
                     else:
                         if changed:
-                            APPLY_LAG.set(max(0.0, time.time() - mapping.occurred_at.timestamp()))
+                            now = time.time()
+                            APPLY_LAG.set(max(0.0, now - mapping.occurred_at.timestamp()))
+                            if mapping.report_received_at is not None:
+                                CONVERGENCE.observe(max(0.0, now - mapping.report_received_at.timestamp()))
             self._next[tp] = record.offset + 1
         TABLE_SIZE.set(len(self.table))
 
-    def _apply(self, mapping: HaVipMappingChanged, *, source: str) -> bool:
+    def _apply(self, mapping: HaVipMappingChanged) -> bool:
         if self.table.apply(mapping):
-            APPLIED.labels(source).inc()
+            APPLIED.labels("stream").inc()
             return True
         STALE.inc()
         return False

@@ -1,13 +1,14 @@
 """The published state of a HAVIP, read from the mapping tables (a read model).
 
 The mapping service publishes it to `havip.mappings` after every change; a
-forwarder reads all of it once at start as its snapshot. One query for both,
-so the two can never disagree on what a HAVIP's state is.
+forwarder reads all of it once at start as its snapshot. The same joins for
+both, so the two can never disagree on what a HAVIP's state is; the
+forwarder's read (`stream_route_rows`) leaves out what routes do not need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
@@ -75,3 +76,32 @@ async def load_mappings(
             )
         )
     return found
+
+
+# The forwarder's snapshot: per HAVIP only what routes need, every EIP's address in one array,
+# in the field order of services.forwarder.routes.RouteState. The owner's columns follow
+# `_HAVIPS` above, so the snapshot and a published record agree on who owns a HAVIP.
+_ROUTES = """
+SELECT h.havip_id, h.version, h.vpc_id, host(h.ip_address),
+       coalesce(e.addresses, '{}'::text[]), h.status = 'Deleted',
+       a.instance_id, a.eni_id, host(coalesce(ei.private_ip, i.private_ip)), i.host_id
+  FROM havips h
+  LEFT JOIN attachments a ON a.havip_id = h.havip_id AND a.target_id = h.owner_target_id
+  LEFT JOIN instances i ON i.instance_id = a.instance_id
+  LEFT JOIN enis ei ON ei.eni_id = a.eni_id
+  LEFT JOIN (SELECT havip_id, array_agg(host(ip_address) ORDER BY eip_id) AS addresses
+               FROM havip_eips GROUP BY havip_id) e ON e.havip_id = h.havip_id
+"""
+
+
+async def stream_route_rows(pool: asyncpg.Pool, chunk: int = 5000) -> AsyncIterator[list[asyncpg.Record]]:
+    """Every HAVIP's route, a chunk of rows at a time, all from one consistent read.
+
+    Rows, not messages, and in chunks: a forwarder loads hundreds of thousands at
+    start, and neither a pydantic model per HAVIP nor all rows at once should
+    set its memory for the rest of its life.
+    """
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        cursor = await conn.cursor(_ROUTES)
+        while rows := await cursor.fetch(chunk):
+            yield rows

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from schemas.errors import HaVipError
-from schemas.ipv4 import IPV4_PATTERN, IPv4Text, parse_ipv4
+from schemas.ipv4 import IPV4_PATTERN, IPv4Text, is_ipv4_text, parse_ipv4
 
 ADDRESS = TypeAdapter(IPv4Text)
 JSON_SCHEMA = jsonschema_rs.Draft202012Validator(ADDRESS.json_schema())
@@ -41,6 +41,7 @@ def validates(text: str) -> bool:
 def assert_one_verdict(text: str) -> None:
     verdict = parses(text)
     assert matches(text) is verdict, text
+    assert is_ipv4_text(text) is verdict, text
     assert validates(text) is verdict, text
     assert JSON_SCHEMA.is_valid(text) is verdict, text
 
@@ -85,11 +86,12 @@ def test_every_address_is_accepted_in_canonical_form(octets: tuple[int, int, int
     text = ".".join(map(str, octets))
     assert matches(text) and validates(text)
     assert str(parse_ipv4(text)) == text
+    assert is_ipv4_text(text)  # and, being accepted, it is its own canonical form
 
 
 @pytest.mark.parametrize("text", ["10.0.0.1\n", "010.0.0.1", "1.2.3", "1.2.3.4.5", "١.2.3.4", "2001:db8::1", ""])
 def test_what_both_refuse(text: str) -> None:
-    assert not parses(text) and not matches(text) and not validates(text)
+    assert not parses(text) and not matches(text) and not validates(text) and not is_ipv4_text(text)
 
 
 def test_models_and_their_json_schemas_carry_the_pattern() -> None:

@@ -1,0 +1,215 @@
+"""The two hot routes, answered in front of FastAPI: `GET /v1/routes` and `POST /v1/routes:batch`.
+
+Why: profiles of the forwarder spent a lookup's time in routing, dependency
+injection, per-key pydantic validation, `ipaddress` objects and building
+dicts to encode, not in the table. This ASGI middleware answers the common
+case itself, from the answers the table keeps encoded.
+
+What it answers: a well-formed request. Everything else goes on to FastAPI
+untouched (a body already read is replayed): a bad or incomplete key, an
+unknown or repeated parameter, a percent-escaped query, a body without a
+Content-Length or over the limit, another content type, a document that is
+not exactly `{"keys": [...]}`, any other method or path. FastAPI answers
+those as it always did, so validation errors, 405 with `Allow`, 413 and the
+OpenAPI document stay defined in one place (services/forwarder/app.py).
+
+A hit needs no validation: the table holds canonical addresses and real VPC
+ids only, so a key that finds a route is a valid key. A miss is checked
+(`is_ipv4_text`, the VPC id's length) before it answers 404 or null; a miss
+that is not a valid key goes on to FastAPI for its 400.
+
+Request ids and the request metrics are those of services/runtime/http.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from prometheus_client.metrics import Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from schemas.errors import ErrorCode
+from schemas.ipv4 import is_ipv4_text
+from services.forwarder.routes import HeldRoute, RouteTable
+from services.runtime.http import REQUEST_ID_HEADER, REQUEST_SECONDS, REQUESTS, _choose_request_id
+
+MAX_BATCH_KEYS = 1000
+MAX_VPC_ID_CHARS = 128
+LOOKUP_PATH = "/v1/routes"
+BATCH_PATH = "/v1/routes:batch"
+
+_JSON = (b"content-type", b"application/json")
+_ID_HEADER = REQUEST_ID_HEADER.encode()
+
+
+class RouteLookups:
+    def __init__(self, app: ASGIApp, table: RouteTable, max_body_bytes: int, service: str = "forwarder") -> None:
+        self.app = app
+        self.table = table
+        self.max_body_bytes = max_body_bytes
+        self.service = service
+        self._metrics: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path, method = scope["path"], scope["method"]
+            if path == LOOKUP_PATH and method == "GET":
+                started = time.perf_counter()
+                found = self.lookup_one(scope["query_string"])
+                if found is not None:
+                    await self._answer(scope, send, LOOKUP_PATH, found, started)
+                    return
+            elif path == BATCH_PATH and method == "POST" and self._body_we_take(scope):
+                started = time.perf_counter()
+                body = await _read_body(receive)
+                if body is None:
+                    return  # the client went away: nobody to answer
+                answer = self.lookup_many(body)
+                if answer is not None:
+                    await self._answer(scope, send, BATCH_PATH, (200, answer), started)
+                    return
+                receive = _replay(body, receive)
+        await self.app(scope, receive, send)
+
+    def lookup_one(self, query: bytes) -> tuple[int, bytes | str] | None:
+        """(200, answer) or (404, message) for a well-formed query; None for FastAPI to answer."""
+        if b"%" in query or b"+" in query:
+            return None  # percent-decoding is the framework's business
+        vpc_id = ip = eip = None
+        # latin-1, as Starlette decodes a query string before splitting it.
+        for part in query.decode("latin-1").split("&"):
+            name, equals, value = part.partition("=")
+            if not equals:
+                return None
+            if name == "ip" and ip is None:
+                ip = value
+            elif name == "vpc_id" and vpc_id is None:
+                vpc_id = value
+            elif name == "eip" and eip is None:
+                eip = value
+            else:
+                return None
+        if eip is None and vpc_id is not None and ip is not None:
+            route = self.table.lookup(vpc_id, ip)
+            if route is not None:
+                return 200, route.answer
+            if _private_key_ok(vpc_id, ip):
+                return 404, f"no HAVIP holds {ip} in {vpc_id}"
+        elif eip is not None and vpc_id is None and ip is None:
+            route = self.table.lookup_public(eip)
+            if route is not None:
+                return 200, route.answer
+            if is_ipv4_text(eip):
+                return 404, f"no HAVIP holds public address {eip}"
+        return None
+
+    def lookup_many(self, body: bytes) -> bytes | None:
+        """`{"routes": [...]}` for a well-formed batch, in the order of its keys; None for FastAPI to answer."""
+        try:
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            return None
+        if type(document) is not dict or len(document) != 1:
+            return None
+        keys = document.get("keys")
+        if type(keys) is not list or len(keys) > MAX_BATCH_KEYS:
+            return None
+        by_private, by_public = self.table.by_private, self.table.by_public
+        answers: list[bytes] = []
+        route: HeldRoute | None
+        for key in keys:
+            if type(key) is not dict:
+                return None
+            size = len(key)
+            # Looked up before it is checked: only a miss needs checking (see the module's docstring).
+            # A value that is not a string cannot be a hit, and one that cannot be hashed raises.
+            try:
+                if size == 2:
+                    vpc_id, ip = key["vpc_id"], key["ip"]
+                    route = by_private((vpc_id, ip))
+                    if route is None and not _private_key_ok(vpc_id, ip):
+                        return None
+                elif size == 1:
+                    eip = key["eip"]
+                    route = by_public(eip)
+                    if route is None and not (type(eip) is str and is_ipv4_text(eip)):
+                        return None
+                else:
+                    return None
+            except (KeyError, TypeError):
+                return None
+            answers.append(b"null" if route is None else route.answer)
+        return b'{"routes":[' + b",".join(answers) + b"]}"
+
+    def _body_we_take(self, scope: Scope) -> bool:
+        # A declared length within the limit, and declared JSON (FastAPI reads nothing else as JSON).
+        length = content_type = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"content-type":
+                content_type = value
+        if length is None or not length.isdigit() or int(length) > self.max_body_bytes:
+            return False
+        return content_type == b"application/json" or (
+            content_type is not None and content_type.startswith(b"application/json;")
+        )
+
+    async def _answer(
+        self, scope: Scope, send: Send, route: str, found: tuple[int, bytes | str], started: float
+    ) -> None:
+        status, content = found
+        request_id = _choose_request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        if isinstance(content, str):  # a miss: the error body every service answers
+            error = {"code": str(ErrorCode.NOT_FOUND_ROUTE), "message": content, "request_id": request_id}
+            content = json.dumps(error, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = [_JSON, (b"content-length", b"%d" % len(content)), (_ID_HEADER, request_id.encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+        counter, seconds = self._metrics_for(scope["method"], route, status)
+        counter.inc()
+        seconds.observe(time.perf_counter() - started)
+
+    def _metrics_for(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        key = (method, route, status)
+        if (found := self._metrics.get(key)) is None:
+            found = (
+                REQUESTS.labels(self.service, method, route, str(status)),
+                REQUEST_SECONDS.labels(self.service, method, route),
+            )
+            self._metrics[key] = found
+        return found
+
+
+def _private_key_ok(vpc_id: object, ip: object) -> bool:
+    return type(vpc_id) is str and 0 < len(vpc_id) <= MAX_VPC_ID_CHARS and type(ip) is str and is_ipv4_text(ip)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, or None when the client went away."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body already read once, then whatever the connection says next."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        message: dict[str, Any] = {"type": "http.request", "body": body, "more_body": False}
+        return message
+
+    return replay
