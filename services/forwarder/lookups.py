@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from schemas.errors import ErrorCode
 from schemas.ipv4 import is_ipv4_text
 from services.forwarder.routes import HeldRoute, RouteTable
-from services.runtime.http import REQUEST_ID_HEADER, REQUEST_SECONDS, REQUESTS, _choose_request_id
+from services.runtime.http import REQUEST_ID_HEADER, REQUEST_SECONDS, REQUESTS, choose_request_id
 
 MAX_BATCH_KEYS = 1000
 MAX_VPC_ID_CHARS = 128
@@ -161,7 +161,7 @@ class RouteLookups:
         self, scope: Scope, send: Send, route: str, found: tuple[int, bytes | str], started: float
     ) -> None:
         status, content = found
-        request_id = _choose_request_id(scope)
+        request_id = choose_request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
         if isinstance(content, str):  # a miss: the error body every service answers
             error = {"code": str(ErrorCode.NOT_FOUND_ROUTE), "message": content, "request_id": request_id}

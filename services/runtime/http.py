@@ -65,7 +65,7 @@ def request_id_of(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id") or "unknown")
 
 
-def _choose_request_id(scope: Scope) -> str:
+def choose_request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", []):
         if name == REQUEST_ID_HEADER.encode():
             candidate = value.decode("latin-1")
@@ -90,7 +90,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _choose_request_id(scope)
+        request_id = choose_request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = time.perf_counter()
