@@ -15,15 +15,9 @@ from services.mapping.handlers import OwnerTracker
 from services.runtime.broker_watch import LogCheck
 from services.runtime.kafka import topic_name
 from services.runtime.logs import setup_logging
+from services.runtime.records import handle_stream, handle_stream_in_batches
 from services.runtime.settings import Settings
-from services.runtime.stream import (
-    TRANSIENT,
-    handle_stream,
-    handle_stream_in_batches,
-    new_worker,
-    raw_topic,
-    run_worker,
-)
+from services.runtime.stream import TRANSIENT, new_worker, raw_topic, run_worker
 
 log = logging.getLogger(__name__)
 

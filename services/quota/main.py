@@ -12,8 +12,9 @@ from services.quota.rules import Limits
 from services.runtime.inventory import InventoryChange, record_inventory
 from services.runtime.kafka import ConsumerGroupProgress, topic_name
 from services.runtime.logs import setup_logging
+from services.runtime.records import handle_stream
 from services.runtime.settings import Settings
-from services.runtime.stream import handle_stream, new_worker, raw_topic, run_worker
+from services.runtime.stream import new_worker, raw_topic, run_worker
 
 
 def build_app(settings: Settings) -> faust.App:
