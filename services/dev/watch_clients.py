@@ -45,7 +45,7 @@ class WatchClients:
         try:
             for k, share in enumerate(self._shares):
                 await self._spawn(k, share)
-            await self._until(lambda: all(self._ready), READY_SECONDS, "every watch stream synced")
+            await self._until(lambda k: self._ready[k], READY_SECONDS, "every watch stream synced")
         except BaseException:
             await self.stop()
             raise
@@ -75,7 +75,7 @@ class WatchClients:
             assert child.stdin is not None
             child.stdin.write(b"report\n")
             await child.stdin.drain()
-        await self._until(lambda: all(self._reported), 60, "every client process reported")
+        await self._until(lambda k: self._reported[k] is not None, 60, "every client process reported")
         parts: list[list[tuple[str, int, list[float]]]] = []
         tally: dict[str, int] = {}
         for path in self._reported:
@@ -130,13 +130,19 @@ class WatchClients:
             elif "reported" in said:
                 self._reported[k] = Path(said["reported"])
 
-    async def _until(self, done: Callable[[], bool], seconds: float, what: str) -> None:
+    async def _until(self, done: Callable[[int], bool], seconds: float, what: str) -> None:
+        """Until `done(k)` holds for every process k; one that is gone without it is a failure.
+
+        Gone means its stdout is read to the end, not that it exited: a process says its last
+        line and exits, and that line may not have been read yet when the exit is seen.
+        """
         deadline = time.monotonic() + seconds
-        while not done():
-            for k, child in enumerate(self._children):
-                if child.returncode is not None:
+        while not all(done(k) for k in range(len(self._children))):
+            for k, reader in enumerate(self._readers):
+                if reader.done() and not done(k):
                     log = self._workdir / f"watchers-{k}.log"
-                    raise RuntimeError(f"watch client {k} exited with {child.returncode} before {what}: see {log}")
+                    code = await self._children[k].wait()
+                    raise RuntimeError(f"watch client {k} exited with {code} before {what}: see {log}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not {what} after {seconds:g} s")
             await asyncio.sleep(0.1)
