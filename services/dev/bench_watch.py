@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from aiokafka import AIOKafkaProducer
 
 from schemas import topics
@@ -76,6 +77,9 @@ class WatchRun:
     receipts: dict[ChangeKey, list[float]]
     tally: dict[str, int]
     load_average: tuple[tuple[float, float, float], tuple[float, float, float]]  # as the changes start and end
+    # CPU seconds the forwarder and the client processes used from the first change to the last delivery,
+    # and that span's wall seconds: which side was busy, on a machine with few cores
+    cpu_seconds: dict[str, float]
 
 
 def run_watch_bench(
@@ -112,13 +116,28 @@ async def _bench(
                 if open_streams is None or open_streams < watchers:
                     raise RuntimeError(f"the forwarder counts {open_streams} watchers, not {watchers}")
                 load_before = os.getloadavg()
+                assert forwarder.process is not None
+                sides = {"forwarder": [forwarder.process.pid], "clients": clients.pids}
+                cpu_before, wall_before = _cpu(sides), time.monotonic()
                 produced = await _produce(settings, http, havips, changes, per_second, watchers)
                 await clients.wait_delivered(changes * watchers, DELIVERY_QUIET_SECONDS)
                 load_after = os.getloadavg()
+                cpu_after = _cpu(sides)
+                cpu = {side: cpu_after[side] - cpu_before[side] for side in sides}
+                cpu["wall"] = time.monotonic() - wall_before
                 receipts, tally = await clients.report()
     finally:
         forwarder.stop()
-    return WatchRun(havips, watchers, per_second, processes, produced, receipts, tally, (load_before, load_after))
+    return WatchRun(havips, watchers, per_second, processes, produced, receipts, tally, (load_before, load_after), cpu)
+
+
+def _cpu(sides: dict[str, list[int]]) -> dict[str, float]:
+    """User + system CPU seconds each side's processes used so far."""
+    used = {}
+    for side, pids in sides.items():
+        times = [psutil.Process(pid).cpu_times() for pid in pids]
+        used[side] = sum(t.user + t.system for t in times)
+    return used
 
 
 async def _position(http: httpx.AsyncClient) -> tuple[str, int]:
@@ -244,6 +263,15 @@ def _report(run: WatchRun, out_dir: Path) -> None:
         print(f"target p99 <= {TARGET_P99_MS:g} ms (applied -> last watcher): {headline['p99']:.1f} ms, {verdict}")
     start_load, end_load = run.load_average[0][0], run.load_average[1][0]
     print(f"clients: {run.tally}; load average {start_load:.1f} at start, {end_load:.1f} at end")
+    produced_times = [change.produced_at for change in run.produced]
+    span = produced_times[-1] - produced_times[0] if len(produced_times) > 1 else 0.0
+    achieved = (len(produced_times) - 1) / span if span > 0 else None
+    wall = run.cpu_seconds["wall"]
+    print(
+        f"pace asked {run.per_second:g}/s, achieved {achieved or 0:.1f}/s (each change waits for /metrics to date it);"
+        f" CPU over {wall:.1f} s: forwarder {run.cpu_seconds['forwarder']:.1f} s,"
+        f" clients {run.cpu_seconds['clients']:.1f} s ({os.cpu_count()} cores)"
+    )
     results: dict[str, Any] = {
         "havips": run.havips,
         "per_second": run.per_second,
@@ -251,6 +279,8 @@ def _report(run: WatchRun, out_dir: Path) -> None:
         "cpus": os.cpu_count(),
         "load_average_start_end": run.load_average,
         "clients": run.tally,
+        "achieved_per_second": achieved,
+        "cpu_seconds": run.cpu_seconds,
         **summary,
         "per_change": [
             {

@@ -57,6 +57,10 @@ class WatchClients:
         await self.stop()
 
     @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self._children]
+
+    @property
     def delivered(self) -> int:
         """Change lines the watchers received so far, as the processes last said."""
         return sum(self._changes)
