@@ -136,6 +136,20 @@ def _bench_intake(args: argparse.Namespace) -> int:
     )
 
 
+def _bench_watch(args: argparse.Namespace) -> int:
+    from services.dev.bench_watch import run_watch_bench
+
+    return run_watch_bench(
+        load_settings(),
+        havips=args.havips,
+        watchers=args.watchers,
+        changes=args.changes,
+        per_second=args.per_second,
+        processes=args.client_processes,
+        out_dir=_bench_out(args, "watch"),
+    )
+
+
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
@@ -261,6 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     intake.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     _out_option(intake, "intake")
     intake.set_defaults(func=_bench_intake)
+    watch = bench_sub.add_parser(
+        "watch", help="from the forwarder applying a change to every one of many watchers having it, p50/p99"
+    )
+    watch.add_argument("--havips", type=int, default=10_000, help="HAVIPs the forwarder holds (default 10,000)")
+    watch.add_argument("--watchers", type=int, default=1000, help="watch streams on the forwarder (default 1,000)")
+    watch.add_argument("--changes", type=int, default=200, help="changes produced to havip.mappings (default 200)")
+    watch.add_argument("--per-second", type=float, default=20.0, help="pace of the changes (default 20)")
+    watch.add_argument(
+        "--client-processes", type=int, default=2, help="processes the watch streams are spread over (default 2)"
+    )
+    _out_option(watch, "watch")
+    watch.set_defaults(func=_bench_watch)
 
     agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
     agent.add_argument("--config", required=True, help="the agent's TOML file")
