@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from schemas.errors import ErrorCode, Unappliable
 from schemas.topics import Topic
 from services.runtime.stream import TRANSIENT, WorkerResources
+from services.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ async def handle_stream_in_batches(
                 break
             await queued.put(event)
     finally:
-        applier.cancel()
-    applier.result()  # a failure of the applier is the agent's failure, never a silent stop
+        # Re-raises what the applier failed with: its failure is the agent's, never a silent stop.
+        await cancel_and_wait(applier)
 
 
 async def _apply_in_order(
