@@ -109,6 +109,6 @@ class Outbox:
         while True:
             try:
                 await self.relay_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
                 log.warning("outbox relay failed, retrying: %r", exc)
             await asyncio.sleep(self._relay_every)

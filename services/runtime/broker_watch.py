@@ -247,7 +247,7 @@ class BrokerWatch:
             rows = await self._pool.fetch(
                 "SELECT topic, partition, end_offset FROM broker_watermarks WHERE service = $1", self._service
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             log.debug("broker watermarks not loaded yet: %r", exc)  # the marks in memory guard meanwhile
             return
         stored = {
@@ -267,7 +267,7 @@ class BrokerWatch:
                 f" ON CONFLICT (service, topic, partition) DO UPDATE SET end_offset = {keep}, seen_at = now()",
                 [(self._service, tp.topic, tp.partition, end) for tp, end in ends.items()],
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
             log.debug("broker watermarks not saved: %r", exc)
 
 

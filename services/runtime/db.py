@@ -50,6 +50,10 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
+    # A connection whose server died under it can be left mid-protocol; the next statement on it
+    # fails with "cannot switch to state ...; another operation is in progress" (seen in the chaos
+    # test while PostgreSQL restarted).
+    asyncpg.InternalClientError,
 )
 
 # A connection attempt gives up after this long, so a request never waits on a database that

@@ -36,6 +36,7 @@ TRANSIENT = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection left mid-protocol by a server that died
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
     asyncpg.TooManyConnectionsError,
