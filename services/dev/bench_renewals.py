@@ -21,14 +21,13 @@ import asyncpg
 
 from schemas import topics
 from schemas.messages import MAX_LEASE_SECONDS, VrrpReported, VrrpState
+from services.dev.bench_seed import TENANT, seed_havips
 from services.dev.embedded import free_port
 from services.dev.processes import ServiceProcess
 from services.dev.stack import dev_stack
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
-
-TENANT = "tenant-bench"
 
 
 def run_renewal_bench(settings: Settings, havips: int, renewals: int, changes: int) -> int:
@@ -59,36 +58,7 @@ async def _bench(settings: Settings, workdir: Path, havips: int, renewals: int, 
 
 async def seed_live_masters(pool: asyncpg.Pool, havips: int) -> None:
     """HAVIPs `havip-N`, each with instances i-2N and i-2N+1 attached, i-2N owning it with a live claim (seq 1)."""
-    now = datetime.now(UTC)
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "INSERT INTO instances (instance_id, tenant_id, vpc_id, vswitch_id, private_ip, status, host_id, revision)"
-            " SELECT 'i-' || n, $1, 'vpc-bench', 'vsw-bench', ('10.0.0.0'::inet + n), 'Running', 'host-1', 1"
-            " FROM generate_series(0, $2 - 1) AS n",
-            TENANT,
-            2 * havips,
-        )
-        await conn.execute(
-            "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, status, owner_target_id,"
-            " version, published_version)"
-            " SELECT 'havip-' || n, $1, 'vpc-bench', 'vsw-bench', ('10.128.0.0'::inet + n), 'InUse', 'i-' || (2 * n),"
-            " 2, 2 FROM generate_series(0, $2 - 1) AS n",
-            TENANT,
-            havips,
-        )
-        await conn.execute(
-            "INSERT INTO attachments (havip_id, target_id, instance_id)"
-            " SELECT 'havip-' || n, 'i-' || (2 * n + k), 'i-' || (2 * n + k)"
-            " FROM generate_series(0, $1 - 1) AS n, generate_series(0, 1) AS k",
-            havips,
-        )
-        await conn.execute(
-            "INSERT INTO vrrp_reports (havip_id, instance_id, state, priority, seq, reported_at, received_at,"
-            " expires_at) SELECT 'havip-' || n, 'i-' || (2 * n), 'MASTER', 100, 1, $2::timestamptz, $2::timestamptz,"
-            " $2::timestamptz + interval '1 hour' FROM generate_series(0, $1 - 1) AS n",
-            havips,
-            now,
-        )
+    await seed_havips(pool, havips)
 
 
 def renewal(havip: int, seq: int) -> VrrpReported:
