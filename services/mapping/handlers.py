@@ -17,11 +17,12 @@ one row of the batch's upsert and publishes nothing.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
-from prometheus_client import Counter
+from prometheus_client import Counter as MetricCounter
 
 from schemas import topics
 from schemas.errors import ErrorCode, HaVipError, Unappliable
@@ -42,10 +43,12 @@ from services.runtime.inventory import InventoryChange, record_inventory
 
 log = logging.getLogger(__name__)
 
-OWNER_CHANGES = Counter("havip_owner_changes_total", "Owner changes", ["cause"])
-REPORTS = Counter("havip_vrrp_reports_total", "VRRP reports by verdict", ["verdict"])
+OWNER_CHANGES = MetricCounter("havip_owner_changes_total", "Owner changes", ["cause"])
+REPORTS = MetricCounter("havip_vrrp_reports_total", "VRRP reports by verdict", ["verdict"])
 
 UNPUBLISHED_READ = 1000
+# Owner changes of one batch logged a line each; more are summed up in one line.
+OWNER_CHANGES_LOGGED_EACH = 10
 
 # Produces (key, value) records to a topic and returns once the broker has them all.
 Publish = Callable[[topics.Topic, Sequence[tuple[str, bytes]]], Awaitable[None]]
@@ -142,9 +145,7 @@ class OwnerTracker:
                 for row in rows
             }
             plan = plan_reports(locked, incoming)
-            await store.save_reports(conn, plan.reports)
-            await store.save_owners(conn, plan.havips)
-            await store.record_owner_changes(conn, plan.outcomes)
+            await store.save_batch(conn, plan.reports, plan.havips, plan.outcomes)
         self._count(plan)
         await self.publish_states(plan.publish, plan.caused_at)
         return plan.refusals
@@ -152,14 +153,26 @@ class OwnerTracker:
     def _count(self, plan: ReportPlan) -> None:
         for verdict, count in plan.verdicts.items():
             REPORTS.labels(verdict.value).inc(count)
+        causes = Counter(outcome.change.cause.value for outcome in plan.outcomes)
+        for cause, count in causes.items():
+            OWNER_CHANGES.labels(cause).inc(count)
+        # A failover is worth a line each; a flood of them (a rack lost, a replay) is summed
+        # up in one, so logging does not become the worker's main cost. History keeps each one.
+        detailed = len(plan.outcomes) <= OWNER_CHANGES_LOGGED_EACH
         for outcome in plan.outcomes:
-            OWNER_CHANGES.labels(outcome.change.cause.value).inc()
-            log.info(
+            log.log(
+                logging.INFO if detailed else logging.DEBUG,
                 "owner changed havip=%s cause=%s trigger=%s detail=%s",
                 outcome.havip_id,
                 outcome.change.cause.value,
                 outcome.trigger.kind.value,
                 outcome.change.detail,
+            )
+        if not detailed:
+            log.info(
+                "owner changed on %d HAVIPs in one batch (%s); each is in their owner history",
+                len(plan.outcomes),
+                ", ".join(f"{cause}={count}" for cause, count in sorted(causes.items())),
             )
 
     async def expire_leases(self, at: datetime | None = None) -> int:

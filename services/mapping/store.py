@@ -88,27 +88,45 @@ async def load_contests(conn: asyncpg.Connection, owners: Mapping[str, str | Non
     }
 
 
-async def save_report(conn: asyncpg.Connection, havip_id: str, report: Report) -> None:
-    await save_reports(conn, {(havip_id, report.instance_id): report})
-
-
-_SAVE_REPORTS = """
-INSERT INTO vrrp_reports (havip_id, instance_id, state, priority, seq, reported_at, received_at, expires_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[],
-                     $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
-ON CONFLICT (havip_id, instance_id) DO UPDATE SET state = excluded.state, priority = excluded.priority,
-    seq = excluded.seq, reported_at = excluded.reported_at, received_at = excluded.received_at,
-    expires_at = excluded.expires_at
+# A batch's whole outcome in one statement (one round trip, however much changed): the last
+# report of each instance, each changed HAVIP's owner at the version the batch counted to, and
+# why each owner changed. The three touch different tables, so they cannot see or undo each other.
+_SAVE_BATCH = """
+WITH saved_reports AS (
+    INSERT INTO vrrp_reports (havip_id, instance_id, state, priority, seq, reported_at, received_at, expires_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[],
+                         $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+    ON CONFLICT (havip_id, instance_id) DO UPDATE SET state = excluded.state, priority = excluded.priority,
+        seq = excluded.seq, reported_at = excluded.reported_at, received_at = excluded.received_at,
+        expires_at = excluded.expires_at
+), saved_owners AS (
+    UPDATE havips h SET owner_target_id = o.owner_target_id, status = o.status, version = o.version,
+           updated_at = now()
+      FROM unnest($9::text[], $10::text[], $11::text[], $12::bigint[])
+           AS o(havip_id, owner_target_id, status, version)
+     WHERE h.havip_id = o.havip_id
+)
+INSERT INTO owner_changes (havip_id, version, previous_instance_id, instance_id, cause, detail,
+                           trigger_kind, trigger_message_id, trigger_instance_id, trigger_seq, lease_expired_at)
+SELECT * FROM unnest($13::text[], $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[],
+                     $19::text[], $20::text[], $21::text[], $22::bigint[], $23::timestamptz[])
 """
 
 
-async def save_reports(conn: asyncpg.Connection, reports: Mapping[tuple[str, str], Report]) -> None:
-    """Upsert the last report of each (havip_id, instance_id): one statement however many."""
-    if not reports:
-        return
+async def save_batch(
+    conn: asyncpg.Connection,
+    reports: Mapping[tuple[str, str], Report],
+    havips: Mapping[str, HavipAfter],
+    outcomes: Sequence[OwnerOutcome],
+) -> None:
+    """Store what a batch of reports decided (see `_SAVE_BATCH`); nothing when it decided nothing."""
+    if reports or havips or outcomes:
+        await conn.fetchval(_SAVE_BATCH, *_report_columns(reports), *_owner_columns(havips), *_change_columns(outcomes))
+
+
+def _report_columns(reports: Mapping[tuple[str, str], Report]) -> tuple[list[object], ...]:
     rows = list(reports.items())
-    await conn.execute(
-        _SAVE_REPORTS,
+    return (
         [havip_id for (havip_id, _), _ in rows],
         [instance_id for (_, instance_id), _ in rows],
         [r.state.value for _, r in rows],
@@ -117,6 +135,33 @@ async def save_reports(conn: asyncpg.Connection, reports: Mapping[tuple[str, str
         [r.reported_at for _, r in rows],
         [r.received_at for _, r in rows],
         [r.expires_at for _, r in rows],
+    )
+
+
+def _owner_columns(havips: Mapping[str, HavipAfter]) -> tuple[list[object], ...]:
+    return (
+        list(havips),
+        [after.owner_target_id for after in havips.values()],
+        [after.status.value for after in havips.values()],
+        [after.version for after in havips.values()],
+    )
+
+
+def _change_columns(outcomes: Sequence[OwnerOutcome]) -> tuple[list[object], ...]:
+    changes = [o.change for o in outcomes]
+    triggers = [o.trigger for o in outcomes]
+    return (
+        [o.havip_id for o in outcomes],
+        [o.version for o in outcomes],
+        [c.previous.instance_id if c.previous else None for c in changes],
+        [c.owner.instance_id if c.owner else None for c in changes],
+        [c.cause.value for c in changes],
+        [c.detail for c in changes],
+        [t.kind.value for t in triggers],
+        [t.message_id for t in triggers],
+        [t.instance_id for t in triggers],
+        [t.seq for t in triggers],
+        [t.lease_expired_at for t in triggers],
     )
 
 
@@ -190,51 +235,5 @@ async def save_outcome(
         havip_status(contest).value,
     )
     if change is not None:
-        await record_owner_changes(conn, [OwnerOutcome(havip_id, version, owner, change, trigger)])
+        await save_batch(conn, {}, {}, [OwnerOutcome(havip_id, version, owner, change, trigger)])
     return version
-
-
-async def save_owners(conn: asyncpg.Connection, havips: Mapping[str, HavipAfter]) -> None:
-    """Store a batch's outcome per HAVIP, at the versions the batch counted to (one statement)."""
-    if not havips:
-        return
-    await conn.execute(
-        "UPDATE havips h SET owner_target_id = o.owner_target_id, status = o.status, version = o.version,"
-        " updated_at = now() FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])"
-        " AS o(havip_id, owner_target_id, status, version)"
-        " WHERE h.havip_id = o.havip_id",
-        list(havips),
-        [after.owner_target_id for after in havips.values()],
-        [after.status.value for after in havips.values()],
-        [after.version for after in havips.values()],
-    )
-
-
-_OWNER_CHANGES = """
-INSERT INTO owner_changes (havip_id, version, previous_instance_id, instance_id, cause, detail,
-                           trigger_kind, trigger_message_id, trigger_instance_id, trigger_seq, lease_expired_at)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[], $10::bigint[], $11::timestamptz[])
-"""
-
-
-async def record_owner_changes(conn: asyncpg.Connection, outcomes: Sequence[OwnerOutcome]) -> None:
-    """Why each owner changed and what caused it, in the order the changes happened (one statement)."""
-    if not outcomes:
-        return
-    changes = [o.change for o in outcomes]
-    triggers = [o.trigger for o in outcomes]
-    await conn.execute(
-        _OWNER_CHANGES,
-        [o.havip_id for o in outcomes],
-        [o.version for o in outcomes],
-        [c.previous.instance_id if c.previous else None for c in changes],
-        [c.owner.instance_id if c.owner else None for c in changes],
-        [c.cause.value for c in changes],
-        [c.detail for c in changes],
-        [t.kind.value for t in triggers],
-        [t.message_id for t in triggers],
-        [t.instance_id for t in triggers],
-        [t.seq for t in triggers],
-        [t.lease_expired_at for t in triggers],
-    )
