@@ -1,23 +1,21 @@
 """A dev-only route server that asks PostgreSQL, for `havip bench lookups` to compare with the forwarder.
 
-It answers `GET /v1/routes?vpc_id=..&ip=..` with the forwarder's JSON shape,
-through the same HTTP stack the forwarder had when this was written (FastAPI
-on uvicorn, the shared conventions middleware), but with one indexed query
-per request instead of a dict hit. So "forwarder vs this" is the cost of
-asking the database, and "raw asyncpg vs this" the cost of the HTTP stack.
-Private addresses only: the bench asks nothing else.
+It answers `GET /v1/routes?vpc_id=..&ip=..` with the forwarder's JSON shape
+through the forwarder's own HTTP stack: uvicorn, the lean ASGI path of
+services/forwarder/lookups.py in front of FastAPI (the shared conventions
+middleware, its error answers), with one indexed query per request where the
+forwarder reads its route table. So "forwarder vs this" is the cost of asking
+the database, and "raw asyncpg vs this" the cost of the HTTP stack. Private
+addresses only: the bench asks nothing else (a batch or an EIP is not found
+here); what the lean path passes on, FastAPI validates and answers as the
+forwarder's does.
 
-When the forwarder's lean raw-ASGI handler lands (issue 8, another branch),
-point `create_app` at that handler with `lookup_route` as its lookup, so the
-comparison keeps "the same HTTP stack" on both sides. Until then this is the
-FastAPI path of services/forwarder/app.py.
-
-Run it: `python -m services.dev.pg_routes --port N` (settings from HAVIP_*).
-"""
+Run it: `python -m services.dev.pg_routes --port N` (settings from HAVIP_*)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -28,11 +26,14 @@ from typing import Annotated, Any
 import asyncpg
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 
 from schemas.errors import ErrorCode, HaVipError
 from schemas.ipv4 import IPv4Text, parse_ipv4
 from services.dev.embedded import exit_with_parent
 from services.dev.processes import settings_env
+from services.forwarder.lookups import MAX_VPC_ID_CHARS, RouteLookups, private_key_ok, route_query
+from services.forwarder.routes import RouteTable
 from services.runtime.db import connect_pool
 from services.runtime.health import Health, health_router
 from services.runtime.http import install_http_conventions, run_http_service
@@ -72,35 +73,60 @@ async def lookup_route(db: asyncpg.Pool | asyncpg.Connection, vpc_id: str, ip: s
     }
 
 
+class PostgresLookups(RouteLookups):
+    """The forwarder's lookup path, answered by one query per request instead of the route table."""
+
+    def __init__(self, app: ASGIApp, pools: list[asyncpg.Pool], max_body_bytes: int) -> None:
+        super().__init__(app, RouteTable(), max_body_bytes, service="pg-routes")
+        self._pools = pools  # filled by the app's lifespan, before the first request
+
+    async def answer_one(self, query: bytes) -> tuple[int, bytes | str] | None:
+        key = route_query(query)
+        if key is None:
+            return None
+        vpc_id, ip, eip = key
+        if eip is not None or not private_key_ok(vpc_id, ip):
+            return None
+        assert vpc_id is not None and ip is not None
+        answer = await lookup_route(self._pools[0], vpc_id, ip)
+        if answer is None:
+            return 404, f"no HAVIP holds {ip} in {vpc_id}"
+        return 200, json.dumps(answer, separators=(",", ":")).encode()
+
+    def lookup_many(self, body: bytes) -> bytes | None:
+        return None
+
+
 def create_app(settings: Settings) -> FastAPI:
     health = Health("pg-routes")
-    pool: asyncpg.Pool | None = None
+    pools: list[asyncpg.Pool] = []
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        nonlocal pool
-        pool = await connect_pool(settings.database_url, min_size=POOL_SIZE, max_size=POOL_SIZE)
+        pools.append(await connect_pool(settings.database_url, min_size=POOL_SIZE, max_size=POOL_SIZE))
         health.start()
         try:
             yield
         finally:
             await health.stop()
-            await pool.close()
+            await pools.pop().close()
 
     app = FastAPI(title="havip pg-routes (bench only)", version="1", lifespan=lifespan)
     app.include_router(health_router(health))
     install_http_conventions(app, "pg-routes", max_request_body_bytes=settings.max_request_body_bytes)
 
+    # What the lean path passes on (a percent-escaped query, a bad key): validated and answered here.
     @app.get("/v1/routes")
     async def get_route(
-        ip: Annotated[IPv4Text, Query()], vpc_id: Annotated[str, Query(min_length=1, max_length=128)]
+        ip: Annotated[IPv4Text, Query()], vpc_id: Annotated[str, Query(min_length=1, max_length=MAX_VPC_ID_CHARS)]
     ) -> JSONResponse:
-        assert pool is not None
-        answer = await lookup_route(pool, vpc_id, str(parse_ipv4(ip)))
+        answer = await lookup_route(pools[0], vpc_id, str(parse_ipv4(ip)))
         if answer is None:
             raise HaVipError(ErrorCode.NOT_FOUND_ROUTE, f"no HAVIP holds {ip} in {vpc_id}")
         return JSONResponse(answer)
 
+    # Outermost, as in the forwarder (services/forwarder/app.py).
+    app.add_middleware(PostgresLookups, pools=pools, max_body_bytes=settings.max_request_body_bytes)
     return app
 
 

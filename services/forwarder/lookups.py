@@ -57,7 +57,7 @@ class RouteLookups:
             path, method = scope["path"], scope["method"]
             if path == LOOKUP_PATH and method == "GET":
                 started = time.perf_counter()
-                found = self.lookup_one(scope["query_string"])
+                found = await self.answer_one(scope["query_string"])
                 if found is not None:
                     await self._answer(scope, send, LOOKUP_PATH, found, started)
                     return
@@ -73,29 +73,21 @@ class RouteLookups:
                 receive = _replay(body, receive)
         await self.app(scope, receive, send)
 
+    async def answer_one(self, query: bytes) -> tuple[int, bytes | str] | None:
+        """`lookup_one`, as a coroutine: what another source of routes (a benchmark's) overrides."""
+        return self.lookup_one(query)
+
     def lookup_one(self, query: bytes) -> tuple[int, bytes | str] | None:
         """(200, answer) or (404, message) for a well-formed query; None for FastAPI to answer."""
-        if b"%" in query or b"+" in query:
-            return None  # percent-decoding is the framework's business
-        vpc_id = ip = eip = None
-        # latin-1, as Starlette decodes a query string before splitting it.
-        for part in query.decode("latin-1").split("&"):
-            name, equals, value = part.partition("=")
-            if not equals:
-                return None
-            if name == "ip" and ip is None:
-                ip = value
-            elif name == "vpc_id" and vpc_id is None:
-                vpc_id = value
-            elif name == "eip" and eip is None:
-                eip = value
-            else:
-                return None
+        key = route_query(query)
+        if key is None:
+            return None
+        vpc_id, ip, eip = key
         if eip is None and vpc_id is not None and ip is not None:
             route = self.table.lookup(vpc_id, ip)
             if route is not None:
                 return 200, route.answer
-            if _private_key_ok(vpc_id, ip):
+            if private_key_ok(vpc_id, ip):
                 return 404, f"no HAVIP holds {ip} in {vpc_id}"
         elif eip is not None and vpc_id is None and ip is None:
             route = self.table.lookup_public(eip)
@@ -129,7 +121,7 @@ class RouteLookups:
                 if size == 2:
                     vpc_id, ip = key["vpc_id"], key["ip"]
                     route = by_private((vpc_id, ip))
-                    if route is None and not _private_key_ok(vpc_id, ip):
+                    if route is None and not private_key_ok(vpc_id, ip):
                         return None
                 elif size == 1:
                     eip = key["eip"]
@@ -184,7 +176,28 @@ class RouteLookups:
         return found
 
 
-def _private_key_ok(vpc_id: object, ip: object) -> bool:
+def route_query(query: bytes) -> tuple[str | None, str | None, str | None] | None:
+    """(vpc_id, ip, eip) of a plain query string, each at most once; None for anything else."""
+    if b"%" in query or b"+" in query:
+        return None  # percent-decoding is the framework's business
+    vpc_id = ip = eip = None
+    # latin-1, as Starlette decodes a query string before splitting it.
+    for part in query.decode("latin-1").split("&"):
+        name, equals, value = part.partition("=")
+        if not equals:
+            return None
+        if name == "ip" and ip is None:
+            ip = value
+        elif name == "vpc_id" and vpc_id is None:
+            vpc_id = value
+        elif name == "eip" and eip is None:
+            eip = value
+        else:
+            return None
+    return vpc_id, ip, eip
+
+
+def private_key_ok(vpc_id: object, ip: object) -> bool:
     return type(vpc_id) is str and 0 < len(vpc_id) <= MAX_VPC_ID_CHARS and type(ip) is str and is_ipv4_text(ip)
 
 

@@ -16,6 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
+from services.dev import pg_routes
 from services.runtime.settings import Settings
 from tests.integration.test_forwarder import OWNER_A, insert_havip, ready, running
 
@@ -117,3 +118,28 @@ async def test_the_fast_path_answers_what_fastapi_answers(settings: Settings, db
         assert missing.json()["request_id"] == missing.headers["x-request-id"]
         metrics = (await client.get("/metrics")).text
         assert 'havip_http_requests_total{method="GET",route="/v1/routes",service="forwarder",status="404"}' in metrics
+
+
+async def test_the_postgres_bench_server_answers_what_the_forwarder_answers(
+    settings: Settings, db: asyncpg.Pool
+) -> None:
+    """`havip bench lookups` compares the forwarder with services/dev/pg_routes.py: same answers, same path."""
+    await insert_havip(db, "havip-1", version=2, ip="10.0.0.100", eip="203.0.113.7", owner=OWNER_A, attached=(OWNER_A,))
+    await insert_havip(db, "havip-2", version=1, ip="10.0.0.101")
+    queries = ["vpc_id=vpc-1&ip=10.0.0.100", "vpc_id=vpc-1&ip=10.0.0.101", "vpc_id=vpc-1&ip=10.0.0.199"]
+    same_id = {"x-request-id": "req-same"}
+    postgres = pg_routes.create_app(settings)
+    async with (
+        running(settings) as (_, forwarder),
+        postgres.router.lifespan_context(postgres),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=postgres), base_url="http://pg-routes") as asked,
+    ):
+        await ready(forwarder)
+        for query in queries:
+            expected = await forwarder.get(f"/v1/routes?{query}", headers=same_id)
+            answer = await asked.get(f"/v1/routes?{query}", headers=same_id)
+            assert seen(answer) == seen(expected), query
+        bad = await asked.get("/v1/routes?vpc_id=vpc-1&ip=10.0.0.300")
+        assert bad.status_code == 400 and bad.json()["code"] == "InvalidParameter", bad.text
+        metrics = (await asked.get("/metrics")).text
+        assert 'route="/v1/routes",service="pg-routes",status="200"' in metrics
