@@ -20,13 +20,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.auth import CredentialsT
 
 from schemas.topics import Topic
 from services.runtime.broker_watch import BrokerWatch, LogCheck, OnLost, advance_group_epoch, group_epoch
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_app, serve_http
-from services.runtime.kafka import new_producer, topic_name
+from services.runtime.kafka import client_ssl_context, new_producer, topic_name
 from services.runtime.partitions import PartitionHolding
 from services.runtime.settings import Settings
 
@@ -85,11 +86,26 @@ def group_id(settings: Settings, service: str) -> str:
     return f"{settings.topic_prefix}havip-{service}"
 
 
+def broker_credentials(settings: Settings) -> CredentialsT | None:
+    """faust's form of `security_options`: the same TLS and SASL settings for its consumer and producer."""
+    protocol = settings.kafka_security_protocol
+    context = client_ssl_context(settings) if protocol in ("SSL", "SASL_SSL") else None
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 def new_stream_app(settings: Settings, service: str, epoch: int = 0) -> faust.App:
     brokers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
     return StreamApp(
         group_id(settings, service) + (f"-g{epoch}" if epoch else ""),
         broker=brokers,
+        broker_credentials=broker_credentials(settings),
         web_enabled=False,
         topic_allow_declare=False,  # topics are created by `havip topics`, never on the fly
         topic_disable_leader=True,
