@@ -30,6 +30,14 @@ def topic_name(settings: Settings, topic: Topic) -> str:
 def security_options(settings: Settings) -> dict[str, object]:
     """How every client reaches the cluster: aiokafka's TLS and SASL arguments (faust's follow from these)."""
     protocol = settings.kafka_security_protocol
+    # Said when the first client is made, at start, rather than as an authentication failure
+    # retried forever. Not in Settings: `havip migrate` needs no broker and gets no credentials.
+    if protocol.startswith("SASL") and not (
+        settings.kafka_sasl_username and settings.kafka_sasl_password.get_secret_value()
+    ):
+        raise ValueError(f"{protocol} needs HAVIP_KAFKA_SASL_USERNAME and HAVIP_KAFKA_SASL_PASSWORD")
+    if bool(settings.kafka_ssl_certfile) != bool(settings.kafka_ssl_keyfile):
+        raise ValueError("HAVIP_KAFKA_SSL_CERTFILE and HAVIP_KAFKA_SSL_KEYFILE go together")
     options: dict[str, object] = {"security_protocol": protocol}
     if protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = client_ssl_context(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -84,17 +84,6 @@ class Settings(BaseSettings):
     # the embedded broker: there two static workers never settle (`havip bench rebalance --static`).
     worker_group_instance_id: str = ""
     log_level: str = "INFO"
-
-    @model_validator(mode="after")
-    def _kafka_credentials_complete(self) -> Settings:
-        # Said at start, rather than as an authentication failure retried forever.
-        if self.kafka_security_protocol.startswith("SASL") and not (
-            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
-        ):
-            raise ValueError(f"{self.kafka_security_protocol} needs HAVIP_KAFKA_SASL_USERNAME and _PASSWORD")
-        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
-            raise ValueError("HAVIP_KAFKA_SSL_CERTFILE and HAVIP_KAFKA_SSL_KEYFILE go together")
-        return self
 
 
 @lru_cache(maxsize=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Awaitable, Sequence
 from typing import Any, NoReturn
@@ -27,7 +28,7 @@ from services.runtime.broker_watch import BrokerWatch, LogCheck, OnLost, advance
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_app, serve_http
-from services.runtime.kafka import client_ssl_context, new_producer, topic_name
+from services.runtime.kafka import new_producer, security_options, topic_name
 from services.runtime.partitions import PartitionHolding
 from services.runtime.settings import Settings
 
@@ -87,15 +88,16 @@ def group_id(settings: Settings, service: str) -> str:
 
 
 def broker_credentials(settings: Settings) -> CredentialsT | None:
-    """faust's form of `security_options`: the same TLS and SASL settings for its consumer and producer."""
-    protocol = settings.kafka_security_protocol
-    context = client_ssl_context(settings) if protocol in ("SSL", "SASL_SSL") else None
-    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+    """faust's form of `security_options`: the same TLS and SASL for its consumer and producer."""
+    options = security_options(settings)
+    context = options.get("ssl_context")
+    assert context is None or isinstance(context, ssl.SSLContext)
+    if "sasl_mechanism" in options:
         return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
-            password=settings.kafka_sasl_password.get_secret_value(),
+            username=str(options["sasl_plain_username"]),
+            password=str(options["sasl_plain_password"]),
             ssl_context=context,
-            mechanism=settings.kafka_sasl_mechanism,
+            mechanism=str(options["sasl_mechanism"]),
         )
     return faust.SSLCredentials(context) if context is not None else None
 
