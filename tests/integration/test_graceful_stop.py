@@ -1,7 +1,8 @@
-"""SIGTERM stops a stream worker gracefully, as Kubernetes stops a pod: it commits what it applied
-and leaves its consumer group, well within the pods' termination grace (deploy/k8s: 30 s).
+"""SIGTERM stops a service gracefully, as Kubernetes stops a pod, well within the pods'
+termination grace (deploy/k8s: 30 s): a stream worker commits what it applied and leaves its
+consumer group; the gateway answers the requests in flight before it exits.
 
-The gateway's and the forwarder's graceful stop are covered beside their other process tests
+That the gateway and the forwarder exit cleanly is also checked beside their other process tests
 (tests/integration/test_gateway.py, test_forwarder.py).
 """
 
@@ -12,9 +13,11 @@ import signal
 import time
 
 import asyncpg
+import httpx
 from aiokafka import TopicPartition
 
 from schemas import topics
+from services.gateway.tokens import Principal, store_token
 from services.runtime.kafka import new_admin, new_consumer, topic_name
 from services.runtime.settings import Settings
 from services.runtime.stream import group_id
@@ -105,3 +108,28 @@ async def test_stream_workers_commit_and_leave_their_group_on_sigterm(
         # Left, not expired: the group is empty at once, not after the session timeout.
         assert await _members(settings, service) == ("Empty", 0), service
     assert time.monotonic() - started < SESSION_SECONDS, "looked too late to tell leaving from expiring"
+
+
+async def test_the_gateway_answers_a_request_in_flight_when_sigterm_arrives(
+    db: asyncpg.Pool,
+    start_service,  # type: ignore[no-untyped-def]
+) -> None:
+    await store_token(db, "tok-drain", Principal("tenant", "tenant-drain"))
+    auth = {"Authorization": "Bearer tok-drain"}
+    gateway = await asyncio.to_thread(start_service, "gateway")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+        created = await client.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=auth)
+        assert created.status_code == 202, created.text
+        operation = created.json()["operation"]["operation_id"]
+        # No quota worker runs: the operation stays Pending, and this read holds for its whole wait.
+        in_flight = asyncio.create_task(client.get(f"/v1/operations/{operation}?wait=4s", headers=auth))
+        await asyncio.sleep(1.0)
+        assert not in_flight.done()
+        stopped_at = time.monotonic()
+        gateway.request_stop()
+        answer = await in_flight
+    assert answer.status_code == 200 and answer.json()["status"] == "Pending", answer.text
+    assert time.monotonic() - stopped_at > 2, "answered early: the read was cut short, not drained"
+    code = await asyncio.to_thread(gateway.process.wait, STOP_WITHIN_SECONDS)
+    assert code in (0, -signal.SIGTERM), gateway.tail()
+    assert "Traceback" not in gateway.tail(200)
