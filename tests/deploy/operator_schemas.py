@@ -22,6 +22,11 @@ _RESOURCES = {
 }
 
 
+def _closed(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    """An object with these fields only: a typo is an error, not a field the API server drops."""
+    return {"type": "object", "required": list(required), "additionalProperties": False, "properties": properties}
+
+
 def _object(spec: dict[str, Any], *, cluster_label: bool = False, annotations: dict[str, Any] | None = None) -> Any:
     metadata: dict[str, Any] = {"type": "object", "required": ["name"], "properties": {"name": _NAME}}
     if cluster_label:
@@ -117,11 +122,8 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
             "type": "object",
             "required": ["kafka"],
             "properties": {
-                "kafka": {
-                    "type": "object",
-                    "required": ["listeners"],
-                    "additionalProperties": False,
-                    "properties": {
+                "kafka": _closed(
+                    {
                         "version": {"type": "string"},
                         "metadataVersion": {"type": "string"},
                         "listeners": {"type": "array", "minItems": 1, "items": _LISTENER},
@@ -135,7 +137,8 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                         "rack": {"type": "object"},
                         "template": {"type": "object"},
                     },
-                },
+                    "listeners",
+                ),
                 # KRaft with node pools: no ZooKeeper section.
                 "zookeeper": False,
                 "entityOperator": {
@@ -152,11 +155,8 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
         },
     ),
     ("kafka.strimzi.io/v1beta2", "KafkaNodePool"): _object(
-        {
-            "type": "object",
-            "required": ["replicas", "roles", "storage"],
-            "additionalProperties": False,
-            "properties": {
+        _closed(
+            {
                 "replicas": {"type": "integer", "minimum": 0},
                 "roles": {"type": "array", "minItems": 1, "items": {"enum": ["controller", "broker"]}},
                 "storage": _STORAGE,
@@ -164,52 +164,47 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 "jvmOptions": {"type": "object"},
                 "template": {"type": "object"},
             },
-        },
+            "replicas",
+            "roles",
+            "storage",
+        ),
         cluster_label=True,
     ),
     ("kafka.strimzi.io/v1beta2", "KafkaTopic"): _object(
-        {
-            "type": "object",
-            "required": ["partitions", "replicas"],
-            "additionalProperties": False,
-            "properties": {
+        _closed(
+            {
                 "topicName": {"type": "string", "pattern": r"^[a-zA-Z0-9._-]{1,249}$"},
                 "partitions": {"type": "integer", "minimum": 1},
                 "replicas": {"type": "integer", "minimum": 1, "maximum": 32767},
                 "config": {"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean"]}},
             },
-        },
+            "partitions",
+            "replicas",
+        ),
         cluster_label=True,
     ),
     ("kafka.strimzi.io/v1beta2", "KafkaUser"): _object(
-        {
-            "type": "object",
-            "required": ["authentication", "authorization"],
-            "additionalProperties": False,
-            "properties": {
+        _closed(
+            {
                 "authentication": {
                     "type": "object",
                     "required": ["type"],
                     "properties": {"type": {"enum": ["tls", "tls-external", "scram-sha-512"]}},
                 },
-                "authorization": {
-                    "type": "object",
-                    "required": ["type", "acls"],
-                    "additionalProperties": False,
-                    "properties": {"type": {"const": "simple"}, "acls": {"type": "array", "items": _ACL}},
-                },
+                "authorization": _closed(
+                    {"type": {"const": "simple"}, "acls": {"type": "array", "items": _ACL}}, "type", "acls"
+                ),
                 "quotas": {"type": "object"},
                 "template": {"type": "object"},
             },
-        },
+            "authentication",
+            "authorization",
+        ),
         cluster_label=True,
     ),
     ("postgresql.cnpg.io/v1", "Cluster"): _object(
-        {
-            "type": "object",
-            "required": ["instances", "storage"],
-            "additionalProperties": False,
-            "properties": {
+        _closed(
+            {
                 "instances": {"type": "integer", "minimum": 1},
                 "imageName": {"type": "string", "pattern": r"^[^:@]+(:[^:@/]+|@sha256:[0-9a-f]{64})$"},
                 "primaryUpdateStrategy": {"enum": ["unsupervised", "supervised"]},
@@ -225,9 +220,7 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 },
                 "postgresql": {
                     "type": "object",
-                    "properties": {
-                        "parameters": {"type": "object", "additionalProperties": {"type": "string"}},
-                    },
+                    "properties": {"parameters": {"type": "object", "additionalProperties": {"type": "string"}}},
                 },
                 "storage": {
                     "type": "object",
@@ -239,6 +232,8 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 "affinity": {"type": "object"},
                 "backup": {"type": "object"},
             },
-        }
+            "instances",
+            "storage",
+        )
     ),
 }
