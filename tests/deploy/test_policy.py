@@ -122,8 +122,10 @@ def test_gateway_and_forwarder_scale_by_replicas_quota_and_mapping_up_to_the_par
     partitions = int(settings_data(objects)["HAVIP_PARTITIONS"])
     scaled = {h["spec"]["scaleTargetRef"]["name"]: h["spec"] for h in of_kind(objects, "HorizontalPodAutoscaler")}
     assert set(scaled) == {"havip-gateway", "havip-forwarder"}
-    for spec in scaled.values():
+    for name, spec in scaled.items():
         assert 2 <= spec["minReplicas"] < spec["maxReplicas"]
+        # The HPA owns the count: a replicas field would reset it on every apply.
+        assert "replicas" not in named(objects, "Deployment", name)["spec"], name
     for service in ("quota", "mapping"):
         # Workers beyond the partition count would hold nothing; two so one takes over from the other.
         assert 2 <= named(objects, "Deployment", f"havip-{service}")["spec"]["replicas"] <= partitions
