@@ -1,6 +1,6 @@
 """What the Strimzi and CloudNativePG operators require of the objects we give them.
 
-Written by hand from their API references (Strimzi kafka.strimzi.io/v1beta2, CloudNativePG
+Written by hand from their API references (Strimzi kafka.strimzi.io/v1, CloudNativePG
 postgresql.cnpg.io/v1), covering the fields these manifests use: required fields, enums and
 bounds, and no unknown field where a typo would be dropped silently by the API server's pruning.
 Not the operators' full CRDs: a cluster's `kubectl apply --dry-run=server` is the last word.
@@ -27,14 +27,11 @@ def _closed(properties: dict[str, Any], *required: str) -> dict[str, Any]:
     return {"type": "object", "required": list(required), "additionalProperties": False, "properties": properties}
 
 
-def _object(spec: dict[str, Any], *, cluster_label: bool = False, annotations: dict[str, Any] | None = None) -> Any:
+def _object(spec: dict[str, Any], *, cluster_label: bool = False) -> Any:
     metadata: dict[str, Any] = {"type": "object", "required": ["name"], "properties": {"name": _NAME}}
     if cluster_label:
         metadata["required"].append("labels")
         metadata["properties"]["labels"] = {"type": "object", "required": ["strimzi.io/cluster"]}
-    if annotations:
-        metadata["required"].append("annotations")
-        metadata["properties"]["annotations"] = annotations
     return {
         "type": "object",
         "required": ["apiVersion", "kind", "metadata", "spec"],
@@ -117,7 +114,7 @@ _ACL = {
 }
 
 SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("kafka.strimzi.io/v1beta2", "Kafka"): _object(
+    ("kafka.strimzi.io/v1", "Kafka"): _object(
         {
             "type": "object",
             "required": ["kafka"],
@@ -139,7 +136,7 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                     },
                     "listeners",
                 ),
-                # KRaft with node pools: no ZooKeeper section.
+                # KRaft with node pools (the only mode of the v1 API): no ZooKeeper section.
                 "zookeeper": False,
                 "entityOperator": {
                     "type": "object",
@@ -148,13 +145,8 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 },
             },
         },
-        annotations={
-            "type": "object",
-            "required": ["strimzi.io/node-pools", "strimzi.io/kraft"],
-            "properties": {"strimzi.io/node-pools": {"const": "enabled"}, "strimzi.io/kraft": {"const": "enabled"}},
-        },
     ),
-    ("kafka.strimzi.io/v1beta2", "KafkaNodePool"): _object(
+    ("kafka.strimzi.io/v1", "KafkaNodePool"): _object(
         _closed(
             {
                 "replicas": {"type": "integer", "minimum": 0},
@@ -170,7 +162,7 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
         ),
         cluster_label=True,
     ),
-    ("kafka.strimzi.io/v1beta2", "KafkaTopic"): _object(
+    ("kafka.strimzi.io/v1", "KafkaTopic"): _object(
         _closed(
             {
                 "topicName": {"type": "string", "pattern": r"^[a-zA-Z0-9._-]{1,249}$"},
@@ -183,7 +175,7 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
         ),
         cluster_label=True,
     ),
-    ("kafka.strimzi.io/v1beta2", "KafkaUser"): _object(
+    ("kafka.strimzi.io/v1", "KafkaUser"): _object(
         _closed(
             {
                 "authentication": {
