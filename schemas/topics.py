@@ -13,6 +13,12 @@ from pydantic import TypeAdapter
 
 from schemas import messages as m
 
+# Outside platforms: a compute platform's inventory feed, and tenants' tools producing commands.
+PLATFORM = "platform"
+# People reading what went wrong; no service of ours reads it.
+OPERATORS = "operators"
+SERVICES = ("gateway", "quota", "mapping", "forwarder")
+
 
 @dataclass(frozen=True)
 class Topic:
@@ -23,6 +29,10 @@ class Topic:
     doc: str = ""
     writers: str = ""
     readers: str = ""
+    # Who may write and read it, by principal: a service, `PLATFORM` or `OPERATORS`. The Kafka
+    # ACLs of deploy/k8s (one KafkaUser per principal) are checked against these.
+    producers: tuple[str, ...] = ()
+    consumers: tuple[str, ...] = ()
 
     def parse(self, value: bytes) -> Any:
         """Validate one record's value; raises pydantic.ValidationError."""
@@ -36,6 +46,8 @@ COMMANDS = Topic(
     doc="what a tenant asked for; quota decides each command in the order of its partition",
     writers="the gateway and outside platforms (any client with produce rights)",
     readers="the quota service",
+    producers=("gateway", PLATFORM),
+    consumers=("quota",),
 )
 ACCEPTED = Topic(
     "havip.commands.accepted",
@@ -44,6 +56,8 @@ ACCEPTED = Topic(
     doc="commands quota accepted and reserved for, for the mapping service to apply",
     writers="the quota service only",
     readers="the mapping service",
+    producers=("quota",),
+    consumers=("mapping",),
 )
 RESULTS = Topic(
     "havip.command-results",
@@ -52,6 +66,8 @@ RESULTS = Topic(
     doc="exactly one terminal outcome per command, plus the refusals of a reused command_id",
     writers="the quota and mapping services only",
     readers="the gateway (operations) and the quota service (to keep or release a reservation)",
+    producers=("quota", "mapping"),
+    consumers=("gateway", "quota", PLATFORM),
 )
 VRRP = Topic(
     "vrrp.events",
@@ -60,6 +76,8 @@ VRRP = Topic(
     doc="keepalived state reports, as each instance's agent saw them",
     writers="the gateway only (agents report over HTTP so the gateway can check their token)",
     readers="the mapping service",
+    producers=("gateway",),
+    consumers=("mapping",),
 )
 INVENTORY = Topic(
     "ens.inventory",
@@ -69,6 +87,8 @@ INVENTORY = Topic(
     doc="the latest revision of each vSwitch, instance, ENI and EIP",
     writers="the compute platform (in development: `havip dev seed`)",
     readers="the quota and mapping services",
+    producers=(PLATFORM,),
+    consumers=("quota", "mapping"),
 )
 MAPPINGS = Topic(
     "havip.mappings",
@@ -78,6 +98,8 @@ MAPPINGS = Topic(
     doc="the full forwarding state per HAVIP, with a version; a newer version replaces an older one",
     writers="the mapping service only",
     readers="the forwarder",
+    producers=("mapping",),
+    consumers=("forwarder",),
 )
 DEAD_LETTERS = Topic(
     "havip.dead-letters",
@@ -86,6 +108,8 @@ DEAD_LETTERS = Topic(
     doc="what a consumer could not parse or apply, with the reason",
     writers="our consumers only",
     readers="operators",
+    producers=SERVICES,
+    consumers=(OPERATORS,),
 )
 
 ALL: tuple[Topic, ...] = (COMMANDS, ACCEPTED, RESULTS, VRRP, INVENTORY, MAPPINGS, DEAD_LETTERS)

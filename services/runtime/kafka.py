@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
 from schemas.topics import ALL, Topic
 from services.runtime.settings import Settings
@@ -25,9 +27,40 @@ def topic_name(settings: Settings, topic: Topic) -> str:
     return f"{settings.topic_prefix}{topic.name}"
 
 
+def security_options(settings: Settings) -> dict[str, object]:
+    """How every client reaches the cluster: aiokafka's TLS and SASL arguments (faust's follow from these)."""
+    protocol = settings.kafka_security_protocol
+    # Said when the first client is made, at start, rather than as an authentication failure
+    # retried forever. Not in Settings: `havip migrate` needs no broker and gets no credentials.
+    if protocol.startswith("SASL") and not (
+        settings.kafka_sasl_username and settings.kafka_sasl_password.get_secret_value()
+    ):
+        raise ValueError(f"{protocol} needs HAVIP_KAFKA_SASL_USERNAME and HAVIP_KAFKA_SASL_PASSWORD")
+    if bool(settings.kafka_ssl_certfile) != bool(settings.kafka_ssl_keyfile):
+        raise ValueError("HAVIP_KAFKA_SSL_CERTFILE and HAVIP_KAFKA_SSL_KEYFILE go together")
+    options: dict[str, object] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = client_ssl_context(settings)
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+def client_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """Verifies the brokers' certificates and host names; presents a client certificate when given one."""
+    return create_ssl_context(
+        cafile=settings.kafka_ssl_cafile or None,
+        certfile=settings.kafka_ssl_certfile or None,
+        keyfile=settings.kafka_ssl_keyfile or None,
+    )
+
+
 def new_producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
+        **security_options(settings),  # type: ignore[arg-type]
         acks="all",
         enable_idempotence=False,
         linger_ms=0,
@@ -45,13 +78,15 @@ def new_consumer(settings: Settings, group_id: str | None, **overrides: object) 
         fetch_max_wait_ms=10,
         session_timeout_ms=int(settings.session_timeout_seconds * 1000),
         heartbeat_interval_ms=1000,
+        **security_options(settings),
     )
     options.update(overrides)
     return AIOKafkaConsumer(**options)
 
 
 def new_admin(settings: Settings, **overrides: object) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **overrides)
+    options = {**security_options(settings), **overrides}
+    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **options)
 
 
 async def wait_for_broker(settings: Settings, timeout: float = 60.0) -> None:

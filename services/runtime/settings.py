@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -12,6 +13,18 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HAVIP_", extra="ignore")
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # A real cluster (Strimzi: SCRAM-SHA-512 over TLS) wants SASL_SSL; the embedded broker PLAINTEXT.
+    # Every client (aiokafka and faust alike) gets these through services.runtime.kafka.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    # PEM files: the CA that signed the brokers' certificates (Strimzi: `ca.crt` of the
+    # <cluster>-cluster-ca-cert Secret; empty: the system's CAs), and a client certificate and
+    # key for mutual TLS (Strimzi's `tls` authentication).
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
     database_url: str = "postgresql://postgres@127.0.0.1:5432/havip"
     # Lets several stacks (or test modules) share one broker without seeing each other.
     topic_prefix: str = ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Awaitable, Sequence
 from typing import Any, NoReturn
@@ -20,13 +21,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from faust.tables import TableManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.auth import CredentialsT
 
 from schemas.topics import Topic
 from services.runtime.broker_watch import BrokerWatch, LogCheck, OnLost, advance_group_epoch, group_epoch
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_app, serve_http
-from services.runtime.kafka import new_producer, topic_name
+from services.runtime.kafka import new_producer, security_options, topic_name
 from services.runtime.partitions import PartitionHolding
 from services.runtime.settings import Settings
 
@@ -85,11 +87,27 @@ def group_id(settings: Settings, service: str) -> str:
     return f"{settings.topic_prefix}havip-{service}"
 
 
+def broker_credentials(settings: Settings) -> CredentialsT | None:
+    """faust's form of `security_options`: the same TLS and SASL for its consumer and producer."""
+    options = security_options(settings)
+    context = options.get("ssl_context")
+    assert context is None or isinstance(context, ssl.SSLContext)
+    if "sasl_mechanism" in options:
+        return faust.SASLCredentials(
+            username=str(options["sasl_plain_username"]),
+            password=str(options["sasl_plain_password"]),
+            ssl_context=context,
+            mechanism=str(options["sasl_mechanism"]),
+        )
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 def new_stream_app(settings: Settings, service: str, epoch: int = 0) -> faust.App:
     brokers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
     return StreamApp(
         group_id(settings, service) + (f"-g{epoch}" if epoch else ""),
         broker=brokers,
+        broker_credentials=broker_credentials(settings),
         web_enabled=False,
         topic_allow_declare=False,  # topics are created by `havip topics`, never on the fly
         topic_disable_leader=True,
