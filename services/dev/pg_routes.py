@@ -36,7 +36,7 @@ from services.forwarder.lookups import MAX_VPC_ID_CHARS, RouteLookups, private_k
 from services.forwarder.routes import RouteTable
 from services.runtime.db import connect_pool
 from services.runtime.health import Health, health_router
-from services.runtime.http import install_http_conventions, run_http_service
+from services.runtime.http import NO_NATIVE_TELEMETRY, install_http_conventions, run_http_service
 from services.runtime.logs import setup_logging
 from services.runtime.settings import Settings, load_settings
 
@@ -111,7 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
             await health.stop()
             await pools.pop().close()
 
-    app = FastAPI(title="havip pg-routes (bench only)", version="1", lifespan=lifespan)
+    app = FastAPI(title="havip pg-routes (bench only)", version="1", lifespan=lifespan, telemetry=NO_NATIVE_TELEMETRY)
     app.include_router(health_router(health))
     install_http_conventions(app, "pg-routes", max_request_body_bytes=settings.max_request_body_bytes)
 

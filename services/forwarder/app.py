@@ -39,7 +39,7 @@ from services.forwarder.watch_stream import watch_lines
 from services.runtime.broker_watch import BrokerWatch, LogCheck
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.health import Health, health_router
-from services.runtime.http import install_http_conventions
+from services.runtime.http import NO_NATIVE_TELEMETRY, install_http_conventions
 from services.runtime.openapi import ErrorBody
 from services.runtime.settings import Settings
 
@@ -138,7 +138,7 @@ def create_app(shared_settings: Settings) -> FastAPI:
         finally:
             await pool.close()
 
-    app = FastAPI(title="havip forwarder", version="1", lifespan=lifespan)
+    app = FastAPI(title="havip forwarder", version="1", lifespan=lifespan, telemetry=NO_NATIVE_TELEMETRY)
     app.state.table = table
     app.state.hub = hub
     app.state.health = health

@@ -23,7 +23,7 @@ from services.runtime.broker_watch import BrokerWatch, LogCheck
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_router
-from services.runtime.http import install_http_conventions
+from services.runtime.http import NO_NATIVE_TELEMETRY, install_http_conventions
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
 
@@ -103,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         description="High-availability virtual IPs: the tenant API and the agent endpoint for VRRP reports.",
         lifespan=lifespan,
+        telemetry=NO_NATIVE_TELEMETRY,
     )
     # Set last in the lifespan: the pool, the producer and the consumer are all started.
     health.add_check("started", lambda: None if hasattr(app.state, "gateway") else "starting")

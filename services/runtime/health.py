@@ -18,6 +18,8 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from services.runtime.http import NO_NATIVE_TELEMETRY
+
 ReadinessCheck = Callable[[], str | None]  # None when ready, else why not
 
 
@@ -110,7 +112,7 @@ def health_router(health: Health) -> APIRouter:
 
 def health_app(health: Health) -> FastAPI:
     """For the stream workers, which have no API of their own."""
-    app = FastAPI(title=f"havip {health.service}", version="1")
+    app = FastAPI(title=f"havip {health.service}", version="1", telemetry=NO_NATIVE_TELEMETRY)
     app.include_router(health_router(health))
     return app
 
