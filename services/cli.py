@@ -169,7 +169,9 @@ def _bench_renewals(args: argparse.Namespace) -> int:
 def _bench_mapping(args: argparse.Namespace) -> int:
     from services.dev.bench_mapping import run_mapping_bench
 
-    return run_mapping_bench(load_settings(), havips=args.havips, seconds=args.seconds, out=args.out)
+    return run_mapping_bench(
+        load_settings(), havips=args.havips, seconds=args.seconds, out_dir=_bench_out(args, "mapping")
+    )
 
 
 def _bench_recovery(args: argparse.Namespace) -> int:
@@ -241,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     mapping = bench_sub.add_parser("mapping", help="VRRP reports one mapping worker applies per second, sustained")
     mapping.add_argument("--havips", type=int, default=10_000)
     mapping.add_argument("--seconds", type=float, default=60.0, help="measured per kind of report, after a warm-up")
-    mapping.add_argument("--out", type=Path, default=None, help="write mapping.json here")
+    _out_option(mapping, "mapping")
     mapping.set_defaults(func=_bench_mapping)
     keepalived = bench_sub.add_parser("keepalived", help="real keepalived failovers, notify to forwarder (root)")
     keepalived.add_argument("--rounds", type=int, default=10)
