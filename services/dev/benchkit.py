@@ -118,13 +118,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in cells)]).rstrip()
 
 
+def format_number(value: float) -> str:
+    """A measured figure as a table shows it: thousands separators from 100, three significant digits below 10."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if value >= 100:
-            return f"{value:,.0f}"
-        return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+        return format_number(value)
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
