@@ -108,6 +108,12 @@ def _bench_out(args: argparse.Namespace, name: str) -> Path:
     return Path(args.out) if args.out else default_out_dir(name)
 
 
+def _bench_all(args: argparse.Namespace) -> int:
+    from services.dev.bench_all import run_all_benches
+
+    return run_all_benches(_bench_out(args, "all"), quick=args.quick)
+
+
 def _bench_lookups(args: argparse.Namespace) -> int:
     from services.dev.bench_lookups import run_lookups_bench
 
@@ -289,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _out_option(watch, "watch")
     watch.set_defaults(func=_bench_watch)
+    every = bench_sub.add_parser(
+        "all",
+        help="failover, mapping, lookups, watch, coldstart and intake in turn, and one table against the targets",
+    )
+    every.add_argument(
+        "--quick", action="store_true", help="tiny parameters: a smoke run of a few minutes, not figures to quote"
+    )
+    every.add_argument(
+        "--out",
+        metavar="DIR",
+        help="each bench's folder, summary.json and summary.md (default: bench-results/all-<timestamp>)",
+    )
+    every.set_defaults(func=_bench_all)
 
     agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
     agent.add_argument("--config", required=True, help="the agent's TOML file")

@@ -135,6 +135,12 @@ def test_every_target_reads_its_figure_from_its_bench() -> None:
     }
 
 
+def test_every_target_names_a_bench_of_bench_all() -> None:
+    from services.dev.bench_all import PLAN
+
+    assert {t.bench for t in TARGETS} == {bench.name for bench in PLAN}
+
+
 def test_a_failed_or_missing_bench_is_not_measured_never_met() -> None:
     for verdict in judge_all({"failover": FAILOVER, "mapping": None}):
         if verdict.target.bench == "failover":
