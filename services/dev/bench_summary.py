@@ -64,7 +64,7 @@ class BenchOutcome:
 
 def format_value(value: float | None, unit: str, number: Callable[[float], str] = format_number) -> str:
     if value is None:
-        return "not measured"
+        return "-"  # the met? column says "not measured"
     # A rate or a ratio reads as one word (2,443/s, 1.71x); a quantity keeps a space (12.3 ms).
     return f"{number(value)}{unit}" if unit in ("/s", "x") else f"{number(value)} {unit}"
 
