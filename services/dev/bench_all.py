@@ -103,16 +103,17 @@ def _run(outcome: BenchOutcome, bench_dir: Path) -> None:
                 sink.write(line)
                 tail.append(line)
         finally:
-            # On Ctrl-C as well: wait for the child to stop its stack, and record how it ended.
+            # On Ctrl-C as well: wait for the child to stop its stack, and record how it ended
+            # (failed until its results are read: an interrupted bench is not a passed one).
             outcome.exit_code = child.wait()
             outcome.seconds = time.monotonic() - began
             outcome.ended, outcome.load_after = _now(), os.getloadavg()
+            outcome.status = BenchStatus.FAILED
+            outcome.tail = [line.decode(errors="replace").rstrip() for line in tail]
     outcome.results = _read_results(results) if outcome.exit_code == 0 else None
     if outcome.results is not None:
-        outcome.status = BenchStatus.PASSED
+        outcome.status, outcome.tail = BenchStatus.PASSED, []
         return
-    outcome.status = BenchStatus.FAILED
-    outcome.tail = [line.decode(errors="replace").rstrip() for line in tail]
     if outcome.exit_code == 0:
         outcome.tail.append(f"(exit code 0, but no readable {results})")
     print(f"\n{outcome.name} FAILED (exit code {outcome.exit_code}); its log: {log}", flush=True)
