@@ -97,7 +97,7 @@ def _convergence(phase: str, percentile: str) -> Callable[[Results], Reading]:
         if phase == "loaded":
             notes.append(_background(found.get("background_load"), results.get("background_asked_per_second")))
         if found.get("stopped"):
-            notes.append(found["stopped"])
+            notes.append(found["stopped"].split(":", 1)[0])  # "stopped after 3 rounds"; the why is in its log
         value = _number(_dig(found, "convergence_ms", percentile))
         return Reading(value, "; ".join(notes), stopped_early=bool(found.get("stopped")))
 
@@ -119,8 +119,11 @@ def _mapping_median(name: str) -> Callable[[Results], Reading]:
         phase = next((p for p in results.get("phases") or () if p.get("name") == name), None)
         if phase is None:
             return NOT_MEASURED
+        seconds = len(phase.get("per_second") or ())
+        if not seconds:  # a run shorter than the warm-up: its median of nothing is 0, not a measurement
+            return Reading(None, "no second measured after the warm-up")
         bound = phase.get("producer_bound_seconds") or 0
-        note = f"median of {len(phase.get('per_second') or ())} seconds"
+        note = f"median of {seconds} seconds"
         if bound:
             note += f"; the producer was the limit in {bound} of them"
         return Reading(_number(phase.get("median_per_second")), note)

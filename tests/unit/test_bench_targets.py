@@ -167,7 +167,13 @@ def test_a_phase_that_stopped_early_is_missed_whatever_its_percentiles() -> None
     results = {**FAILOVER, "phases": {**FAILOVER["phases"], "loaded": loaded}}
     (verdict,) = [v for v in judge_all({"failover": results}) if v.target.figure.startswith("convergence under")]
     assert (verdict.reading.value, verdict.met) == (45.0, False)
-    assert "stopped" in verdict.reading.note
+    assert verdict.reading.note.endswith("; stopped after 3 rounds")
+
+
+def test_a_mapping_run_shorter_than_its_warm_up_is_not_measured() -> None:
+    phases = [{**phase, "median_per_second": 0.0, "per_second": []} for phase in MAPPING["phases"]]
+    found = _verdicts({"mapping": {**MAPPING, "phases": phases}})
+    assert found["renewals absorbed by one mapping worker"] == (None, None)
 
 
 def test_the_loaded_phase_says_what_background_load_was_sent_and_asked() -> None:
