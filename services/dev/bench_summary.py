@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.dev.bench_machine import Machine
-from services.dev.bench_targets import Target, Verdict
+from services.dev.bench_targets import Target, Verdict, background_load
 from services.dev.benchkit import format_number, format_table
 
 LoadAverage = tuple[float, float, float]
@@ -147,12 +147,8 @@ def _failover(r: Mapping[str, Any]) -> str:
         part = f"{label}: {phase['failovers']:,} failovers, {_ms(phase['convergence_ms'])}"
         if phase.get("stopped"):
             part += " (stopped early)"
-        sent, asked = phase.get("background_load"), r["background_asked_per_second"]
-        if sent:
-            part += (
-                f", background sent {sent['reports_per_second']:,.0f} + {sent['renewals_per_second']:,.0f}/s"
-                f" (asked {asked['reports']:,.0f} + {asked['renewals']:,.0f})"
-            )
+        if phase.get("background_load"):
+            part += ", " + background_load(phase["background_load"], r["background_asked_per_second"])
         backlog = phase.get("mapping_backlog_at_start_and_end")
         if backlog and None not in backlog:
             part += f", mapping backlog {backlog[0]:,} -> {backlog[1]:,}"

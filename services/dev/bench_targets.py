@@ -95,7 +95,7 @@ def _convergence(phase: str, percentile: str) -> Callable[[Results], Reading]:
             return NOT_MEASURED
         notes = [f"{found.get('failovers', 0):,} failovers"]
         if phase == "loaded":
-            notes.append(_background(found.get("background_load"), results.get("background_asked_per_second")))
+            notes.append(background_load(found.get("background_load"), results.get("background_asked_per_second")))
         if found.get("stopped"):
             notes.append(found["stopped"].split(":", 1)[0])  # "stopped after 3 rounds"; the why is in its log
         value = _number(_dig(found, "convergence_ms", percentile))
@@ -104,7 +104,8 @@ def _convergence(phase: str, percentile: str) -> Callable[[Results], Reading]:
     return read
 
 
-def _background(sent: Mapping[str, float] | None, asked: Mapping[str, float] | None) -> str:
+def background_load(sent: Mapping[str, float] | None, asked: Mapping[str, float] | None) -> str:
+    """What the failover bench's load generator sent per second, against what it was asked (it can fall short)."""
     if not sent or not asked:
         return "background load: not reported"
     return (

@@ -71,8 +71,8 @@ def _passed(name: str, results: dict[str, object]) -> BenchOutcome:
 def test_a_headline_per_bench() -> None:
     assert headline(_passed("failover", FAILOVER)) == (
         "10,000 HAVIPs; idle: 1,000 failovers, p50 8 / p99 30.0 / max 41.0 ms;"
-        " loaded: 1,000 failovers, p50 20.0 / p99 45.0 / max 60.0 ms, background sent 362 + 1,808/s"
-        " (asked 1,000 + 5,000), mapping backlog 10 -> 20"
+        " loaded: 1,000 failovers, p50 20.0 / p99 45.0 / max 60.0 ms, background sent 362 reports/s"
+        " + 1,808 renewals/s (asked 1,000 + 5,000), mapping backlog 10 -> 20"
     )
     assert headline(_passed("mapping", MAPPING)) == (
         "10,000 HAVIPs, 60 s each; renewals 24,000/s median (23,000/s mean), producer the limit 3 s;"
