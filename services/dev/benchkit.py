@@ -209,6 +209,7 @@ def plot_rates(out_dir: Path, name: str, series: Mapping[str, Sequence[float]], 
     for label, values in drawn.items():
         axes.plot(range(1, len(values) + 1), values, marker=".", label=label)
     axes.set(xlabel="second of the measurement", ylabel=ylabel, title=name)
+    axes.xaxis.get_major_locator().set_params(integer=True)  # whole seconds, even on a short run
     axes.set_ylim(bottom=0)
     axes.grid(True, alpha=0.3)
     axes.legend()
