@@ -87,7 +87,7 @@ def _run(outcome: BenchOutcome, bench_dir: Path) -> None:
     command = [sys.executable, "-m", "services.cli", "bench", outcome.name, "--out", str(bench_dir)]
     command += outcome.arguments
     tail: deque[bytes] = deque(maxlen=TAIL_LINES)
-    outcome.log, outcome.started, outcome.load_before = str(log), _now(), os.getloadavg()
+    outcome.log, outcome.started, outcome.load_before = str(log), _now(), _load_average()
     began = time.monotonic()
     # Unbuffered: a Python child writing to a pipe would otherwise hold its lines until it ends.
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
@@ -107,7 +107,7 @@ def _run(outcome: BenchOutcome, bench_dir: Path) -> None:
             # (failed until its results are read: an interrupted bench is not a passed one).
             outcome.exit_code = child.wait()
             outcome.seconds = time.monotonic() - began
-            outcome.ended, outcome.load_after = _now(), os.getloadavg()
+            outcome.ended, outcome.load_after = _now(), _load_average()
             outcome.status = BenchStatus.FAILED
             outcome.tail = [line.decode(errors="replace").rstrip() for line in tail]
     outcome.results = _read_results(results) if outcome.exit_code == 0 else None
@@ -150,6 +150,11 @@ def _report(run: AllRun) -> None:
     print(f"\ntargets (issue 8, for a 2-core machine with the embedded broker; measured with {scale}):")
     print(targets_table(run.verdicts))
     print(tally(run.verdicts))
+
+
+def _load_average() -> tuple[float, float, float]:
+    one, five, fifteen = (round(load, 2) for load in os.getloadavg())  # the kernel's own precision, about
+    return one, five, fifteen
 
 
 def _now() -> str:
