@@ -16,7 +16,7 @@ from services.dev.bench_summary import (
     targets_table,
 )
 from services.dev.bench_targets import judge_all
-from tests.unit.test_bench_targets import ALL, COLDSTART, FAILOVER, INTAKE, LOOKUPS, MAPPING, _watch_results
+from tests.bench_tools import ALL, COLDSTART, FAILOVER, INTAKE, LOOKUPS, MAPPING, watch_results
 
 MACHINE = Machine(2, "AMD EPYC", 24 * 2**30, "3.11.7", "tansu 0.6.0", "PostgreSQL 18.6", "c1953ec")
 
@@ -80,7 +80,7 @@ def test_a_headline_per_bench() -> None:
     )
     assert "fwd-single 21,000 req/s, p50 1 / p99 6 / max 12.0 ms" in headline(_passed("lookups", LOOKUPS))
     assert "forwarder vs pg-http 7x" in headline(_passed("lookups", LOOKUPS))
-    assert headline(_passed("watch", _watch_results())).startswith("1,000 watchers, 2 changes; applied -> last")
+    assert headline(_passed("watch", watch_results())).startswith("1,000 watchers, 2 changes; applied -> last")
     assert headline(_passed("coldstart", COLDSTART)).startswith("0 HAVIPs: ready in 1.1 s, RSS 63 MiB; 100,000")
     assert headline(_passed("intake", INTAKE)) == (
         "2,800 reports/s accepted, p50 1 / p99 15.0 / max 30.0 ms, 7 non-2xx (500 agent tokens, 32 connections)"
