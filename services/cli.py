@@ -108,6 +108,12 @@ def _bench_out(args: argparse.Namespace, name: str) -> Path:
     return Path(args.out) if args.out else default_out_dir(name)
 
 
+def _bench_all(args: argparse.Namespace) -> int:
+    from services.dev.bench_all import run_all_benches
+
+    return run_all_benches(_bench_out(args, "all"), quick=args.quick)
+
+
 def _bench_lookups(args: argparse.Namespace) -> int:
     from services.dev.bench_lookups import run_lookups_bench
 
@@ -169,7 +175,9 @@ def _bench_renewals(args: argparse.Namespace) -> int:
 def _bench_mapping(args: argparse.Namespace) -> int:
     from services.dev.bench_mapping import run_mapping_bench
 
-    return run_mapping_bench(load_settings(), havips=args.havips, seconds=args.seconds, out=args.out)
+    return run_mapping_bench(
+        load_settings(), havips=args.havips, seconds=args.seconds, out_dir=_bench_out(args, "mapping")
+    )
 
 
 def _bench_recovery(args: argparse.Namespace) -> int:
@@ -241,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     mapping = bench_sub.add_parser("mapping", help="VRRP reports one mapping worker applies per second, sustained")
     mapping.add_argument("--havips", type=int, default=10_000)
     mapping.add_argument("--seconds", type=float, default=60.0, help="measured per kind of report, after a warm-up")
-    mapping.add_argument("--out", type=Path, default=None, help="write mapping.json here")
+    _out_option(mapping, "mapping")
     mapping.set_defaults(func=_bench_mapping)
     keepalived = bench_sub.add_parser("keepalived", help="real keepalived failovers, notify to forwarder (root)")
     keepalived.add_argument("--rounds", type=int, default=10)
@@ -287,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _out_option(watch, "watch")
     watch.set_defaults(func=_bench_watch)
+    every = bench_sub.add_parser(
+        "all",
+        help="failover, mapping, lookups, watch, coldstart and intake in turn, and one table against the targets",
+    )
+    every.add_argument(
+        "--quick", action="store_true", help="tiny parameters: a smoke run of a few minutes, not figures to quote"
+    )
+    every.add_argument(
+        "--out",
+        metavar="DIR",
+        help="each bench's folder, summary.json and summary.md (default: bench-results/all-<timestamp>)",
+    )
+    every.set_defaults(func=_bench_all)
 
     agent = sub.add_parser("agent", help="forward keepalived's notify FIFO to the gateway (runs on the instance)")
     agent.add_argument("--config", required=True, help="the agent's TOML file")

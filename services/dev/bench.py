@@ -32,8 +32,8 @@ from aiokafka.errors import KafkaError
 from schemas import topics
 from services.dev import bench_seed
 from services.dev.benchkit import Progress, format_table, plot_latencies, spread, write_json
-from services.dev.embedded import exit_with_parent
-from services.dev.processes import settings_env
+from services.dev.embedded import exit_with_parent, free_port
+from services.dev.processes import PORT_SETTING, settings_env
 from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
 from services.dev.walkthrough import Tenant, WalkthroughError
 from services.runtime.db import connect_pool
@@ -65,7 +65,9 @@ def run_failover_bench(
 ) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
     print(f"starting the stack (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir) as stack:
+    # Free ports, not the configured 8080-8083: a `havip dev up` on this machine may hold those.
+    ports = {setting: free_port(settings.http_host) for setting in PORT_SETTING.values()}
+    with dev_stack(settings.model_copy(update=ports), workdir) as stack:
         phases = asyncio.run(
             _bench(stack, rounds, havips, (reports_per_second, renewals_per_second), round_timeout, workdir)
         )

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from aiokafka import AIOKafkaProducer
@@ -33,6 +34,7 @@ from aiokafka import AIOKafkaProducer
 from schemas import topics
 from schemas.messages import MAX_LEASE_SECONDS
 from services.dev.bench_renewals import TENANT, seed_live_masters
+from services.dev.benchkit import plot_rates, write_json
 from services.dev.embedded import free_port
 from services.dev.processes import ServiceProcess
 from services.dev.stack import dev_stack
@@ -67,7 +69,7 @@ class Phase:
         return sum(self.per_second) / len(self.per_second) if self.per_second else 0.0
 
 
-def run_mapping_bench(settings: Settings, havips: int, seconds: float, out: Path | None) -> int:
+def run_mapping_bench(settings: Settings, havips: int, seconds: float, out_dir: Path) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
     print(f"starting broker and database (logs in {workdir}) ...", flush=True)
     with dev_stack(settings, workdir, services=()) as stack:
@@ -85,29 +87,34 @@ def run_mapping_bench(settings: Settings, havips: int, seconds: float, out: Path
             f"{per_batch:>10.1f}{phase.batch_seconds / (WARMUP_SECONDS + phase.seconds):>7.0%}"
             f"{phase.producer_bound_seconds:>18}"
         )
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        result = {
-            "havips": havips,
-            "seconds": seconds,
-            "phases": [
-                {
-                    "name": p.name,
-                    "median_per_second": p.median,
-                    "mean_per_second": p.mean,
-                    "per_second": p.per_second,
-                    "produced": p.produced,
-                    "applied": p.applied,
-                    "producer_bound_seconds": p.producer_bound_seconds,
-                    "batches": p.batches,
-                    "batch_seconds": p.batch_seconds,
-                }
-                for p in phases
-            ],
-        }
-        (out / "mapping.json").write_text(json.dumps(result, indent=2))
-        print(f"results in {out}")
+    pngs = plot_rates(
+        out_dir, "mapping-applied-per-second", {p.name: p.per_second for p in phases}, "reports applied per second"
+    )
+    path = write_json(out_dir, mapping_results(havips, seconds, phases))
+    print(f"\nwrote {path}" + "".join(f"\n      {png}" for png in pngs))
     return 0
+
+
+def mapping_results(havips: int, seconds: float, phases: list[Phase]) -> dict[str, Any]:
+    """What `results.json` holds: the run's size and, per kind of report, its rates and batches."""
+    return {
+        "havips": havips,
+        "seconds": seconds,
+        "phases": [
+            {
+                "name": p.name,
+                "median_per_second": p.median,
+                "mean_per_second": p.mean,
+                "per_second": p.per_second,
+                "produced": p.produced,
+                "applied": p.applied,
+                "producer_bound_seconds": p.producer_bound_seconds,
+                "batches": p.batches,
+                "batch_seconds": p.batch_seconds,
+            }
+            for p in phases
+        ],
+    }
 
 
 async def _bench(settings: Settings, workdir: Path, havips: int, seconds: float) -> list[Phase]:

@@ -1,8 +1,8 @@
 """What every `havip bench` shares: percentiles, a progress line, the result table, JSON and PNG files.
 
 The arithmetic and the text are pure (tests/unit/test_benchkit.py); only
-`write_json` and `plot_latencies` touch the disk, and only `plot_latencies`
-needs matplotlib (the optional `bench` extra), imported when it is called so
+`write_json` and the `plot_*` functions touch the disk, and only the plots
+need matplotlib (the optional `bench` extra), imported when one is drawn so
 a bench still prints its table where matplotlib is missing.
 """
 
@@ -118,13 +118,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in cells)]).rstrip()
 
 
+def format_number(value: float) -> str:
+    """A measured figure as a table shows it: thousands separators from 100, three significant digits below 10."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        if value >= 100:
-            return f"{value:,.0f}"
-        return f"{value:.3g}" if value < 10 else f"{value:.1f}"
+        return format_number(value)
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
@@ -159,9 +164,7 @@ def plot_latencies(out_dir: Path, name: str, series: Mapping[str, Sequence[float
         axes.hist([v for v in values if v <= upper], bins=60, alpha=0.55, label=label)
     axes.set(xlabel=f"latency ({unit}), up to the p99.9", ylabel="samples", title=f"{name}: latency distribution")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(histogram, dpi=110)
-    pyplot.close(figure)
+    _save(pyplot, figure, histogram)
 
     figure, axes = pyplot.subplots(figsize=(8, 4.5))
     for label, values in drawn.items():
@@ -171,9 +174,7 @@ def plot_latencies(out_dir: Path, name: str, series: Mapping[str, Sequence[float
     axes.set_xscale("log")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(cdf, dpi=110)
-    pyplot.close(figure)
+    _save(pyplot, figure, cdf)
     return [histogram, cdf]
 
 
@@ -188,10 +189,38 @@ def plot_bars(out_dir: Path, name: str, labels: Sequence[str], values: Sequence[
     bars = axes.bar(list(labels), list(values))
     axes.bar_label(bars, fmt="%.3g")
     axes.set(ylabel=ylabel, title=name)
+    _save(pyplot, figure, path)
+    return [path]
+
+
+def plot_rates(out_dir: Path, name: str, series: Mapping[str, Sequence[float]], ylabel: str) -> list[Path]:
+    """Each series as a line over time, one value per second of the measurement; [] without matplotlib.
+
+    For rates sampled once a second: a median hides a rate that sags as a
+    backlog or a partition grows, the line shows it.
+    """
+    pyplot = _pyplot()
+    drawn = {label: values for label, values in series.items() if values}
+    if pyplot is None or not drawn:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    figure, axes = pyplot.subplots(figsize=(8, 4.5))
+    for label, values in drawn.items():
+        axes.plot(range(1, len(values) + 1), values, marker=".", label=label)
+    axes.set(xlabel="second of the measurement", ylabel=ylabel, title=name)
+    axes.xaxis.get_major_locator().set_params(integer=True)  # whole seconds, even on a short run
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    _save(pyplot, figure, path)
+    return [path]
+
+
+def _save(pyplot: Any, figure: Any, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
-    return [path]
 
 
 def _pyplot() -> Any:
