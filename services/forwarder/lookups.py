@@ -18,30 +18,25 @@ ids only, so a key that finds a route is a valid key. A miss is checked
 (`is_ipv4_text`, the VPC id's length) before it answers 404 or null; a miss
 that is not a valid key goes on to FastAPI for its 400.
 
-Request ids and the request metrics are those of services/runtime/http.py.
+Request ids, error bodies and the request metrics are those of the app (services/runtime/lean_http.py).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
-from prometheus_client.metrics import Counter, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schemas.errors import ErrorCode
 from schemas.ipv4 import is_ipv4_text
 from services.forwarder.routes import HeldRoute, RouteTable
-from services.runtime.http import REQUEST_ID_HEADER, REQUEST_SECONDS, REQUESTS, choose_request_id
+from services.runtime.lean_http import LeanAnswers, error_body, json_body_within, read_body, replay, request_id_for
 
 MAX_BATCH_KEYS = 1000
 MAX_VPC_ID_CHARS = 128
 LOOKUP_PATH = "/v1/routes"
 BATCH_PATH = "/v1/routes:batch"
-
-_JSON = (b"content-type", b"application/json")
-_ID_HEADER = REQUEST_ID_HEADER.encode()
 
 
 class RouteLookups:
@@ -49,8 +44,7 @@ class RouteLookups:
         self.app = app
         self.table = table
         self.max_body_bytes = max_body_bytes
-        self.service = service
-        self._metrics: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self.answers = LeanAnswers(service)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -61,16 +55,16 @@ class RouteLookups:
                 if found is not None:
                     await self._answer(scope, send, LOOKUP_PATH, found, started)
                     return
-            elif path == BATCH_PATH and method == "POST" and self._body_we_take(scope):
+            elif path == BATCH_PATH and method == "POST" and json_body_within(scope, self.max_body_bytes):
                 started = time.perf_counter()
-                body = await _read_body(receive)
+                body = await read_body(receive)
                 if body is None:
                     return  # the client went away: nobody to answer
                 answer = self.lookup_many(body)
                 if answer is not None:
                     await self._answer(scope, send, BATCH_PATH, (200, answer), started)
                     return
-                receive = _replay(body, receive)
+                receive = replay(body, receive)
         await self.app(scope, receive, send)
 
     async def answer_one(self, query: bytes) -> tuple[int, bytes | str] | None:
@@ -135,45 +129,13 @@ class RouteLookups:
             answers.append(b"null" if route is None else route.answer)
         return b'{"routes":[' + b",".join(answers) + b"]}"
 
-    def _body_we_take(self, scope: Scope) -> bool:
-        # A declared length within the limit, and declared JSON (FastAPI reads nothing else as JSON).
-        length = content_type = None
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = value
-            elif name == b"content-type":
-                content_type = value
-        if length is None or not length.isdigit() or int(length) > self.max_body_bytes:
-            return False
-        return content_type == b"application/json" or (
-            content_type is not None and content_type.startswith(b"application/json;")
-        )
-
     async def _answer(
         self, scope: Scope, send: Send, route: str, found: tuple[int, bytes | str], started: float
     ) -> None:
         status, content = found
-        request_id = choose_request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
         if isinstance(content, str):  # a miss: the error body every service answers
-            error = {"code": str(ErrorCode.NOT_FOUND_ROUTE), "message": content, "request_id": request_id}
-            content = json.dumps(error, ensure_ascii=False, separators=(",", ":")).encode()
-        headers = [_JSON, (b"content-length", b"%d" % len(content)), (_ID_HEADER, request_id.encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
-        counter, seconds = self._metrics_for(scope["method"], route, status)
-        counter.inc()
-        seconds.observe(time.perf_counter() - started)
-
-    def _metrics_for(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
-        key = (method, route, status)
-        if (found := self._metrics.get(key)) is None:
-            found = (
-                REQUESTS.labels(self.service, method, route, str(status)),
-                REQUEST_SECONDS.labels(self.service, method, route),
-            )
-            self._metrics[key] = found
-        return found
+            content = error_body(str(ErrorCode.NOT_FOUND_ROUTE), content, request_id_for(scope))
+        await self.answers.answer(scope, send, route, status, content, started)
 
 
 def route_query(query: bytes) -> tuple[str | None, str | None, str | None] | None:
@@ -199,30 +161,3 @@ def route_query(query: bytes) -> tuple[str | None, str | None, str | None] | Non
 
 def private_key_ok(vpc_id: object, ip: object) -> bool:
     return type(vpc_id) is str and 0 < len(vpc_id) <= MAX_VPC_ID_CHARS and type(ip) is str and is_ipv4_text(ip)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body, or None when the client went away."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that gives the body already read once, then whatever the connection says next."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        message: dict[str, Any] = {"type": "http.request", "body": body, "more_body": False}
-        return message
-
-    return replay

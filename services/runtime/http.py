@@ -48,7 +48,7 @@ REQUEST_ID_HEADER = "x-request-id"
 DEFAULT_MAX_REQUEST_BODY_BYTES = 64 * 1024
 # Sent with a 429 or 503 whose cause does not know better: soon, but not in a tight loop.
 DEFAULT_RETRY_AFTER_SECONDS = 1
-_COME_BACK_LATER = (429, 503)
+COME_BACK_LATER = (429, 503)
 # What the HTTP layer itself answers (routing, the body limit); anything else it raises is a bad request.
 _HTTP_LAYER_CODES = {
     404: ErrorCode.NOT_FOUND,
@@ -232,7 +232,7 @@ async def _on_havip_error(request: Request, exc: Exception) -> JSONResponse:
     response = error_response(request, exc.http_status, exc.code, exc.message)
     if exc.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    elif exc.http_status in _COME_BACK_LATER:
+    elif exc.http_status in COME_BACK_LATER:
         response.headers["Retry-After"] = str(DEFAULT_RETRY_AFTER_SECONDS)
     return response
 
@@ -257,7 +257,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         response.headers[name] = value
     if status == 405 and (allowed := allowed_methods(request)):
         response.headers["Allow"] = ", ".join(allowed)
-    if status in _COME_BACK_LATER and "retry-after" not in response.headers:
+    if status in COME_BACK_LATER and "retry-after" not in response.headers:
         response.headers["Retry-After"] = str(DEFAULT_RETRY_AFTER_SECONDS)
     return response
 
