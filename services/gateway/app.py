@@ -16,6 +16,7 @@ from services.gateway.commands import CommandSubmitter
 from services.gateway.context import GatewayContext
 from services.gateway.directory import AgentDirectory
 from services.gateway.directory_sync import DirectorySync
+from services.gateway.intake import ReportIntake
 from services.gateway.outbox import Outbox
 from services.gateway.results import CommandResults
 from services.gateway.throttle import Throttle
@@ -23,7 +24,7 @@ from services.runtime.broker_watch import BrokerWatch, LogCheck
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_router
-from services.runtime.http import NO_NATIVE_TELEMETRY, install_http_conventions
+from services.runtime.http import DEFAULT_MAX_REQUEST_BODY_BYTES, NO_NATIVE_TELEMETRY, install_http_conventions
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
 
@@ -112,4 +113,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(vrrp_api.router)
     app.include_router(agent_tokens.router)
     install_http_conventions(app, "gateway")
+    # Last, so it is the outermost middleware: a VRRP report it takes meets nothing else (see intake.py).
+    app.add_middleware(ReportIntake, gateway=app, max_body_bytes=DEFAULT_MAX_REQUEST_BODY_BYTES)
     return app

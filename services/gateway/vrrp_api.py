@@ -67,7 +67,7 @@ async def report_vrrp(
     standing = await _standing(context, principal.tenant_id, principal.instance_id, [r.havip_id for r in reports])
     outcomes: list[VrrpEventOutcome] = []
     for request in reports:
-        refusal = _refusal(standing[request.havip_id], request, principal.instance_id)
+        refusal = refusal_of(standing[request.havip_id], request, principal.instance_id)
         if refusal is not None:
             if not isinstance(body, VrrpEventBatch):
                 raise refusal
@@ -87,7 +87,7 @@ async def report_vrrp(
                 )
             )
             continue
-        message_id = await _publish_report(context, principal.tenant_id, principal.instance_id, request)
+        message_id = await publish_report(context, principal.tenant_id, principal.instance_id, request)
         outcomes.append(
             VrrpEventOutcome(havip_id=request.havip_id, seq=request.seq, status="Accepted", message_id=message_id)
         )
@@ -132,7 +132,7 @@ async def _standing(
     return held
 
 
-def _refusal(standing: ReporterStanding, request: VrrpEventRequest, instance_id: str) -> HaVipError | None:
+def refusal_of(standing: ReporterStanding, request: VrrpEventRequest, instance_id: str) -> HaVipError | None:
     havip_id = request.havip_id
     if standing is ReporterStanding.UNKNOWN_HAVIP:
         return HaVipError(ErrorCode.NOT_FOUND_HAVIP, f"HAVIP {havip_id} does not exist")
@@ -151,7 +151,7 @@ def _refusal(standing: ReporterStanding, request: VrrpEventRequest, instance_id:
     return None
 
 
-async def _publish_report(context: GatewayContext, tenant_id: str, instance_id: str, body: VrrpEventRequest) -> str:
+async def publish_report(context: GatewayContext, tenant_id: str, instance_id: str, body: VrrpEventRequest) -> str:
     now = utcnow()
     report = VrrpReported(
         havip_id=body.havip_id,
