@@ -30,6 +30,7 @@ from schemas.messages import (
     CommandRejected,
     CommandSucceeded,
     EniChanged,
+    HaVipMappingChanged,
     InstanceChanged,
     VrrpReported,
     utcnow,
@@ -146,8 +147,11 @@ class OwnerTracker:
             }
             plan = plan_reports(locked, incoming)
             await store.save_batch(conn, plan.reports, plan.havips, plan.outcomes)
+            # Read before the commit, on this connection: what is about to be committed, without
+            # another connection and its round trips on the failover path.
+            states = await self._states(conn, plan.publish, plan.caused_at)
         self._count(plan)
-        await self.publish_states(plan.publish, plan.caused_at)
+        await self._publish_states(states)
         return plan.refusals
 
     def _count(self, plan: ReportPlan) -> None:
@@ -251,14 +255,27 @@ class OwnerTracker:
         `caused_at`: when the gateway accepted the report behind a HAVIP's change, carried to the
         forwarder so it can tell how long a failover took to reach it.
         """
+        await self._publish_states(await self._states(self._pool, havip_ids, caused_at))
+
+    async def _states(
+        self,
+        db: asyncpg.Connection | asyncpg.Pool,
+        havip_ids: Collection[str],
+        caused_at: Mapping[str, datetime] | None = None,
+    ) -> list[HaVipMappingChanged]:
         if not havip_ids:
-            return
-        mappings = await load_mappings(self._pool, sorted(havip_ids))
+            return []
+        mappings = await load_mappings(db, sorted(havip_ids))
         if caused_at:
             mappings = [
                 m.model_copy(update={"report_received_at": caused_at[m.havip_id]}) if m.havip_id in caused_at else m
                 for m in mappings
             ]
+        return mappings
+
+    async def _publish_states(self, mappings: Sequence[HaVipMappingChanged]) -> None:
+        if not mappings:
+            return
         await self._publish(topics.MAPPINGS, [(m.havip_id, topics.encode(m)) for m in mappings])
         await store.mark_published(self._pool, {m.havip_id: m.version for m in mappings})
 

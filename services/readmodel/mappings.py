@@ -23,36 +23,45 @@ SELECT h.havip_id, h.tenant_id, h.vpc_id, h.vswitch_id, host(h.ip_address) AS ip
   LEFT JOIN attachments a ON a.havip_id = h.havip_id AND a.target_id = h.owner_target_id
   LEFT JOIN instances i ON i.instance_id = a.instance_id
   LEFT JOIN enis e ON e.eni_id = a.eni_id
- WHERE ($1::text[] IS NULL OR h.havip_id = ANY($1::text[]))
 """
 
 _EIPS = """
-SELECT havip_id, eip_id, host(ip_address) AS ip_address FROM havip_eips
- WHERE ($1::text[] IS NULL OR havip_id = ANY($1::text[]))
- ORDER BY havip_id, eip_id
+SELECT havip_id, eip_id, host(ip_address) AS ip_address FROM havip_eips h
 """
 
 _ATTACHMENTS = """
-SELECT havip_id, target_id, instance_id, eni_id FROM attachments
- WHERE ($1::text[] IS NULL OR havip_id = ANY($1::text[]))
- ORDER BY havip_id, target_id
+SELECT havip_id, target_id, instance_id, eni_id FROM attachments h
 """
+# Some HAVIPs (a publish, a page of the API) or all of them (a check): two plans, each with its
+# index. One statement for both (`$1 IS NULL OR ...`) is planned anew at every call, and its
+# generic plan could use no index at all.
+_SOME = " WHERE h.havip_id = ANY($1::text[])"
+
+
+def _query(select: str, ids: list[str] | None, order: str = "") -> tuple[object, ...]:
+    """The statement and its argument, for some HAVIPs or all (each query above names its table h)."""
+    if ids is None:
+        return (select + order,)
+    return (select + _SOME + order, ids)
 
 
 async def load_mappings(
     conn: asyncpg.Connection | asyncpg.Pool, havip_ids: Sequence[str] | None = None
 ) -> list[HaVipMappingChanged]:
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as held:  # one connection for the three reads, not three
+            return await load_mappings(held, havip_ids)
     ids = list(havip_ids) if havip_ids is not None else None
     attachments: dict[str, list[MappedAttachment]] = {}
-    for row in await conn.fetch(_ATTACHMENTS, ids):
+    for row in await conn.fetch(*_query(_ATTACHMENTS, ids, " ORDER BY havip_id, target_id")):
         attachments.setdefault(row["havip_id"], []).append(
             MappedAttachment(target_id=row["target_id"], instance_id=row["instance_id"], eni_id=row["eni_id"])
         )
     eips: dict[str, list[MappedEip]] = {}
-    for row in await conn.fetch(_EIPS, ids):
+    for row in await conn.fetch(*_query(_EIPS, ids, " ORDER BY havip_id, eip_id")):
         eips.setdefault(row["havip_id"], []).append(MappedEip(eip_id=row["eip_id"], ip_address=row["ip_address"]))
     found = []
-    for row in await conn.fetch(_HAVIPS, ids):
+    for row in await conn.fetch(*_query(_HAVIPS, ids)):
         owner = None
         if row["owner_instance_id"] is not None and row["owner_private_ip"] is not None:
             owner = Route(
