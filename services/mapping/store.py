@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
+from ipaddress import IPv4Address
 
 import asyncpg
 
-from schemas.ipv4 import parse_ipv4
 from schemas.messages import InstanceStatus, VrrpState
 from services.mapping.election import Candidate, Contest, OwnerChange, Report, Trigger
 from services.mapping.report_batch import HavipAfter, OwnerOutcome, havip_status
@@ -48,7 +48,7 @@ async def load_contest(conn: asyncpg.Connection, havip_id: str, owner_target_id:
 
 
 _CANDIDATES = """
-SELECT a.havip_id, a.target_id, a.instance_id, host(coalesce(e.private_ip, i.private_ip)) AS ip,
+SELECT a.havip_id, a.target_id, a.instance_id, coalesce(e.private_ip, i.private_ip) - '0.0.0.0'::inet AS ip,
        coalesce(i.status, $2) AS status
   FROM attachments a LEFT JOIN instances i ON i.instance_id = a.instance_id
   LEFT JOIN enis e ON e.eni_id = a.eni_id
@@ -65,7 +65,9 @@ async def load_contests(conn: asyncpg.Connection, owners: Mapping[str, str | Non
             Candidate(
                 target_id=row["target_id"],
                 instance_id=row["instance_id"],
-                primary_ip=parse_ipv4(row["ip"] or "0.0.0.0"),
+                # As a number: the tables hold IPv4 only (the gateway parsed it), and building an
+                # address from its integer is a tenth of parsing its text, per candidate per batch.
+                primary_ip=IPv4Address(row["ip"] or 0),
                 instance_status=InstanceStatus(row["status"]),
             )
         )
