@@ -11,9 +11,11 @@ HAVIP holds is a 404 `NotFound.Route`. Errors are always `{code, message,
 request_id}`.
 
 The first two are answered by services/forwarder/lookups.py in front of
-FastAPI whenever the request is well formed; the handlers below answer the
-rest (and describe all of them in the OpenAPI document), so both must give
-the same answers: tests/integration/test_forwarder_lookups.py checks it.
+FastAPI whenever the request is well formed, the watch by
+services/forwarder/watch_answers.py; the handlers below answer the rest (and
+describe all of them in the OpenAPI document), so both must give the same
+answers: tests/integration/test_forwarder_lookups.py and
+tests/integration/test_forwarder_watch_answers.py check it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from services.forwarder.metrics import WATCHERS
 from services.forwarder.routes import HeldRoute, RouteTable, canonical_ip
 from services.forwarder.settings import forwarder_settings
 from services.forwarder.watch import WatchFilter, WatchHub
-from services.forwarder.watch_stream import watch_lines
+from services.forwarder.watch_answers import EPOCH_PATTERN, MAX_HOST_ID_CHARS, RouteWatches
+from services.forwarder.watch_stream import WatchResponse
 from services.runtime.broker_watch import BrokerWatch, LogCheck
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.health import Health, health_router
@@ -101,6 +104,9 @@ def create_app(shared_settings: Settings) -> FastAPI:
 
     def caught_up() -> str | None:
         return "starting" if follower is None else follower.not_caught_up()
+
+    def loaded() -> bool:
+        return follower is not None and follower.caught_up
 
     health.add_check("caught up", caught_up)
 
@@ -184,28 +190,28 @@ def create_app(shared_settings: Settings) -> FastAPI:
             str | None, Query(min_length=1, max_length=MAX_VPC_ID_CHARS, description="Only this VPC")
         ] = None,
         host_id: Annotated[
-            str | None, Query(min_length=1, max_length=128, description="Only routes to this host")
+            str | None, Query(min_length=1, max_length=MAX_HOST_ID_CHARS, description="Only routes to this host")
         ] = None,
         since: Annotated[int | None, Query(ge=0, description="The last revision you have, with epoch")] = None,
         epoch: Annotated[str | None, Query(pattern=EPOCH_PATTERN, description="The epoch of since")] = None,
-    ) -> StreamingResponse:
-        if follower is None or not follower.caught_up:
+    ) -> Response:
+        if not loaded():
             raise HaVipError(ErrorCode.SERVICE_UNAVAILABLE, "the route table is still loading; watch again shortly")
-        lines = watch_lines(
+        return WatchResponse(
             hub,
             WatchFilter(vpc_id, host_id),
             epoch=epoch,
             since=since,
             heartbeat_seconds=settings.forwarder_watch_heartbeat_seconds,
         )
-        return StreamingResponse(lines, media_type="application/x-ndjson")
 
-    # Last, so it is the outermost middleware: a well-formed lookup meets nothing else (see lookups.py).
+    # Last, so they are the outermost middlewares: a well-formed lookup or watch meets nothing else.
+    heartbeat = settings.forwarder_watch_heartbeat_seconds
+    app.add_middleware(RouteWatches, hub=hub, ready=loaded, heartbeat_seconds=heartbeat)
     app.add_middleware(RouteLookups, table=table, max_body_bytes=settings.max_request_body_bytes)
     return app
 
 
-EPOCH_PATTERN = "^[0-9a-f]{32}$"
 WATCH_DESCRIPTION = """\
 A stream of JSON lines (chunked) for data-plane agents that keep their own copy of the routes.
 

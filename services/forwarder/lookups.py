@@ -37,6 +37,7 @@ MAX_BATCH_KEYS = 1000
 MAX_VPC_ID_CHARS = 128
 LOOKUP_PATH = "/v1/routes"
 BATCH_PATH = "/v1/routes:batch"
+_LOOKUP_PARAMETERS = frozenset(("vpc_id", "ip", "eip"))
 
 
 class RouteLookups:
@@ -140,23 +141,26 @@ class RouteLookups:
 
 def route_query(query: bytes) -> tuple[str | None, str | None, str | None] | None:
     """(vpc_id, ip, eip) of a plain query string, each at most once; None for anything else."""
+    found = plain_query(query, _LOOKUP_PARAMETERS)
+    if found is None:
+        return None
+    return found.get("vpc_id"), found.get("ip"), found.get("eip")
+
+
+def plain_query(query: bytes, names: frozenset[str]) -> dict[str, str] | None:
+    """The parameters of a query string naming only `names`, each at most once; None for anything else."""
     if b"%" in query or b"+" in query:
         return None  # percent-decoding is the framework's business
-    vpc_id = ip = eip = None
+    found: dict[str, str] = {}
+    if not query:
+        return found
     # latin-1, as Starlette decodes a query string before splitting it.
     for part in query.decode("latin-1").split("&"):
         name, equals, value = part.partition("=")
-        if not equals:
+        if not equals or name not in names or name in found:
             return None
-        if name == "ip" and ip is None:
-            ip = value
-        elif name == "vpc_id" and vpc_id is None:
-            vpc_id = value
-        elif name == "eip" and eip is None:
-            eip = value
-        else:
-            return None
-    return vpc_id, ip, eip
+        found[name] = value
+    return found
 
 
 def private_key_ok(vpc_id: object, ip: object) -> bool:
