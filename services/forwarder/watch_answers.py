@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.forwarder.lookups import MAX_VPC_ID_CHARS, plain_query
 from services.forwarder.watch import WatchFilter, WatchHub
 from services.forwarder.watch_stream import NDJSON, send_watch
-from services.runtime.http import REQUEST_ID_HEADER, REQUEST_SECONDS, REQUESTS, choose_request_id
+from services.runtime.http import REQUEST_ID_HEADER, REQUEST_SECONDS, REQUESTS
+from services.runtime.lean_http import request_id_for
 
 WATCH_PATH = "/v1/routes:watch"
 MAX_HOST_ID_CHARS = 128
@@ -81,8 +82,7 @@ class RouteWatches:
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, query: WatchQuery) -> None:
         started = time.perf_counter()
-        request_id = choose_request_id(scope)
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = request_id_for(scope)
         try:
             await send_watch(
                 self.hub,
