@@ -75,7 +75,7 @@ def new_consumer(settings: Settings, group_id: str | None, **overrides: object) 
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         # A short long-poll: a VRRP failover must not wait for a fetch timeout.
-        fetch_max_wait_ms=10,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         session_timeout_ms=int(settings.session_timeout_seconds * 1000),
         heartbeat_interval_ms=1000,
         **security_options(settings),

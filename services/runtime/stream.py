@@ -48,14 +48,14 @@ TRANSIENT = (
 
 # faust hard-codes a 1.5 s long-poll for its consumers. Brokers that do not end
 # a long-poll when data arrives (Tansu, the embedded default) then hold every
-# VRRP report for most of that time; a failover must not wait on a timer.
-FETCH_MAX_WAIT_MS = 10
-
-
+# VRRP report for most of that time; a failover must not wait on a timer. The
+# long-poll is `Settings.kafka_fetch_max_wait_ms` instead, as for every consumer.
 class _PromptConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts
+        app = transport.app
+        assert isinstance(app, StreamApp)
+        consumer._fetch_max_wait_ms = app.fetch_max_wait_ms  # read when the consumer starts
         return consumer
 
 
@@ -78,6 +78,8 @@ class _PromptTableManager(TableManager):
 
 
 class StreamApp(faust.App):
+    fetch_max_wait_ms = 10  # set from the settings by new_stream_app
+
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _PromptTransport(self.conf.broker_consumer, self)
 
@@ -104,7 +106,7 @@ def broker_credentials(settings: Settings) -> CredentialsT | None:
 
 def new_stream_app(settings: Settings, service: str, epoch: int = 0) -> faust.App:
     brokers = ";".join(f"kafka://{host}" for host in settings.kafka_bootstrap.split(","))
-    return StreamApp(
+    app = StreamApp(
         group_id(settings, service) + (f"-g{epoch}" if epoch else ""),
         broker=brokers,
         broker_credentials=broker_credentials(settings),
@@ -122,6 +124,8 @@ def new_stream_app(settings: Settings, service: str, epoch: int = 0) -> faust.Ap
         store="memory://",
         TableManager=_PromptTableManager,
     )
+    app.fetch_max_wait_ms = settings.kafka_fetch_max_wait_ms
+    return app
 
 
 def raw_topic(app: faust.App, settings: Settings, *topics: Topic) -> faust.TopicT:

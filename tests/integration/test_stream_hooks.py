@@ -15,19 +15,19 @@ import pytest
 from faust.tables import TableManager
 
 from services.runtime.settings import Settings
-from services.runtime.stream import FETCH_MAX_WAIT_MS, new_stream_app
+from services.runtime.stream import new_stream_app
 
 pytestmark = pytest.mark.integration
 
 
 async def test_the_prompt_long_poll_reaches_the_running_fetcher(settings: Settings) -> None:
-    app = new_stream_app(settings, "hook-check")
+    app = new_stream_app(settings.model_copy(update={"kafka_fetch_max_wait_ms": 7}), "hook-check")
     thread = app.consumer._new_consumer_thread()
     consumer = thread._create_worker_consumer(app.transport)
     await consumer.start()
     try:
         # The value the Fetcher actually polls with, read when the consumer started.
-        assert consumer._fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+        assert consumer._fetcher._fetch_max_wait_ms == 7
     finally:
         await consumer.stop()
 
