@@ -37,6 +37,7 @@ from services.forwarder.routes import RouteTable
 from services.runtime.db import connect_pool
 from services.runtime.health import Health, health_router
 from services.runtime.http import NO_NATIVE_TELEMETRY, install_http_conventions, run_http_service
+from services.runtime.lean_http import FrontedApp
 from services.runtime.logs import setup_logging
 from services.runtime.settings import Settings, load_settings
 
@@ -97,7 +98,7 @@ class PostgresLookups(RouteLookups):
         return None
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> FrontedApp:
     health = Health("pg-routes")
     pools: list[asyncpg.Pool] = []
 
@@ -111,7 +112,9 @@ def create_app(settings: Settings) -> FastAPI:
             await health.stop()
             await pools.pop().close()
 
-    app = FastAPI(title="havip pg-routes (bench only)", version="1", lifespan=lifespan, telemetry=NO_NATIVE_TELEMETRY)
+    app = FrontedApp(
+        title="havip pg-routes (bench only)", version="1", lifespan=lifespan, telemetry=NO_NATIVE_TELEMETRY
+    )
     app.include_router(health_router(health))
     install_http_conventions(app, "pg-routes", max_request_body_bytes=settings.max_request_body_bytes)
 
@@ -125,8 +128,8 @@ def create_app(settings: Settings) -> FastAPI:
             raise HaVipError(ErrorCode.NOT_FOUND_ROUTE, f"no HAVIP holds {ip} in {vpc_id}")
         return JSONResponse(answer)
 
-    # Outermost, as in the forwarder (services/forwarder/app.py).
-    app.add_middleware(PostgresLookups, pools=pools, max_body_bytes=settings.max_request_body_bytes)
+    # In front of the whole app, as in the forwarder (services/forwarder/app.py).
+    app.put_in_front(PostgresLookups, pools=pools, max_body_bytes=settings.max_request_body_bytes)
     return app
 
 

@@ -43,6 +43,7 @@ from services.runtime.broker_watch import BrokerWatch, LogCheck
 from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
 from services.runtime.health import Health, health_router
 from services.runtime.http import NO_NATIVE_TELEMETRY, install_http_conventions
+from services.runtime.lean_http import FrontedApp
 from services.runtime.openapi import ErrorBody
 from services.runtime.settings import Settings
 
@@ -94,7 +95,7 @@ class BatchOut(BaseModel):
     routes: list[RouteOut | None]
 
 
-def create_app(shared_settings: Settings) -> FastAPI:
+def create_app(shared_settings: Settings) -> FrontedApp:
     settings = forwarder_settings(shared_settings)
     health = Health("forwarder")
     table = RouteTable()
@@ -144,7 +145,7 @@ def create_app(shared_settings: Settings) -> FastAPI:
         finally:
             await pool.close()
 
-    app = FastAPI(title="havip forwarder", version="1", lifespan=lifespan, telemetry=NO_NATIVE_TELEMETRY)
+    app = FrontedApp(title="havip forwarder", version="1", lifespan=lifespan, telemetry=NO_NATIVE_TELEMETRY)
     app.state.table = table
     app.state.hub = hub
     app.state.health = health
@@ -205,10 +206,10 @@ def create_app(shared_settings: Settings) -> FastAPI:
             heartbeat_seconds=settings.forwarder_watch_heartbeat_seconds,
         )
 
-    # Last, so they are the outermost middlewares: a well-formed lookup or watch meets nothing else.
+    # In front of the whole app: a well-formed lookup or watch meets nothing else.
     heartbeat = settings.forwarder_watch_heartbeat_seconds
-    app.add_middleware(RouteWatches, hub=hub, ready=loaded, heartbeat_seconds=heartbeat)
-    app.add_middleware(RouteLookups, table=table, max_body_bytes=settings.max_request_body_bytes)
+    app.put_in_front(RouteWatches, hub=hub, ready=loaded, heartbeat_seconds=heartbeat)
+    app.put_in_front(RouteLookups, table=table, max_body_bytes=settings.max_request_body_bytes)
     return app
 
 

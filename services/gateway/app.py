@@ -26,6 +26,7 @@ from services.runtime.deadletters import DeadLetters
 from services.runtime.health import Health, health_router
 from services.runtime.http import DEFAULT_MAX_REQUEST_BODY_BYTES, NO_NATIVE_TELEMETRY, install_http_conventions
 from services.runtime.kafka import new_producer, topic_name
+from services.runtime.lean_http import FrontedApp
 from services.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 SERVICE = "gateway"
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> FrontedApp:
     health = Health(SERVICE)
     # Request rates are counted per replica: N replicas allow up to N times a token's rate.
     throttle = Throttle()
@@ -99,7 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
             log.info("gateway stopping")
 
-    app = FastAPI(
+    app = FrontedApp(
         title="HAVIP gateway",
         version="1",
         description="High-availability virtual IPs: the tenant API and the agent endpoint for VRRP reports.",
@@ -113,6 +114,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(vrrp_api.router)
     app.include_router(agent_tokens.router)
     install_http_conventions(app, "gateway")
-    # Last, so it is the outermost middleware: a VRRP report it takes meets nothing else (see intake.py).
-    app.add_middleware(ReportIntake, gateway=app, max_body_bytes=DEFAULT_MAX_REQUEST_BODY_BYTES)
+    # In front of the whole app: a VRRP report it takes meets nothing else (see intake.py).
+    app.put_in_front(ReportIntake, gateway=app, max_body_bytes=DEFAULT_MAX_REQUEST_BODY_BYTES)
     return app

@@ -1,11 +1,12 @@
 """Answering a hot route in front of FastAPI: what the forwarder's lookups and the gateway's
 report intake share.
 
-Such a path answers the common, well-formed request itself and passes every other request
-on to FastAPI untouched (a body it already read is replayed), so validation errors, 405,
-413 and the OpenAPI document stay defined once, in the app. What it answers must look
-exactly like the app's answer: the same request id header, the same error body, the same
-`Retry-After`, and the same request metrics (services/runtime/http.py).
+Such a path (put in front of the app with `FrontedApp.put_in_front`) answers the common,
+well-formed request itself and passes every other request on to FastAPI untouched (a body
+it already read is replayed), so validation errors, 405, 413 and the OpenAPI document stay
+defined once, in the app. What it answers must look exactly like the app's answer: the same
+request id header, the same error body, the same `Retry-After`, and the same request
+metrics (services/runtime/http.py).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
+from fastapi import FastAPI
 from prometheus_client.metrics import Counter, Histogram
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import HaVipError
 from services.runtime.http import (
@@ -29,6 +32,28 @@ from services.runtime.http import (
 )
 
 _JSON = (b"content-type", b"application/json")
+
+
+class FrontedApp(FastAPI):
+    """A FastAPI app whose lean paths sit in front of all of it.
+
+    `add_middleware` puts a middleware inside FastAPI's own layers (its error and telemetry
+    middlewares, Starlette's routing entry): about a tenth of a forwarder lookup under wrk.
+    A lean path answers a complete request by itself, so it goes in front of those too.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._front: ASGIApp = super().__call__
+
+    def put_in_front(self, middleware: Callable[..., ASGIApp], **options: Any) -> None:
+        """Wrap everything so far (the last one put in front is the first to see a request)."""
+        self._front = middleware(self._front, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._front(scope, receive, send)
+
+
 _ID_HEADER = REQUEST_ID_HEADER.encode()
 
 
