@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -21,6 +20,7 @@ from schemas import topics
 from schemas.messages import VrrpReported
 from services.gateway.tokens import Principal, store_token
 from services.runtime.settings import Settings
+from tests.integration.test_forwarder_lookups import chunked
 from tests.integration.test_gateway import (
     AGENT_TOKEN,
     TENANT_TOKEN,
@@ -34,14 +34,6 @@ from tests.kafka_tools import read_topic
 pytestmark = pytest.mark.integration
 
 RUNAWAY_TOKEN = "tok-agent-runaway"
-
-
-def chunked(body: bytes) -> AsyncIterator[bytes]:
-    async def chunks() -> AsyncIterator[bytes]:
-        yield body[: len(body) // 2]
-        yield body[len(body) // 2 :]
-
-    return chunks()
 
 
 def seen(answer: httpx.Response) -> tuple[int, Any, str | None, str | None]:
