@@ -14,7 +14,7 @@ So validation errors, the 503 and the OpenAPI document stay defined in one
 place (services/forwarder/app.py), and tests/integration/test_forwarder_watch_answers.py
 checks that both ways give the same stream.
 
-Request ids and the request metrics are those of services/runtime/http.py.
+Request ids and the request metrics are those of the app (services/runtime/lean_http.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.forwarder.lookups import MAX_VPC_ID_CHARS, plain_query
 from services.forwarder.watch import WatchFilter, WatchHub
 from services.forwarder.watch_stream import NDJSON, send_watch
-from services.runtime.http import REQUEST_ID_HEADER, REQUEST_SECONDS, REQUESTS
-from services.runtime.lean_http import request_id_for
+from services.runtime.http import REQUEST_ID_HEADER
+from services.runtime.lean_http import LeanAnswers, request_id_for
 
 WATCH_PATH = "/v1/routes:watch"
 MAX_HOST_ID_CHARS = 128
@@ -66,7 +66,7 @@ class RouteWatches:
         self.hub = hub
         self.ready = ready
         self.heartbeat_seconds = heartbeat_seconds
-        self.service = service
+        self.answers = LeanAnswers(service)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -96,8 +96,7 @@ class RouteWatches:
             )
         finally:
             # Counted when the stream ends, as RequestContext counts FastAPI's way.
-            REQUESTS.labels(self.service, "GET", WATCH_PATH, "200").inc()
-            REQUEST_SECONDS.labels(self.service, "GET", WATCH_PATH).observe(time.perf_counter() - started)
+            self.answers.count("GET", WATCH_PATH, 200, started)
 
 
 def watch_query(query: bytes) -> WatchQuery | None:

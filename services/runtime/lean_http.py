@@ -78,7 +78,11 @@ class LeanAnswers:
         sent = [_JSON, (b"content-length", b"%d" % len(body)), (_ID_HEADER, request_id.encode()), *headers]
         await send({"type": "http.response.start", "status": status, "headers": sent})
         await send({"type": "http.response.body", "body": body})
-        counter, seconds = self._metrics_for(scope["method"], route, status)
+        self.count(scope["method"], route, status, started)
+
+    def count(self, method: str, route: str, status: int, started: float) -> None:
+        """Count an answered request as the app's RequestContext does (a stream: when it ends)."""
+        counter, seconds = self._metrics_for(method, route, status)
         counter.inc()
         seconds.observe(time.perf_counter() - started)
 
