@@ -39,7 +39,7 @@ from services.dev.walkthrough import Tenant, WalkthroughError
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_consumer, topic_name
 from services.runtime.settings import Settings
-from services.runtime.stream import group_id
+from services.runtime.worker import group_id
 
 OLD, NEW = "i-demo-web1", "i-demo-web2"
 WARM_UP_SECONDS = 5.0  # the load reaches its pace, and a backlog (if the workers fall behind) starts to show

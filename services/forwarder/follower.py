@@ -32,10 +32,9 @@ from collections.abc import Iterable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from pydantic import ValidationError
 
 from schemas import topics
-from schemas.errors import ErrorCode, HaVipError
+from schemas.errors import ErrorCode, HaVipError, Unappliable
 from schemas.messages import HaVipMappingChanged
 from services.forwarder.metrics import (
     APPLIED,
@@ -49,6 +48,7 @@ from services.forwarder.metrics import (
 )
 from services.forwarder.routes import RouteState, RouteTable
 from services.readmodel.mappings import stream_route_rows
+from services.runtime.consume import Delivery, Kernel, Registry
 from services.runtime.deadletters import DeadLetters
 from services.runtime.kafka import new_consumer, new_producer, topic_name
 from services.runtime.settings import Settings
@@ -81,6 +81,10 @@ class MappingFollower:
         self._producer: AIOKafkaProducer | None = None
         self._dead_letters: DeadLetters | None = None
         self._task: asyncio.Task[None] | None = None
+        registry = Registry()
+        registry.read(self._topic, topics.MAPPINGS, check=_keyed_by_havip)
+        registry.on(HaVipMappingChanged, self._on_mapping)
+        self._kernel = Kernel(CONSUMER_NAME, registry, self._dead_letter_sink)
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -241,60 +245,45 @@ class MappingFollower:
 
     async def _handle(self, records: Iterable[ConsumerRecord[bytes, bytes]]) -> None:
         assert self._next is not None
+        deliveries = []
         for record in records:
-            tp = TopicPartition(record.topic, record.partition)
             if record.value is None:
                 # A tombstone carries no version to order it by; deletion
                 # travels as a `Deleted` state, so there is nothing to do.
                 STALE.inc()
             else:
-                mapping, problem = _parse(record)
-                if mapping is None:
-                    await self._dead_letter(record, problem)
-                else:
-                    try:
-                        changed = self._apply(mapping)
-                    except HaVipError as exc:
-                        await self._dead_letter(record, f"unusable address: {exc}")
-                    else:
-                        if changed:
-                            now = time.time()
-                            APPLY_LAG.set(max(0.0, now - mapping.occurred_at.timestamp()))
-                            if mapping.report_received_at is not None:
-                                CONVERGENCE.observe(max(0.0, now - mapping.report_received_at.timestamp()))
-            self._next[tp] = record.offset + 1
+                deliveries.append(Delivery(record.topic, record.partition, record.offset, record.key, record.value))
+        # In memory only: nothing here waits for a database or can be worth reading again.
+        await self._kernel.apply(deliveries)
+        for record in records:
+            self._next[TopicPartition(record.topic, record.partition)] = record.offset + 1
         TABLE_SIZE.set(len(self.table))
 
-    def _apply(self, mapping: HaVipMappingChanged) -> bool:
-        if self.table.apply(mapping):
-            APPLIED.labels("stream").inc()
-            return True
-        STALE.inc()
-        return False
+    async def _on_mapping(self, mapping: HaVipMappingChanged) -> None:
+        try:
+            changed = self.table.apply(mapping)
+        except HaVipError as exc:
+            raise Unappliable(ErrorCode.MALFORMED_MESSAGE, f"unusable address: {exc}") from exc
+        if not changed:
+            STALE.inc()
+            return
+        APPLIED.labels("stream").inc()
+        now = time.time()
+        APPLY_LAG.set(max(0.0, now - mapping.occurred_at.timestamp()))
+        if mapping.report_received_at is not None:
+            CONVERGENCE.observe(max(0.0, now - mapping.report_received_at.timestamp()))
 
-    async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
+    def _dead_letter_sink(self) -> DeadLetters:
         assert self._dead_letters is not None
-        await self._dead_letters.send(
-            source_topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            code=ErrorCode.MALFORMED_MESSAGE,
-            reason=reason,
-        )
+        return self._dead_letters
 
 
-def _parse(record: ConsumerRecord[bytes, bytes]) -> tuple[HaVipMappingChanged | None, str]:
-    try:
-        mapping: HaVipMappingChanged = topics.MAPPINGS.parse(record.value)
-    except ValidationError as exc:
-        return None, str(exc)
+def _keyed_by_havip(delivery: Delivery, mapping: HaVipMappingChanged) -> str | None:
     # Compaction keeps the last record per key: a key that is not the HAVIP
     # would let compaction drop this HAVIP's state or keep a stale one.
-    if record.key is not None and record.key != mapping.havip_id.encode():
-        return None, f"key {record.key!r} is not the havip_id {mapping.havip_id!r}"
-    return mapping, ""
+    if delivery.key is not None and delivery.key != mapping.havip_id.encode():
+        return f"key {delivery.key!r} is not the havip_id {mapping.havip_id!r}"
+    return None
 
 
 async def _quietly_stop(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:

@@ -13,13 +13,11 @@ import logging
 import time
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 
 from schemas.errors import ErrorCode, HaVipError
+from services.runtime.transient import BROKER_UNAVAILABLE
 
 log = logging.getLogger(__name__)
-
-FAILURES = (TimeoutError, KafkaError, OSError)
 
 
 class BrokerLink:
@@ -40,10 +38,10 @@ class BrokerLink:
             )
 
     async def publish(self, topic: str, key: bytes, value: bytes) -> None:
-        """Publish within the deadline; raises one of FAILURES (and marks the link down) when it could not."""
+        """Publish within the deadline; raises one of BROKER_UNAVAILABLE (and marks the link down) when it could not."""
         try:
             await asyncio.wait_for(self._producer.send_and_wait(topic, key=key, value=value), self._timeout)
-        except FAILURES:
+        except BROKER_UNAVAILABLE:
             self._mark_down()
             raise
         self._mark_up()
@@ -52,7 +50,7 @@ class BrokerLink:
         """Ask the broker for metadata; True (and the link up) when it answers."""
         try:
             answered = await asyncio.wait_for(self._producer.client.force_metadata_update(), self._timeout)
-        except FAILURES:
+        except BROKER_UNAVAILABLE:
             answered = False
         if answered:
             self._mark_up()

@@ -23,8 +23,9 @@ from datetime import timedelta
 
 import asyncpg
 
-from services.gateway.broker import FAILURES, BrokerLink
+from services.gateway.broker import BrokerLink
 from services.runtime.tasks import cancel_and_wait
+from services.runtime.transient import BROKER_UNAVAILABLE, TRANSIENT
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Outbox:
                 return True  # already delivered (by the relay, or a replay of this request)
             try:
                 await self._broker.publish(self._topic, row["topic_key"].encode(), row["value"])
-            except FAILURES as exc:
+            except BROKER_UNAVAILABLE as exc:
                 log.warning("command kept for the relay operation=%s error=%r", operation_id, exc)
                 return False
             await conn.execute("UPDATE command_outbox SET published_at = now() WHERE operation_id = $1", operation_id)
@@ -109,6 +110,6 @@ class Outbox:
         while True:
             try:
                 await self.relay_once()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+            except (*TRANSIENT, asyncpg.PostgresError) as exc:
                 log.warning("outbox relay failed, retrying: %r", exc)
             await asyncio.sleep(self._relay_every)

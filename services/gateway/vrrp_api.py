@@ -22,7 +22,6 @@ from schemas import topics
 from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import VrrpReported, utcnow
 from services.gateway.auth import Agent
-from services.gateway.broker import FAILURES
 from services.gateway.context import GatewayContext, gateway_context
 from services.gateway.models import (
     VrrpEventAccepted,
@@ -34,9 +33,9 @@ from services.gateway.models import (
 )
 from services.gateway.observability import AGENT_DIRECTORY_ANSWERS, VRRP_REPORTS_ACCEPTED
 from services.readmodel.reporters import ReporterStanding, reporter_standing
-from services.runtime.db import DATABASE_UNAVAILABLE
 from services.runtime.http import DATABASE_RETRY_AFTER_SECONDS
 from services.runtime.openapi import ErrorBody
+from services.runtime.transient import BROKER_UNAVAILABLE, DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ async def publish_report(context: GatewayContext, tenant_id: str, instance_id: s
     context.broker.require_reachable()
     try:
         await context.broker.publish(context.vrrp_topic, body.havip_id.encode(), topics.encode(report))
-    except FAILURES as exc:
+    except BROKER_UNAVAILABLE as exc:
         log.warning("VRRP report not published havip=%s instance=%s error=%r", body.havip_id, instance_id, exc)
         raise HaVipError(
             ErrorCode.SERVICE_UNAVAILABLE,

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import faust
-
-from schemas import topics
+from schemas import messages, topics
 from schemas.errors import InventoryMiss
 from schemas.messages import CommandRejected, CommandResult
 from services.quota.ledger import Command, QuotaLedger
 from services.quota.rules import Limits
+from services.runtime.consume import Kernel, Registry
+from services.runtime.group import Lane
 from services.runtime.inventory import InventoryChange, record_inventory
 from services.runtime.kafka import ConsumerGroupProgress, topic_name
 from services.runtime.logs import setup_logging
-from services.runtime.records import handle_stream
 from services.runtime.settings import Settings
-from services.runtime.stream import new_worker, raw_topic, run_worker
+from services.runtime.worker import Worker, WorkerResources, run_worker
 
 
-def build_app(settings: Settings) -> faust.App:
-    app, resources = new_worker(settings, "quota", settings.quota_port)
+def build(resources: WorkerResources) -> Worker:
+    settings = resources.settings
     limits = Limits(
         attachments_per_havip=settings.max_attachments_per_havip,
         havips_per_instance=settings.max_havips_per_instance,
@@ -26,7 +25,10 @@ def build_app(settings: Settings) -> faust.App:
         havips=settings.max_havips_per_tenant,
     )
 
-    inventory_progress = ConsumerGroupProgress(settings, app.conf.id, topic_name(settings, topics.INVENTORY))
+    commands, results, inventory = (
+        topic_name(settings, topic) for topic in (topics.COMMANDS, topics.RESULTS, topics.INVENTORY)
+    )
+    inventory_progress = ConsumerGroupProgress(settings, resources.group_id, inventory)
 
     async def on_command(command: Command) -> None:
         ledger = QuotaLedger(resources.pool, limits)
@@ -55,23 +57,25 @@ def build_app(settings: Settings) -> faust.App:
         async with resources.pool.acquire() as conn:
             await record_inventory(conn, change, "quota")
 
-    @app.agent(raw_topic(app, settings, topics.COMMANDS))
-    async def commands(stream: faust.StreamT) -> None:
-        await handle_stream(resources, stream, {topic_name(settings, topics.COMMANDS): (topics.COMMANDS, on_command)})
-
-    @app.agent(raw_topic(app, settings, topics.RESULTS))
-    async def results(stream: faust.StreamT) -> None:
-        await handle_stream(resources, stream, {topic_name(settings, topics.RESULTS): (topics.RESULTS, on_result)})
-
-    @app.agent(raw_topic(app, settings, topics.INVENTORY))
-    async def inventory(stream: faust.StreamT) -> None:
-        await handle_stream(
-            resources, stream, {topic_name(settings, topics.INVENTORY): (topics.INVENTORY, on_inventory)}
-        )
-
-    return app
+    registry = Registry()
+    registry.read(commands, topics.COMMANDS)
+    registry.read(results, topics.RESULTS)
+    registry.read(inventory, topics.INVENTORY)
+    registry.on(messages.HaVipCommand, on_command)
+    registry.on(messages.CommandResult, on_result)
+    registry.on(messages.InventoryRecord, on_inventory)
+    kernel = Kernel("quota", registry, lambda: resources.dead_letters)
+    # Each topic its own lane: a command that waits for the inventory to catch up must not hold
+    # up the inventory lane that lets it.
+    return Worker(
+        lanes=[
+            Lane("commands", [commands], kernel, max_records=50),
+            Lane("results", [results], kernel),
+            Lane("inventory", [inventory], kernel),
+        ]
+    )
 
 
 def run(settings: Settings) -> None:
     setup_logging("quota", settings.log_level)
-    run_worker(build_app(settings), settings)
+    run_worker(settings, "quota", settings.quota_port, build)

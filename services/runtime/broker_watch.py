@@ -4,8 +4,8 @@ Readiness must say "connected to the broker", and a broker can come back
 without what it held: the embedded broker keeps topics in memory, and a
 cluster can be rebuilt under a running system. Nothing in the Kafka protocol
 says so outright. Consumers find their position past the end and quietly
-reset, commits fail with UnknownTopicOrPartition, and a faust worker skips
-every record whose offset it believes it has already read. So each service
+reset, commits fail with UnknownTopicOrPartition, and a worker's group
+offsets point into a log that no longer exists. So each service
 looks for itself, about once a second:
 
 - the broker answers a metadata request (else, after a short grace, unready);
@@ -37,6 +37,7 @@ from schemas.topics import ALL
 from services.runtime.kafka import ensure_topics, new_admin, new_consumer, topic_name
 from services.runtime.settings import Settings
 from services.runtime.tasks import cancel_and_wait
+from services.runtime.transient import TRANSIENT
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ class BrokerWatch:
             rows = await self._pool.fetch(
                 "SELECT topic, partition, end_offset FROM broker_watermarks WHERE service = $1", self._service
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        except (*TRANSIENT, asyncpg.PostgresError) as exc:
             log.debug("broker watermarks not loaded yet: %r", exc)  # the marks in memory guard meanwhile
             return
         stored = {
@@ -267,7 +268,7 @@ class BrokerWatch:
                 f" ON CONFLICT (service, topic, partition) DO UPDATE SET end_offset = {keep}, seen_at = now()",
                 [(self._service, tp.topic, tp.partition, end) for tp, end in ends.items()],
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        except (*TRANSIENT, asyncpg.PostgresError) as exc:
             log.debug("broker watermarks not saved: %r", exc)
 
 

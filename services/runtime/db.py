@@ -40,22 +40,6 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda mig: mig.version)
 
 
-# What a request meets while PostgreSQL is away (stopped, restarting, unreachable): the caller
-# should retry later. Anything else from the database is a bug and stays a 500.
-DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError,
-    asyncpg.TooManyConnectionsError,
-    # A connection whose server died under it can be left mid-protocol; the next statement on it
-    # fails with "cannot switch to state ...; another operation is in progress" (seen in the chaos
-    # test while PostgreSQL restarted).
-    asyncpg.InternalClientError,
-)
-
 # A connection attempt gives up after this long, so a request never waits on a database that
 # does not answer for longer than a client would.
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -71,8 +55,8 @@ async def connect_pool(
 ) -> asyncpg.Pool:
     """A pool, retrying while the database is still starting.
 
-    `command_timeout`: a statement that has not answered by then raises TimeoutError (one of
-    DATABASE_UNAVAILABLE), so a database that hangs is an outage, not a request that never ends.
+    `command_timeout`: a statement that has not answered by then raises TimeoutError (transient:
+    services/runtime/transient.py), so a database that hangs is an outage, not a request that never ends.
     """
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

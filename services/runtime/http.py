@@ -30,9 +30,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from schemas.errors import ErrorCode, HaVipError
 from schemas.ipv4 import IPV4_PATTERN
-from services.runtime.db import DATABASE_UNAVAILABLE
 from services.runtime.docs import serve_docs_offline
 from services.runtime.openapi import document_error_answers
+from services.runtime.transient import DATABASE_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 

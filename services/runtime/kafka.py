@@ -28,7 +28,7 @@ def topic_name(settings: Settings, topic: Topic) -> str:
 
 
 def security_options(settings: Settings) -> dict[str, object]:
-    """How every client reaches the cluster: aiokafka's TLS and SASL arguments (faust's follow from these)."""
+    """How every client reaches the cluster: the TLS and SASL arguments of every aiokafka client."""
     protocol = settings.kafka_security_protocol
     # Said when the first client is made, at start, rather than as an authentication failure
     # retried forever. Not in Settings: `havip migrate` needs no broker and gets no credentials.

@@ -14,7 +14,7 @@ class Settings(BaseSettings):
 
     kafka_bootstrap: str = "127.0.0.1:9092"
     # A real cluster (Strimzi: SCRAM-SHA-512 over TLS) wants SASL_SSL; the embedded broker PLAINTEXT.
-    # Every client (aiokafka and faust alike) gets these through services.runtime.kafka.
+    # Every client gets these through services.runtime.kafka.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
     kafka_sasl_username: str = ""

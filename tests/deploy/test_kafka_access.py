@@ -12,7 +12,7 @@ from collections import defaultdict
 from schemas.topics import ALL, PLATFORM, SERVICES
 from tests.deploy.conftest import Manifest, named, of_kind, settings_data
 
-# Consumer groups by principal (services/runtime/stream.py group_id, services/gateway/results.py);
+# Consumer groups by principal (services/runtime/worker.py group_id, services/gateway/results.py);
 # the forwarder assigns partitions itself and has none.
 GROUPS = {"gateway": "havip-gateway", "quota": "havip-quota", "mapping": "havip-mapping", PLATFORM: "havip-platform"}
 

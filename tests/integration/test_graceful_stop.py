@@ -20,11 +20,11 @@ from schemas import topics
 from services.gateway.tokens import Principal, store_token
 from services.runtime.kafka import new_admin, new_consumer, topic_name
 from services.runtime.settings import Settings
-from services.runtime.stream import group_id
+from services.runtime.worker import group_id
 from tests.conftest import Infra
 from tests.inventory_tools import Publisher, inventory
 
-# Generous for a loaded 2-core machine; a stop measured here takes 2.5 s (2 s of it faust gathering its tasks).
+# Generous for a loaded 2-core machine.
 STOP_WITHIN_SECONDS = 15
 # Longer than the workers' usual 2 s, so that a group found empty right after the stop shows the
 # workers left it: a member that had not would stay in it for this long. (The embedded broker holds

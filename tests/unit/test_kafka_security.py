@@ -1,6 +1,6 @@
 """Kafka TLS and SASL (SCRAM) for a real cluster: from HAVIP_* variables to every client's arguments.
 
-No broker here: the settings must build what aiokafka and faust are handed, and the clients
+No broker here: the settings must build what every aiokafka client is handed, and the clients
 must take it. Reaching a real SASL_SSL listener needs a cluster (deploy/README.md).
 """
 
@@ -10,18 +10,15 @@ import datetime
 import ssl
 from pathlib import Path
 
-import faust
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from pydantic import ValidationError
 
 from services.runtime.kafka import new_admin, new_consumer, new_producer, security_options
 from services.runtime.settings import Settings
-from services.runtime.stream import broker_credentials
 
 CA_NAME = "havip-test-cluster-ca"
 
@@ -76,7 +73,6 @@ def _trusts_only_our_ca(context: object) -> None:
 def test_by_default_clients_speak_plaintext_as_the_embedded_broker_does() -> None:
     settings = Settings()
     assert security_options(settings) == {"security_protocol": "PLAINTEXT"}
-    assert broker_credentials(settings) is None
 
 
 @pytest.mark.usefixtures("strimzi_env")
@@ -91,35 +87,21 @@ def test_scram_over_tls_from_the_environment_builds_aiokafka_arguments() -> None
     _trusts_only_our_ca(options["ssl_context"])
 
 
-@pytest.mark.usefixtures("strimzi_env")
-def test_the_stream_workers_get_the_same_through_faust() -> None:
-    settings = Settings()
-    credentials = broker_credentials(settings)
-    assert isinstance(credentials, faust.SASLCredentials)
-    # faust turns its credentials into aiokafka arguments itself: they must be ours.
-    translated = dict(credentials_to_aiokafka_auth(credentials))
-    assert _without_context(translated) == _without_context(security_options(settings))
-    _trusts_only_our_ca(translated["ssl_context"])
-
-
 def test_tls_alone_and_scram_without_tls(ca_file: Path) -> None:
     tls = Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=str(ca_file))
     assert _without_context(security_options(tls)) == {"security_protocol": "SSL"}
-    credentials = broker_credentials(tls)
-    assert isinstance(credentials, faust.SSLCredentials)
-    assert dict(credentials_to_aiokafka_auth(credentials))["security_protocol"] == "SSL"
+    _trusts_only_our_ca(security_options(tls)["ssl_context"])
 
     plain = Settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u", kafka_sasl_password="p")
     assert "ssl_context" not in security_options(plain)
-    translated = dict(credentials_to_aiokafka_auth(broker_credentials(plain)))
-    assert translated["security_protocol"] == "SASL_PLAINTEXT" and translated["ssl_context"] is None
+    assert security_options(plain)["security_protocol"] == "SASL_PLAINTEXT"
 
 
 def test_incomplete_credentials_are_refused_when_the_first_client_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HAVIP_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("HAVIP_KAFKA_SASL_USERNAME", "havip-quota")
     settings = Settings()  # `havip migrate` needs no broker: the settings load without a password
-    for build in (security_options, broker_credentials, new_producer):
+    for build in (security_options, new_producer):
         with pytest.raises(ValueError, match="HAVIP_KAFKA_SASL_USERNAME and HAVIP_KAFKA_SASL_PASSWORD"):
             build(settings)  # type: ignore[operator]
     monkeypatch.setenv("HAVIP_KAFKA_SASL_PASSWORD", "s3cret")
