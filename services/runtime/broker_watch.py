@@ -3,21 +3,28 @@
 Readiness must say "connected to the broker", and a broker can come back
 without what it held: the embedded broker keeps topics in memory, and a
 cluster can be rebuilt under a running system. Nothing in the Kafka protocol
-says so outright. Consumers find their position past the end and quietly
+says so outright: consumers find their position past the end and quietly
 reset, commits fail with UnknownTopicOrPartition, and a worker's group
-offsets point into a log that no longer exists. So each service
-looks for itself, about once a second:
+offsets point into a log that no longer exists. So each service looks for
+itself, about once a second:
 
 - the broker answers a metadata request (else, after a short grace, unready);
 - every topic of the registry exists (else it is created, when allowed);
-- no partition's end offset is below the highest one seen. Kafka never moves
-  an end offset back (retention and compaction move the start), so a smaller
-  one means the log was lost. The highest offsets are kept in memory and in
-  `broker_watermarks`, so a service that was down when it happened notices
-  too.
+- every topic has the id it had before (services/runtime/topic_ids.py): a topic
+  made again has a new one, even when the same records were written to it again;
+- now and then (`HAVIP_BROKER_LOG_CHECK_SECONDS`, and at the first look), no
+  partition's end offset is below the highest one seen. Kafka never moves an end
+  offset back (retention and compaction move the start), so a smaller one means
+  the log was lost in place. Not every second: the embedded broker (Tansu 0.6)
+  answers it by walking every batch the partition ever held, and five services
+  asking every second made it the busiest process of a long-running stack
+  (docs/benchmarks.md).
 
-On a loss the service is unready while its `on_lost` recovery runs (each
-service knows what it must redo); then the new end offsets become the marks.
+The ids and the highest offsets are kept in memory and in PostgreSQL
+(`broker_topic_ids`, `broker_watermarks`), so a service that was down when it
+happened notices too. On a loss the service is unready while its `on_lost`
+recovery runs (each service knows what it must redo); then what it sees now
+becomes what it compares with.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -37,6 +46,7 @@ from schemas.topics import ALL
 from services.runtime.kafka import ensure_topics, new_admin, new_consumer, topic_name
 from services.runtime.settings import Settings
 from services.runtime.tasks import cancel_and_wait
+from services.runtime.topic_ids import topic_ids
 from services.runtime.transient import TRANSIENT
 
 log = logging.getLogger(__name__)
@@ -44,6 +54,7 @@ log = logging.getLogger(__name__)
 LOSSES = Counter("havip_broker_log_losses_total", "Times the broker was found to have lost our topics", ["service"])
 
 Marks = Mapping[TopicPartition, int]
+TopicIds = Mapping[str, uuid.UUID]
 
 
 @dataclass(frozen=True)
@@ -58,17 +69,27 @@ class LogCheck:
         return not self.missing and not self.lost
 
 
-def compare_logs(marks: Marks, ends: Marks, wanted: Iterable[str], present: Iterable[str]) -> LogCheck:
-    """Judge one look at the broker against the highest end offsets seen before.
+def compare_logs(
+    marks: Marks,
+    ends: Marks | None,
+    wanted: Iterable[str],
+    present: Iterable[str],
+    known_ids: TopicIds | None = None,
+    ids: TopicIds | None = None,
+) -> LogCheck:
+    """Judge one look at the broker against what was seen before.
 
-    A topic is lost when it had records and is gone, or when any of its
-    partitions ends below its mark (a partition that vanished ends at 0).
+    A topic is lost when it had records and is gone, when its id is not the one
+    it had (it was made again), or, when this look read end offsets, when any
+    of its partitions ends below its mark (a partition that vanished ends at 0).
     """
     present_set = set(present)
     missing = frozenset(set(wanted) - present_set)
-    lost = {
-        tp.topic for tp, mark in marks.items() if mark > 0 and (tp.topic not in present_set or ends.get(tp, 0) < mark)
-    }
+    lost = {tp.topic for tp, mark in marks.items() if mark > 0 and tp.topic not in present_set}
+    if ends is not None:
+        lost |= {tp.topic for tp, mark in marks.items() if mark > 0 and ends.get(tp, 0) < mark}
+    if known_ids and ids:
+        lost |= {topic for topic, topic_id in ids.items() if known_ids.get(topic, topic_id) != topic_id}
     return LogCheck(missing=missing, lost=frozenset(lost))
 
 
@@ -106,7 +127,11 @@ class BrokerWatch:
         self._timeout = timeout_seconds
         self._wanted = {topic_name(settings, topic) for topic in ALL}
         self._marks: dict[TopicPartition, int] = {}
+        self._ids: dict[str, uuid.UUID] = {}
+        self._saved_ids: dict[str, uuid.UUID] = {}
         self._marks_loaded = False
+        self._offsets_every = settings.broker_log_check_seconds
+        self._offsets_read_at: float | None = None
         self._failures = 0
         self._last_error = ""
         self._missing: frozenset[str] = frozenset()
@@ -167,9 +192,13 @@ class BrokerWatch:
         """Look once, create missing topics, and recover from a lost log. Raises when the broker is away."""
         consumer, admin = await self._clients()
         present = set(await consumer.topics()) & self._wanted
-        ends = await self._end_offsets(consumer, admin, present)
+        ids = await topic_ids(consumer._client, present)
+        ends: dict[TopicPartition, int] | None = None
+        if self._offsets_read_at is None or time.monotonic() - self._offsets_read_at >= self._offsets_every:
+            ends = await self._end_offsets(consumer, admin, present)
+            self._offsets_read_at = time.monotonic()
         await self._load_marks()
-        check = compare_logs(self._marks, ends, self._wanted, present)
+        check = compare_logs(self._marks, ends, self._wanted, present, self._ids, ids)
         self.looks += 1
         self._missing = check.missing
         if check.missing and self._settings.create_topics:
@@ -177,13 +206,18 @@ class BrokerWatch:
             if created:
                 log.warning("created missing topics: %s", ", ".join(created))
         if check.lost:
-            await self._recover(check, ends)
+            if ends is None:  # what the new logs hold now: the marks start again from there
+                ends = await self._end_offsets(consumer, admin, present)
+            await self._recover(check, ends, ids)
         else:
-            self._marks = raised_marks(self._marks, ends)
-            await self._save_marks(ends)
+            self._ids.update(ids)
+            await self._save_ids()
+            if ends is not None:
+                self._marks = raised_marks(self._marks, ends)
+                await self._save_marks(ends)
         return check
 
-    async def _recover(self, check: LogCheck, ends: Marks) -> None:
+    async def _recover(self, check: LogCheck, ends: Marks, ids: TopicIds) -> None:
         LOSSES.labels(self._service).inc()
         self._recovering = f"the broker lost topics {', '.join(sorted(check.lost))}; recovering"
         log.warning("%s (end offsets now %s)", self._recovering, _describe(ends, check.lost))
@@ -194,6 +228,8 @@ class BrokerWatch:
             self._marks = {tp: mark for tp, mark in self._marks.items() if tp.topic not in check.lost}
             self._marks.update(ends)
             await self._save_marks(ends, replace=True)
+            self._ids.update(ids)
+            await self._save_ids()
         except BaseException:
             self._recovering = None  # looked at again next time: the marks still say it was lost
             raise
@@ -254,8 +290,34 @@ class BrokerWatch:
         stored = {
             TopicPartition(r["topic"], r["partition"]): r["end_offset"] for r in rows if r["topic"] in self._wanted
         }
+        try:
+            id_rows = await self._pool.fetch(
+                "SELECT topic, topic_id FROM broker_topic_ids WHERE service = $1", self._service
+            )
+        except (*TRANSIENT, asyncpg.PostgresError) as exc:
+            log.debug("broker topic ids not loaded yet: %r", exc)
+            return
         self._marks = raised_marks(stored, self._marks)
+        # What this process saw itself is newer than what an earlier one stored.
+        self._saved_ids = {r["topic"]: r["topic_id"] for r in id_rows if r["topic"] in self._wanted}
+        self._ids = {**self._saved_ids, **self._ids}
         self._marks_loaded = True
+
+    async def _save_ids(self) -> None:
+        """Best effort, and only what changed: the ids in memory guard this process meanwhile."""
+        changed = {topic: topic_id for topic, topic_id in self._ids.items() if self._saved_ids.get(topic) != topic_id}
+        if self._pool is None or not changed:
+            return
+        try:
+            await self._pool.executemany(
+                "INSERT INTO broker_topic_ids (service, topic, topic_id) VALUES ($1, $2, $3)"
+                " ON CONFLICT (service, topic) DO UPDATE SET topic_id = excluded.topic_id, seen_at = now()",
+                [(self._service, topic, topic_id) for topic, topic_id in changed.items()],
+            )
+        except (*TRANSIENT, asyncpg.PostgresError) as exc:
+            log.debug("broker topic ids not saved: %r", exc)
+            return
+        self._saved_ids.update(changed)
 
     async def _save_marks(self, ends: Marks, *, replace: bool = False) -> None:
         """Best effort: the marks in memory still guard this process while PostgreSQL is away."""

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     # A service that finds a topic missing (a new cluster, or a broker that lost its topics)
     # creates it. Turn off where topics are managed elsewhere (Strimzi KafkaTopic objects).
     create_topics: bool = True
+    # How often each service also reads where every partition ends, to notice a log lost in place
+    # (its topic kept its id). A topic made again is noticed every second by its id; this check
+    # costs the embedded broker a walk over every batch of every partition, so it is rare.
+    broker_log_check_seconds: float = Field(default=60.0, gt=0)
 
     http_host: str = "127.0.0.1"
     gateway_port: int = 8080

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from aiokafka import TopicPartition
 
 from services.runtime.broker_watch import compare_logs, raised_marks
@@ -41,3 +43,21 @@ def test_a_first_look_has_nothing_to_compare_with() -> None:
 
 def test_marks_only_rise() -> None:
     assert raised_marks({A0: 5, A1: 3}, {A0: 4, A1: 9, B0: 1}) == {A0: 5, A1: 9, B0: 1}
+
+
+def test_a_topic_made_again_is_lost_whatever_its_offsets_say() -> None:
+    # The same number of records was written to the new topic before anyone looked: only its id tells.
+    old, new = uuid.UUID(int=1), uuid.UUID(int=2)
+    check = compare_logs({A0: 5}, {A0: 5}, ["a", "b"], ["a", "b"], {"a": old, "b": old}, {"a": new, "b": old})
+    assert check.lost == {"a"}
+
+
+def test_a_look_without_end_offsets_still_sees_topics_gone_and_made_again() -> None:
+    old, new = uuid.UUID(int=1), uuid.UUID(int=2)
+    assert compare_logs({A0: 5, B0: 1}, None, ["a", "b"], ["b"], {"b": old}, {"b": old}).lost == {"a"}
+    assert compare_logs({A0: 5}, None, ["a"], ["a"], {"a": old}, {"a": new}).lost == {"a"}
+    assert compare_logs({A0: 5}, None, ["a"], ["a"], {"a": old}, {"a": old}).healthy
+
+
+def test_a_topic_seen_for_the_first_time_is_not_lost() -> None:
+    assert compare_logs({}, None, ["a"], ["a"], {}, {"a": uuid.UUID(int=7)}).healthy
