@@ -350,6 +350,11 @@ class VrrpState(StrEnum):
     STOP = "STOP"
 
 
+def report_order(seq: int, reported_at: datetime) -> tuple[int, datetime]:
+    """Where a report stands among its instance's reports: its agent numbers them, its clock breaks ties."""
+    return (seq, reported_at)
+
+
 class VrrpReported(Message):
     """One keepalived state transition on one instance, as its agent saw it."""
 

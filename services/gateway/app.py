@@ -18,6 +18,7 @@ from services.gateway.directory import AgentDirectory
 from services.gateway.directory_sync import DirectorySync
 from services.gateway.intake import ReportIntake
 from services.gateway.outbox import Outbox
+from services.gateway.renewals import RenewalLane
 from services.gateway.results import CommandResults
 from services.gateway.throttle import Throttle
 from services.runtime.broker_watch import BrokerWatch, LogCheck
@@ -67,6 +68,9 @@ def create_app(settings: Settings) -> FrontedApp:
             commands.start()
             stack.push_async_callback(commands.stop)
 
+            renewals = RenewalLane(pool, broker, topic_name(settings, topics.VRRP))
+            stack.push_async_callback(renewals.stop)
+
             results = CommandResults(settings, pool, DeadLetters(producer, settings, SERVICE))
             results.start()
             # Stopped before the producer and pool it uses (the stack unwinds in reverse).
@@ -94,6 +98,7 @@ def create_app(settings: Settings) -> FrontedApp:
                 broker=broker,
                 vrrp_topic=topic_name(settings, topics.VRRP),
                 directory=directory,
+                renewals=renewals,
                 throttle=throttle,
             )
             log.info("gateway started host=%s port=%s", settings.http_host, settings.gateway_port)

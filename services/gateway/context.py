@@ -11,6 +11,7 @@ from fastapi import Request
 from services.gateway.broker import BrokerLink
 from services.gateway.commands import CommandSubmitter
 from services.gateway.directory import AgentDirectory
+from services.gateway.renewals import ClaimMemory, RenewalLane
 from services.gateway.throttle import Throttle
 from services.runtime.settings import Settings
 
@@ -25,8 +26,12 @@ class GatewayContext:
     vrrp_topic: str
     # Agent tokens and attachments, in memory: VRRP reports need no database round trip.
     directory: AgentDirectory
+    # Lease renewals go to PostgreSQL, in batches; state changes to vrrp.events (renewals.py).
+    renewals: RenewalLane
     # Request rates per token, counted by this replica alone.
     throttle: Throttle = field(default_factory=Throttle)
+    # What this replica last saw of each claim: how it tells a renewal from a state change.
+    claims: ClaimMemory = field(default_factory=ClaimMemory)
 
 
 async def gateway_context(request: Request) -> GatewayContext:

@@ -163,15 +163,20 @@ async def publish_report(context: GatewayContext, tenant_id: str, instance_id: s
         received_at=now,
         lease_seconds=body.lease_seconds,
     )
-    context.broker.require_reachable()
-    try:
-        await context.broker.publish(context.vrrp_topic, body.havip_id.encode(), topics.encode(report))
-    except BROKER_UNAVAILABLE as exc:
-        log.warning("VRRP report not published havip=%s instance=%s error=%r", body.havip_id, instance_id, exc)
-        raise HaVipError(
-            ErrorCode.SERVICE_UNAVAILABLE,
-            "the report could not be queued; retry",
-            retry_after=context.broker.retry_after,
-        ) from exc
-    VRRP_REPORTS_ACCEPTED.labels(body.state.value).inc()
+    if context.claims.is_renewal(report):
+        # A heartbeat: kept out of the log, so no state change ever waits behind one (renewals.py).
+        await context.renewals.carry(report)
+    else:
+        context.broker.require_reachable()
+        try:
+            await context.broker.publish(context.vrrp_topic, body.havip_id.encode(), topics.encode(report))
+        except BROKER_UNAVAILABLE as exc:
+            log.warning("VRRP report not published havip=%s instance=%s error=%r", body.havip_id, instance_id, exc)
+            raise HaVipError(
+                ErrorCode.SERVICE_UNAVAILABLE,
+                "the report could not be queued; retry",
+                retry_after=context.broker.retry_after,
+            ) from exc
+        VRRP_REPORTS_ACCEPTED.labels(body.state.value).inc()
+    context.claims.saw(report)
     return report.message_id

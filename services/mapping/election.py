@@ -28,7 +28,7 @@ from datetime import datetime
 from enum import StrEnum
 from ipaddress import IPv4Address
 
-from schemas.messages import InstanceStatus, VrrpState
+from schemas.messages import InstanceStatus, VrrpState, report_order
 
 ELIGIBLE_STATUSES = frozenset({InstanceStatus.RUNNING})
 
@@ -65,8 +65,7 @@ class Report:
         return self.state is VrrpState.MASTER and (self.expires_at is None or at < self.expires_at)
 
     def newer_than(self, other: Report) -> bool:
-        # An agent numbers its reports; the sequence orders them, its clock breaks ties.
-        return (self.seq, self.reported_at) > (other.seq, other.reported_at)
+        return report_order(self.seq, self.reported_at) > report_order(other.seq, other.reported_at)
 
 
 class ReportVerdict(StrEnum):

@@ -9,23 +9,28 @@ redeliver). Forwarders apply a state only if its version is newer, so
 repeats are free.
 
 VRRP reports come in batches (see report_batch.py): a bounded number of
-statements per batch, however many reports it holds. A lease renewal that
-changes nothing (the common case: every live master renews every second) is
-one row of the batch's upsert and publishes nothing.
+statements per batch, however many reports it holds. Lease renewals (every
+live master renews every second) do not come through Kafka: gateways leave
+the newest one of each claim in `claim_renewals`, and `apply_renewals` takes
+them in batches, on the sweep's timer, through the same plan. A renewal that
+changes nothing (the common case) is one row of the batch's upsert and
+publishes nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import asyncpg
 from prometheus_client import Counter as MetricCounter
 
 from schemas import topics
-from schemas.errors import ErrorCode, HaVipError, Unappliable
+from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import (
     CommandRejected,
     CommandSucceeded,
@@ -38,7 +43,14 @@ from schemas.messages import (
 from services.mapping import store
 from services.mapping.commands import COMMAND_TYPE, AcceptedCommand, Reelect, apply_accepted
 from services.mapping.election import Contest, Report, Trigger, TriggerKind, elect, explain, lapse_due
-from services.mapping.report_batch import IncomingReport, LockedHavip, Refusal, ReportPlan, plan_reports
+from services.mapping.report_batch import (
+    IncomingReport,
+    LockedHavip,
+    Refusal,
+    ReportPlan,
+    in_arrival_order,
+    plan_reports,
+)
 from services.readmodel.mappings import load_mappings
 from services.runtime.inventory import InventoryChange, record_inventory
 
@@ -48,11 +60,18 @@ OWNER_CHANGES = MetricCounter("havip_owner_changes_total", "Owner changes", ["ca
 REPORTS = MetricCounter("havip_vrrp_reports_total", "VRRP reports by verdict", ["verdict"])
 
 UNPUBLISHED_READ = 1000
+# Renewals applied per transaction: a state change for one of their HAVIPs waits for at most
+# one such transaction's row locks, never for a backlog.
+RENEWALS_PER_TRANSACTION = 500
+# Rows of claims that stopped renewing are dropped this long after their last renewal.
+FORGET_RENEWALS_AFTER = timedelta(minutes=10)
 # Owner changes of one batch logged a line each; more are summed up in one line.
 OWNER_CHANGES_LOGGED_EACH = 10
 
 # Produces (key, value) records to a topic and returns once the broker has them all.
 Publish = Callable[[topics.Topic, Sequence[tuple[str, bytes]]], Awaitable[None]]
+# Keeps a renewal that cannot count where an operator sees it (the dead letters), with the reason.
+RefuseRenewal = Callable[[IncomingReport, Refusal], Awaitable[None]]
 
 
 def report_of(reported: VrrpReported) -> Report:
@@ -71,9 +90,11 @@ def report_of(reported: VrrpReported) -> Report:
 class OwnerTracker:
     """Applies accepted commands, VRRP reports, lease expiries and inventory changes to the mapping tables."""
 
-    def __init__(self, pool: asyncpg.Pool, publish: Publish) -> None:
+    def __init__(self, pool: asyncpg.Pool, publish: Publish, refuse_renewal: RefuseRenewal) -> None:
         self._pool = pool
         self._publish = publish
+        self._refuse_renewal = refuse_renewal
+        self._renewals_forgotten_at = 0.0
 
     async def on_accepted(self, command: AcceptedCommand) -> None:
         refusal: tuple[str, str] | None = None
@@ -124,35 +145,73 @@ class OwnerTracker:
 
         return reelect
 
-    async def on_report(self, reported: VrrpReported) -> None:
-        """One report: the batch path with a batch of one; Unappliable when it cannot count."""
-        for refusal in await self.on_reports([reported]):
-            raise Unappliable(refusal.code, refusal.message)
-
     async def on_reports(self, batch: Sequence[VrrpReported]) -> list[Refusal]:
-        """Apply reports in the order given, in one transaction; the ones that cannot count (by index)."""
+        """Apply reports in the order given, in one transaction; the ones that cannot count (by index).
+
+        The renewals gateways left for the same HAVIPs are applied with them, each where it
+        arrived (`in_arrival_order`): a state change is judged against claims as renewed by
+        then, and waits for no other HAVIP's renewals.
+        """
         incoming = [IncomingReport(r.havip_id, r.tenant_id, r.message_id, report_of(r)) for r in batch]
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await store.lock_havips(conn, {item.havip_id for item in incoming})
-            contests = await store.load_contests(conn, {row["havip_id"]: row["owner_target_id"] for row in rows})
-            locked = {
-                row["havip_id"]: LockedHavip(
-                    havip_id=row["havip_id"],
-                    tenant_id=row["tenant_id"],
-                    version=row["version"],
-                    published_version=row["published_version"],
-                    contest=contests[row["havip_id"]],
-                )
-                for row in rows
-            }
-            plan = plan_reports(locked, incoming)
-            await store.save_batch(conn, plan.reports, plan.havips, plan.outcomes)
-            # Read before the commit, on this connection: what is about to be committed, without
-            # another connection and its round trips on the failover path.
-            states = await self._states(conn, plan.publish, plan.caused_at)
+            renewals = await store.take_renewals(conn, len(incoming), {item.havip_id for item in incoming})
+            merged = in_arrival_order(incoming, renewals) if renewals else incoming
+            plan, states = await self._apply_reports(conn, merged)
         self._count(plan)
         await self._publish_states(states)
-        return plan.refusals
+        if not renewals:
+            return plan.refusals
+        # Refusals by index into `batch`; a refused renewal is dead-lettered here, as the sweep does.
+        position = {id(item): index for index, item in enumerate(incoming)}
+        refusals = []
+        for refusal in plan.refusals:
+            item = merged[refusal.index]
+            if id(item) in position:
+                refusals.append(replace(refusal, index=position[id(item)]))
+            else:
+                await self._refuse_renewal(item, refusal)
+        return refusals
+
+    async def apply_renewals(self) -> int:
+        """Apply the lease renewals gateways left since the last look, a transaction per batch; how many."""
+        applied = 0
+        while True:
+            async with self._pool.acquire() as conn, conn.transaction():
+                taken = await store.take_renewals(conn, RENEWALS_PER_TRANSACTION)
+                if not taken:
+                    return applied
+                # As they arrived: each is judged against the claims as the ones before it left them.
+                taken.sort(key=lambda item: item.report.received_at)
+                plan, states = await self._apply_reports(conn, taken)
+            self._count(plan)
+            await self._publish_states(states)
+            for refusal in plan.refusals:
+                await self._refuse_renewal(taken[refusal.index], refusal)
+            applied += len(taken)
+            if len(taken) < RENEWALS_PER_TRANSACTION:
+                return applied
+
+    async def _apply_reports(
+        self, conn: asyncpg.Connection, incoming: Sequence[IncomingReport]
+    ) -> tuple[ReportPlan, list[HaVipMappingChanged]]:
+        """Decide and store reports inside the caller's transaction; the plan, and the states to publish."""
+        rows = await store.lock_havips(conn, {item.havip_id for item in incoming})
+        contests = await store.load_contests(conn, {row["havip_id"]: row["owner_target_id"] for row in rows})
+        locked = {
+            row["havip_id"]: LockedHavip(
+                havip_id=row["havip_id"],
+                tenant_id=row["tenant_id"],
+                version=row["version"],
+                published_version=row["published_version"],
+                contest=contests[row["havip_id"]],
+            )
+            for row in rows
+        }
+        plan = plan_reports(locked, incoming)
+        await store.save_batch(conn, plan.reports, plan.havips, plan.outcomes)
+        # Read before the commit, on this connection: what is about to be committed, without
+        # another connection and its round trips on the failover path.
+        return plan, await self._states(conn, plan.publish, plan.caused_at)
 
     def _count(self, plan: ReportPlan) -> None:
         for verdict, count in plan.verdicts.items():
@@ -292,6 +351,14 @@ class OwnerTracker:
                 return published
 
     async def sweep(self) -> None:
-        """Run by every worker on a short timer: lapsed leases, then anything left unpublished."""
+        """Run by every worker on a short timer: renewals, then lapsed leases, then anything left unpublished.
+
+        Renewals first, so a claim renewed in time is never taken for lapsed because its renewal
+        was still waiting to be applied.
+        """
+        await self.apply_renewals()
         await self.expire_leases()
         await self.publish_unpublished()
+        if time.monotonic() - self._renewals_forgotten_at > FORGET_RENEWALS_AFTER.total_seconds() / 10:
+            self._renewals_forgotten_at = time.monotonic()
+            await store.forget_renewals(self._pool, FORGET_RENEWALS_AFTER)

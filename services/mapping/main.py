@@ -10,8 +10,9 @@ from schemas.errors import Unappliable
 from schemas.messages import VrrpReported
 from services.mapping import store
 from services.mapping.handlers import OwnerTracker
+from services.mapping.report_batch import IncomingReport, Refusal
 from services.runtime.broker_watch import LogCheck
-from services.runtime.consume import Kernel, Registry
+from services.runtime.consume import Delivery, Kernel, Registry
 from services.runtime.group import Lane
 from services.runtime.kafka import topic_name
 from services.runtime.logs import setup_logging
@@ -20,13 +21,35 @@ from services.runtime.worker import Timer, Worker, WorkerResources, run_worker
 
 log = logging.getLogger(__name__)
 
+# Where a refused lease renewal says it came from: the table gateways leave them in, not a topic.
+RENEWAL_LANE = "claim_renewals"
+
 
 def build(resources: WorkerResources) -> Worker:
     settings = resources.settings
     registry = Registry()
     kernel = Kernel("mapping", registry, lambda: resources.dead_letters)
 
-    tracker = OwnerTracker(resources.pool, resources.publish_many)
+    async def refuse_renewal(item: IncomingReport, refusal: Refusal) -> None:
+        # A renewal is never on Kafka: it is dead-lettered as the report it stands for.
+        report = item.report
+        assert report.expires_at is not None
+        value = VrrpReported(
+            message_id=item.message_id,
+            havip_id=item.havip_id,
+            tenant_id=item.tenant_id,
+            instance_id=report.instance_id,
+            state=report.state,
+            priority=report.priority,
+            seq=report.seq,
+            reported_at=report.reported_at,
+            received_at=report.received_at,
+            lease_seconds=(report.expires_at - report.received_at).total_seconds(),
+        )
+        delivery = Delivery(RENEWAL_LANE, -1, -1, item.havip_id.encode(), topics.encode(value))
+        await kernel.dead_letter(delivery, refusal.code, refusal.message)
+
+    tracker = OwnerTracker(resources.pool, resources.publish_many, refuse_renewal)
 
     async def republish_everything(_: LogCheck) -> None:
         # havip.mappings must hold every HAVIP's state (forwarders and data-plane agents start from it).
@@ -54,8 +77,8 @@ def build(resources: WorkerResources) -> Worker:
             Lane("havip-changes", [accepted, vrrp], kernel, max_records=settings.report_batch_max),
             Lane("inventory", [inventory], kernel),
         ],
-        # A lapsed lease has no message of its own: every worker looks on a timer (under the
-        # HAVIP's row lock, so two workers sweeping the same HAVIP change it once).
+        # Renewals are in PostgreSQL, and a lapsed lease has no message of its own: every worker
+        # looks on a timer (under the HAVIPs' row locks, so two workers never change one twice).
         timers=[Timer("lease sweep", settings.lease_sweep_interval_seconds, tracker.sweep)],
     )
 

@@ -158,6 +158,25 @@ def plan_reports(locked: Mapping[str, LockedHavip], incoming: Sequence[IncomingR
     return plan
 
 
+def in_arrival_order(reports: Sequence[IncomingReport], renewals: Sequence[IncomingReport]) -> list[IncomingReport]:
+    """Reports as read from the log, with the renewals of the same HAVIPs put where they arrived.
+
+    The log's order is kept: each renewal goes just before the first report that reached the
+    gateway after it, so every report is judged against the claims that were live when it
+    arrived, as if every renewal had been applied the moment it came.
+    """
+    waiting = sorted(renewals, key=lambda item: item.report.received_at)
+    merged: list[IncomingReport] = []
+    next_renewal = 0
+    for item in reports:
+        while next_renewal < len(waiting) and waiting[next_renewal].report.received_at <= item.report.received_at:
+            merged.append(waiting[next_renewal])
+            next_renewal += 1
+        merged.append(item)
+    merged.extend(waiting[next_renewal:])
+    return merged
+
+
 def havip_status(contest: Contest) -> HaVipStatus:
     """A HAVIP with an attachment is in use, whoever owns it."""
     return HaVipStatus.IN_USE if contest.candidates else HaVipStatus.AVAILABLE

@@ -17,7 +17,7 @@ import asyncpg
 
 from schemas.messages import InstanceStatus, VrrpState
 from services.mapping.election import Candidate, Contest, OwnerChange, Report, Trigger
-from services.mapping.report_batch import HavipAfter, OwnerOutcome, havip_status
+from services.mapping.report_batch import HavipAfter, IncomingReport, OwnerOutcome, havip_status
 
 _HAVIP_COLUMNS = "havip_id, tenant_id, owner_target_id, status, version, published_version"
 
@@ -239,3 +239,64 @@ async def save_outcome(
     if change is not None:
         await save_batch(conn, {}, {}, [OwnerOutcome(havip_id, version, owner, change, trigger)])
     return version
+
+
+# The renewals gateways left since the last look, marked taken in the same transaction that applies
+# them (a worker that dies first leaves them for the next look). SKIP LOCKED: two workers share them.
+_RENEWAL_COLUMNS = (
+    "r.havip_id, r.instance_id, r.tenant_id, r.message_id, r.priority, r.seq, r.reported_at, r.received_at,"
+    " r.lease_seconds"
+)
+_TAKE_RENEWALS = f"""
+UPDATE claim_renewals r SET taken = true
+  FROM (SELECT havip_id, instance_id FROM claim_renewals WHERE NOT taken LIMIT $1 FOR UPDATE SKIP LOCKED) t
+ WHERE r.havip_id = t.havip_id AND r.instance_id = t.instance_id
+RETURNING {_RENEWAL_COLUMNS}
+"""
+_TAKE_RENEWALS_OF = f"""
+UPDATE claim_renewals r SET taken = true
+  FROM (SELECT havip_id, instance_id FROM claim_renewals WHERE havip_id = ANY($1::text[]) AND NOT taken
+           FOR UPDATE SKIP LOCKED) t
+ WHERE r.havip_id = t.havip_id AND r.instance_id = t.instance_id
+RETURNING {_RENEWAL_COLUMNS}
+"""
+
+
+async def take_renewals(
+    conn: asyncpg.Connection, limit: int, havip_ids: Collection[str] | None = None
+) -> list[IncomingReport]:
+    """Lease renewals not applied yet, as reports (a renewal is a MASTER claim with a lease).
+
+    At most `limit`; or, given `havip_ids`, those of these HAVIPs (at most one per attached
+    instance each). Rows another transaction is taking are skipped: it applies them.
+    """
+    rows = (
+        await conn.fetch(_TAKE_RENEWALS, limit)
+        if havip_ids is None
+        else await conn.fetch(_TAKE_RENEWALS_OF, sorted(havip_ids))
+    )
+    return [
+        IncomingReport(
+            havip_id=row["havip_id"],
+            tenant_id=row["tenant_id"],
+            message_id=row["message_id"],
+            report=Report(
+                instance_id=row["instance_id"],
+                state=VrrpState.MASTER,
+                priority=row["priority"],
+                seq=row["seq"],
+                reported_at=row["reported_at"],
+                received_at=row["received_at"],
+                expires_at=row["received_at"] + timedelta(seconds=row["lease_seconds"]),
+            ),
+        )
+        for row in rows
+    ]
+
+
+async def forget_renewals(pool: asyncpg.Pool, older_than: timedelta) -> int:
+    """Drop the rows of claims that stopped renewing long ago; how many went."""
+    status = await pool.execute(
+        "DELETE FROM claim_renewals WHERE taken AND received_at < now() - $1::interval", older_than
+    )
+    return int(status.split()[-1])

@@ -62,7 +62,9 @@ async def test_the_intake_path_answers_what_fastapi_answers(settings: Settings, 
     await attach_in_db(db, "havip-1", "i-web1")
     await attach_in_db(db, "havip-2", "i-web2")
     agent = bearer(AGENT_TOKEN)
-    report = {"havip_id": "havip-1", "state": "MASTER", "priority": 150, "seq": 1, "lease_seconds": 2.5}
+    # No lease: a notify script's claim. Repeated claims with a lease would be lease renewals, which
+    # go to PostgreSQL rather than vrrp.events (tests/integration/test_renewal_lane.py).
+    report = {"havip_id": "havip-1", "state": "MASTER", "priority": 150, "seq": 1}
     # Each agent token may make 30 requests, then one every 100 s: the runaway below meets its limit.
     limits = {"agent_request_burst": 30, "agent_requests_per_second": 0.01}
     async with running_gateway(settings.model_copy(update=limits)) as gateway:
