@@ -1,15 +1,20 @@
 """What "try again later" means: the one classification of transient failures.
 
 A failure is transient when the same work can succeed unchanged once a dependency is back:
-PostgreSQL or the broker away, restarting or unreachable, or a transaction that lost a race
-(a deadlock, a serialization failure). Anything else is a bug or bad data, and retrying it
-forever would stop a partition: consumers dead-letter it instead, HTTP answers 500.
+PostgreSQL or the broker away, restarting or unreachable, a transaction that lost a race (a
+deadlock, a serialization failure), or a database not in a state to do it yet (a migration
+not applied, a table renamed, out of resources, shutting down: an operator puts that right,
+and a message dead-lettered meanwhile would be lost to its operation, which would stay
+Pending for good). Anything else is a bug or bad data (a value out of range, a constraint
+violated), and retrying it forever would stop a partition: consumers dead-letter it instead,
+HTTP answers 500.
 
-    TRANSIENT
+    is_transient
       ├── DATABASE_UNAVAILABLE   the database cannot be reached now (503 at the API)
       ├── BROKER_UNAVAILABLE     the broker cannot be reached now (503 at the API)
-      └── lost races             deadlock, serialization failure, a pooled connection in a bad
-                                 state: the transaction is done again
+      ├── lost races             deadlock, serialization failure, a pooled connection in a bad
+      │                          state: the transaction is done again
+      └── not ready              SQLSTATE classes 08, 42, 53, 57, 58
 """
 
 from __future__ import annotations
@@ -42,6 +47,13 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
+# Connection exception, undefined object or privilege, insufficient resources, operator
+# intervention, system error: the database, not the data, has to change for the work to succeed.
+_NOT_READY_CLASSES = frozenset({"08", "42", "53", "57", "58"})
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether the work that raised `exc` should be done again later, unchanged."""
-    return isinstance(exc, TRANSIENT)
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in _NOT_READY_CLASSES

@@ -32,7 +32,7 @@ from services.runtime.health import Health, health_app, serve_http
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
 from services.runtime.tasks import cancel_and_wait
-from services.runtime.transient import TRANSIENT
+from services.runtime.transient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,8 @@ async def _every(timer: Timer, resources: WorkerResources) -> None:
             continue
         try:
             await timer.work()
-        except TRANSIENT as exc:
-            log.warning("%s failed, retrying on the next tick: %r", timer.name, exc)
-        except Exception:  # a bug here must not stop the worker's consumers
-            log.exception("%s failed", timer.name)
+        except Exception as exc:  # a bug here must not stop the worker's consumers either
+            if is_transient(exc):
+                log.warning("%s failed, retrying on the next tick: %r", timer.name, exc)
+            else:
+                log.exception("%s failed", timer.name)
