@@ -63,7 +63,8 @@ def create_app(settings: Settings) -> FrontedApp:
             producer = new_producer(settings)
             await producer.start()
             stack.push_async_callback(producer.stop)
-            broker = BrokerLink(producer, publish_timeout=settings.publish_timeout_seconds)
+            written = [topic_name(settings, topic) for topic in (topics.COMMANDS, topics.VRRP)]
+            broker = BrokerLink(producer, publish_timeout=settings.publish_timeout_seconds, topics=written)
             commands = Outbox(pool, broker, topic_name(settings, topics.COMMANDS))
             commands.start()
             stack.push_async_callback(commands.stop)

@@ -11,18 +11,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 
 from aiokafka import AIOKafkaProducer
 
 from schemas.errors import ErrorCode, HaVipError
+from services.runtime.topic_ids import topic_ids
 from services.runtime.transient import BROKER_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 
 class BrokerLink:
-    def __init__(self, producer: AIOKafkaProducer, *, publish_timeout: float, retry_after: float = 2.0) -> None:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        *,
+        publish_timeout: float,
+        retry_after: float = 2.0,
+        topics: Collection[str] = (),
+    ) -> None:
         self._producer = producer
+        self._topics = list(topics)
         self._timeout = publish_timeout
         self.retry_after = retry_after
         self._down_since: float | None = None
@@ -47,9 +57,19 @@ class BrokerLink:
         self._mark_up()
 
     async def probe(self) -> bool:
-        """Ask the broker for metadata; True (and the link up) when it answers."""
+        """Ask the broker for metadata; True (and the link up) when it answers and holds `topics`.
+
+        A broker that came back empty takes a produce to a topic it does not hold yet, with the
+        producer's metadata from before, and that partition then refuses every produce for good
+        (Tansu 0.6: its end offset kept, fetches answering nothing, produces UnknownError, even
+        after the topic is made). So the link comes up only once every topic we write exists
+        again, asked without creating any, and the producer's metadata is refreshed first.
+        """
         try:
-            answered = await asyncio.wait_for(self._producer.client.force_metadata_update(), self._timeout)
+            held = await asyncio.wait_for(topic_ids(self._producer.client, self._topics), self._timeout)
+            answered = len(held) == len(self._topics) and await asyncio.wait_for(
+                self._producer.client.force_metadata_update(), self._timeout
+            )
         except BROKER_UNAVAILABLE:
             answered = False
         if answered:
