@@ -73,7 +73,8 @@ VRRP = Topic(
     "vrrp.events",
     "havip_id",
     TypeAdapter(m.VrrpReported),
-    doc="keepalived state reports, as each instance's agent saw them",
+    doc="keepalived state reports, as each instance's agent saw them; lease renewals (a live claim"
+    " repeated) travel apart, through PostgreSQL, unless it is away",
     writers="the gateway only (agents report over HTTP so the gateway can check their token)",
     readers="the mapping service",
     producers=("gateway",),

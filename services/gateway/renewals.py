@@ -133,6 +133,22 @@ ON CONFLICT (havip_id, instance_id) DO UPDATE SET tenant_id = excluded.tenant_id
 """
 
 
+async def write_renewals(db: asyncpg.Pool | asyncpg.Connection, renewals: Sequence[VrrpReported]) -> None:
+    """Leave the newest renewal of each claim for the mapping workers (at most one per claim)."""
+    await db.execute(
+        _WRITE,
+        [r.havip_id for r in renewals],
+        [r.instance_id for r in renewals],
+        [r.tenant_id for r in renewals],
+        [r.message_id for r in renewals],
+        [r.priority for r in renewals],
+        [r.seq for r in renewals],
+        [r.reported_at for r in renewals],
+        [r.received_at for r in renewals],
+        [r.lease_seconds for r in renewals],
+    )
+
+
 class RenewalLane:
     """Carries renewals to PostgreSQL a batch at a time; to `vrrp.events` when it cannot."""
 
@@ -179,18 +195,7 @@ class RenewalLane:
     async def _write(self, batch: Sequence[VrrpReported]) -> HaVipError | None:
         RENEWAL_WRITES.observe(len(batch))
         try:
-            await self._pool.execute(
-                _WRITE,
-                [r.havip_id for r in batch],
-                [r.instance_id for r in batch],
-                [r.tenant_id for r in batch],
-                [r.message_id for r in batch],
-                [r.priority for r in batch],
-                [r.seq for r in batch],
-                [r.reported_at for r in batch],
-                [r.received_at for r in batch],
-                [r.lease_seconds for r in batch],
-            )
+            await write_renewals(self._pool, batch)
         except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as exc:
             log.warning("renewals not written (%r): %d go to %s instead", exc, len(batch), self._topic)
         else:

@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 OWNER_CHANGES = MetricCounter("havip_owner_changes_total", "Owner changes", ["cause"])
 REPORTS = MetricCounter("havip_vrrp_reports_total", "VRRP reports by verdict", ["verdict"])
+RENEWALS_APPLIED = MetricCounter(
+    "havip_mapping_renewals_applied_total", "Lease renewals taken from claim_renewals and applied", ["with"]
+)
 
 UNPUBLISHED_READ = 1000
 # Renewals applied per transaction: a state change for one of their HAVIPs waits for at most
@@ -157,6 +160,7 @@ class OwnerTracker:
             renewals = await store.take_renewals(conn, len(incoming), {item.havip_id for item in incoming})
             merged = in_arrival_order(incoming, renewals) if renewals else incoming
             plan, states = await self._apply_reports(conn, merged)
+        RENEWALS_APPLIED.labels("state-changes").inc(len(renewals))
         self._count(plan)
         await self._publish_states(states)
         if not renewals:
@@ -187,6 +191,7 @@ class OwnerTracker:
             await self._publish_states(states)
             for refusal in plan.refusals:
                 await self._refuse_renewal(taken[refusal.index], refusal)
+            RENEWALS_APPLIED.labels("sweep").inc(len(taken))
             applied += len(taken)
             if len(taken) < RENEWALS_PER_TRANSACTION:
                 return applied

@@ -111,6 +111,11 @@ class Registry:
     def topic(self, name: str) -> tuple[Topic, RecordCheck | None]:
         return self._topics[name]
 
+    def topic_name(self, name: str) -> str:
+        """The registry's name of the topic read as `name` (no prefix); `name` itself for what is not a topic."""
+        found = self._topics.get(name)
+        return found[0].name if found is not None else name
+
     def route(self, message: Any) -> _Route | None:
         return self._routes.get(type(message))
 
@@ -169,8 +174,12 @@ class Kernel:
             return None
         return message
 
+    def _label(self, delivery: Delivery) -> str:
+        """The topic's name without the deployment's prefix, as metrics name it."""
+        return self._registry.topic_name(delivery.topic)
+
     async def _apply_run(self, route: _Route, run: Sequence[tuple[Delivery, Any]]) -> None:
-        topic = run[0][0].topic
+        topic = self._label(run[0][0])
         started = time.perf_counter()
         if not route.batched:
             delivery, message = run[0]
@@ -211,7 +220,7 @@ class Kernel:
             )
             await self.dead_letter(delivery, ErrorCode.APPLY_FAILED, f"{type(exc).__name__}: {exc}")
             return
-        RECORDS.labels(self.service, delivery.topic, "applied").inc()
+        RECORDS.labels(self.service, self._label(delivery), "applied").inc()
 
     async def dead_letter(self, delivery: Delivery, code: str, reason: str) -> None:
         """Keep a record that cannot count on `havip.dead-letters`, once, with the reason.
@@ -240,7 +249,7 @@ class Kernel:
             self._dead_lettered[position] = None
         if len(self._dead_lettered) > _REMEMBERED_DEAD_LETTERS:
             self._dead_lettered.popitem(last=False)
-        RECORDS.labels(self.service, delivery.topic, "dead-lettered").inc()
+        RECORDS.labels(self.service, self._label(delivery), "dead-lettered").inc()
 
 
 def _one_of(handler: BatchHandler) -> Handler:
