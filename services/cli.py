@@ -73,7 +73,23 @@ def _bench_failover(args: argparse.Namespace) -> int:
         reports_per_second=args.reports_per_second,
         renewals_per_second=args.renewals_per_second,
         round_timeout=args.round_timeout,
+        load_through=args.load_through,
         out_dir=_bench_out(args, "failover"),
+    )
+
+
+def _bench_soak(args: argparse.Namespace) -> int:
+    from services.dev.bench_soak import run_soak_bench
+
+    return run_soak_bench(
+        load_settings(),
+        minutes=args.minutes,
+        renewing=args.renewing,
+        changing=args.changing,
+        changes_per_second=args.changes_per_second,
+        window_minutes=args.window_minutes,
+        round_timeout=args.round_timeout,
+        out_dir=_bench_out(args, "soak"),
     )
 
 
@@ -239,8 +255,29 @@ def build_parser() -> argparse.ArgumentParser:
     failover.add_argument(
         "--round-timeout", type=float, default=30.0, help="seconds a round may take before the phase stops (30)"
     )
+    failover.add_argument(
+        "--load-through",
+        choices=["gateway", "broker"],
+        default="gateway",
+        help="the background load as agents over HTTP (default), or produced straight to vrrp.events",
+    )
     _out_option(failover, "failover")
     failover.set_defaults(func=_bench_failover)
+    soak = bench_sub.add_parser(
+        "soak", help="a failover every second for half an hour under a fleet's load through the gateway"
+    )
+    soak.add_argument("--minutes", type=float, default=30, help="how long (default 30)")
+    soak.add_argument("--renewing", type=int, default=2000, help="masters renewing every second (default 2,000)")
+    soak.add_argument("--changing", type=int, default=1000, help="HAVIPs whose owner changes (default 1,000)")
+    soak.add_argument(
+        "--changes-per-second", type=float, default=50, help="owner-changing reports a second (default 50)"
+    )
+    soak.add_argument("--window-minutes", type=float, default=5, help="figures per window of this long (default 5)")
+    soak.add_argument(
+        "--round-timeout", type=float, default=30.0, help="seconds a failover may take before it counts as missed"
+    )
+    _out_option(soak, "soak")
+    soak.set_defaults(func=_bench_soak)
     renewals = bench_sub.add_parser("renewals", help="lease renewals and state changes one mapping worker applies")
     renewals.add_argument("--havips", type=int, default=10_000)
     renewals.add_argument("--renewals", type=int, default=30_000)

@@ -7,16 +7,19 @@ One more HAVIP, made through the API as the README's walk-through does,
 fails over between two instances again and again: the old master reports
 BACKUP (not timed), the new one POSTs MASTER to the gateway, and the clock
 runs until the forwarder answers the new owner. The same rounds run twice:
-idle, then with a background load produced straight to `vrrp.events` by
-another process (services/dev/bench_load.py): owner-changing reports and
-lease renewals on the seeded HAVIPs, paced per second.
+idle, then with a background load of owner-changing reports and lease renewals
+on the seeded HAVIPs, paced per second, from another process:
+
+  --load-through gateway   a fleet of agents over HTTP (services/dev/bench_fleet.py),
+                           each instance with its own token, masters renewing once a
+                           second: what a real fleet sends, so renewals take their lane
+  --load-through broker    produced straight to `vrrp.events` (services/dev/bench_load.py),
+                           renewals included: the load as the earlier benches sent it
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,8 @@ from aiokafka.errors import KafkaError
 
 from schemas import topics
 from services.dev import bench_seed
+from services.dev.bench_fleet import fleet_split, start_fleet
+from services.dev.bench_load import stop_load
 from services.dev.benchkit import Progress, format_table, plot_latencies, spread, write_json
 from services.dev.embedded import exit_with_parent, free_port
 from services.dev.processes import PORT_SETTING, settings_env
@@ -50,7 +55,7 @@ class Phase:
     label: str
     samples_ms: list[float]
     stopped: str = ""  # why the phase ended early, if it did
-    load: dict[str, float] | None = None  # what the background really sent, per second
+    load: dict[str, Any] | None = None  # what the background really sent, per second
     backlog: tuple[int | None, int | None] | None = None  # mapping's uncommitted reports, at start and end
 
 
@@ -62,6 +67,7 @@ def run_failover_bench(
     renewals_per_second: float,
     round_timeout: float,
     out_dir: Path,
+    load_through: str = "gateway",
 ) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
     print(f"starting the stack (logs in {workdir}) ...", flush=True)
@@ -69,20 +75,33 @@ def run_failover_bench(
     ports = {setting: free_port(settings.http_host) for setting in PORT_SETTING.values()}
     with dev_stack(settings.model_copy(update=ports), workdir) as stack:
         phases = asyncio.run(
-            _bench(stack, rounds, havips, (reports_per_second, renewals_per_second), round_timeout, workdir)
+            _bench(
+                stack, rounds, havips, (reports_per_second, renewals_per_second), round_timeout, workdir, load_through
+            )
         )
-    _report(phases, havips, (reports_per_second, renewals_per_second), out_dir)
+    _report(phases, havips, (reports_per_second, renewals_per_second), out_dir, load_through)
     return 0
 
 
 async def _bench(
-    stack: DevStack, rounds: int, havips: int, rates: tuple[float, float], round_timeout: float, workdir: Path
+    stack: DevStack,
+    rounds: int,
+    havips: int,
+    rates: tuple[float, float],
+    round_timeout: float,
+    workdir: Path,
+    load_through: str,
 ) -> list[Phase]:
     settings = stack.settings
+    renewing, changing = fleet_split(havips, rates[1])
     pool = await connect_pool(settings.database_url)
     try:
         await bench_seed.ensure_havips(pool, havips)
         published = await bench_seed.publish_mappings(settings, pool)
+        if load_through == "gateway":
+            owners = [bench_seed.owner_of(n) for n in range(renewing + changing)]
+            await bench_seed.seed_agent_tokens(pool, owners)
+            print(f"seeded {len(owners):,} agent tokens for the fleet", flush=True)
     finally:
         await pool.close()
     print(f"published {published:,} HAVIPs to havip.mappings", flush=True)
@@ -101,7 +120,10 @@ async def _bench(
                 raise WalkthroughError(f"attaching {instance} failed: {operation}")
         havip = await tenant.havip(havip["havip_id"])
         idle = await _failovers(tenant, havip, rounds, round_timeout, "idle")
-        load = _start_load(settings, workdir, havips, rates)
+        if load_through == "gateway":
+            load = start_fleet(settings, stack.url("gateway"), workdir, renewing, changing, rates)
+        else:
+            load = _start_load(settings, workdir, havips, rates)
         try:
             print(f"background load started; measuring after {WARM_UP_SECONDS:g} s of it", flush=True)
             await asyncio.sleep(WARM_UP_SECONDS)
@@ -109,7 +131,7 @@ async def _bench(
             loaded = await _failovers(tenant, havip, rounds, round_timeout, "loaded")
             loaded.backlog = (backlog_before, await mapping_backlog(settings))
         finally:
-            loaded_rates = _stop_load(load, workdir)
+            loaded_rates = stop_load(load, workdir / "bench-load.log")
     loaded.load = loaded_rates
     return [idle, loaded]
 
@@ -178,30 +200,9 @@ def _start_load(settings: Settings, workdir: Path, havips: int, rates: tuple[flo
         )
 
 
-def _stop_load(load: subprocess.Popen[bytes], workdir: Path) -> dict[str, float]:
-    """Stop the load; what it sent per second over its life, from its last JSON line."""
-    if load.poll() is None:
-        load.send_signal(signal.SIGTERM)
-        try:
-            load.wait(15)
-        except subprocess.TimeoutExpired:
-            load.kill()
-            load.wait()
-    said = [line for line in (workdir / "bench-load.log").read_text().splitlines() if line.startswith("{")]
-    if not said:
-        raise RuntimeError(f"the background load said nothing: see {workdir / 'bench-load.log'}")
-    last = json.loads(said[-1])
-    seconds = last["seconds"] or 1.0
-    return {
-        "reports_per_second": last["reports"] / seconds,
-        "renewals_per_second": last["renewals"] / seconds,
-        "seconds": seconds,
-    }
-
-
-def _report(phases: list[Phase], havips: int, asked: tuple[float, float], out_dir: Path) -> None:
+def _report(phases: list[Phase], havips: int, asked: tuple[float, float], out_dir: Path, load_through: str) -> None:
     rows: list[list[Any]] = []
-    results: dict[str, Any] = {"havips": havips, "phases": {}}
+    results: dict[str, Any] = {"havips": havips, "phases": {}, "load_through": load_through}
     results["background_asked_per_second"] = {"reports": asked[0], "renewals": asked[1]}
     for phase in phases:
         found = spread(phase.samples_ms) if phase.samples_ms else None
@@ -229,7 +230,8 @@ def _report(phases: list[Phase], havips: int, asked: tuple[float, float], out_di
             "samples_ms": phase.samples_ms,
         }
     print("\nfailover convergence: POST /v1/vrrp-events MASTER -> the forwarder answers the new owner")
-    print(f"(stack holding {havips:,} seeded HAVIPs; background load straight to vrrp.events)")
+    through = "agents over HTTP through the gateway" if load_through == "gateway" else "straight to vrrp.events"
+    print(f"(stack holding {havips:,} seeded HAVIPs; background load {through})")
     headers = ["phase", "failovers", "p50 ms", "p99 ms", "max ms", "bg reports/s", "bg renewals/s"]
     headers += ["backlog start", "backlog end", "stopped early"]
     print(format_table(headers, rows))
@@ -243,6 +245,9 @@ def _report(phases: list[Phase], havips: int, asked: tuple[float, float], out_di
                 f"{phase.label}: background asked {asked[0]:,.0f} reports/s + {asked[1]:,.0f} renewals/s,"
                 f" sent {sent[0]:,.0f} + {sent[1]:,.0f}" + (" (the load generator fell short)" if short else "")
             )
+            if "answers" in phase.load:
+                answered = ", ".join(f"{count:,} x {status}" for status, count in phase.load["answers"].items())
+                print(f"{phase.label}: the gateway answered {answered} (0: no answer, the connection failed)")
     print("backlog: reports on vrrp.events the mapping workers had not committed, as the phase started and ended")
     pngs = plot_latencies(out_dir, "failover", {phase.label: phase.samples_ms for phase in phases})
     path = write_json(out_dir, results)

@@ -17,10 +17,13 @@ import argparse
 import asyncio
 import json
 import signal
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from schemas import topics
 from schemas.messages import VrrpState
@@ -107,6 +110,29 @@ async def produce(settings: Settings, havips: int, reports_per_second: float, re
     finally:
         _say(plan, time.monotonic() - started)
         await producer.stop()
+
+
+def stop_load(load: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
+    """Stop the load; what it sent per second over its life (and, through the gateway, how it was
+    answered), from its last JSON line."""
+    if load.poll() is None:
+        load.send_signal(signal.SIGTERM)
+        try:
+            load.wait(15)
+        except subprocess.TimeoutExpired:
+            load.kill()
+            load.wait()
+    said = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    if not said:
+        raise RuntimeError(f"the background load said nothing: see {log}")
+    last = json.loads(said[-1])
+    seconds = last["seconds"] or 1.0
+    return {
+        "reports_per_second": last["reports"] / seconds,
+        "renewals_per_second": last["renewals"] / seconds,
+        "seconds": seconds,
+        **({"answers": last["answers"]} if "answers" in last else {}),
+    }
 
 
 def encode_report(n: int, instance_id: str, state: VrrpState, seq: int, *, now: datetime) -> tuple[bytes, bytes]:

@@ -2,12 +2,18 @@
 
 HAVIPs are seeded straight into the mapping tables (two attached instances,
 the first owning each with a live claim), one mapping worker is started, and
-reports are produced straight to `vrrp.events` for a fixed time: first lease
-renewals (the owner renews its claim: nothing changes but the lease), then
-state changes (the owner steps down, then claims again: each one moves the
-owner and publishes the HAVIP's state). The producer keeps a bounded backlog
-ahead of the worker, so the worker is never idle and the broker's partitions
-do not grow without end; what the worker applied is read from its own
+reports are sent for a fixed time, three kinds in turn:
+
+  renewals                 lease renewals as the gateway carries them: the newest of each
+                           claim written to `claim_renewals`, which the worker takes on
+                           its sweep (nothing changes but the lease)
+  renewals on the log      the same renewals produced straight to `vrrp.events`, as an
+                           older gateway (or a platform of its own) would send them
+  state changes            produced straight to `vrrp.events`: the owner steps down, then
+                           claims again, so each one moves the owner and publishes it
+
+The producer keeps the worker busy (a bounded backlog on the log; every claim's renewal
+pending in the table), so the worker is never idle; what it applied is read from its own
 `/metrics` once a second.
 
 The producer shares this machine with the worker, the broker and PostgreSQL;
@@ -32,12 +38,13 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from schemas import topics
-from schemas.messages import MAX_LEASE_SECONDS
+from schemas.messages import MAX_LEASE_SECONDS, VrrpReported, VrrpState
 from services.dev.bench_renewals import TENANT, seed_live_masters
 from services.dev.benchkit import plot_rates, write_json
 from services.dev.embedded import free_port
 from services.dev.processes import ServiceProcess
 from services.dev.stack import dev_stack
+from services.gateway.renewals import write_renewals
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
@@ -47,6 +54,8 @@ from services.runtime.settings import Settings
 BACKLOG = 20_000
 WARMUP_SECONDS = 5.0
 APPLIED_LABELS = ('service="mapping"', 'outcome="applied"', f'topic="{topics.VRRP.name}"')
+# Renewals taken from the table, whichever way (the sweep, or with a state change of their HAVIP).
+RENEWALS_APPLIED = "havip_mapping_renewals_applied_total{"
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ class Phase:
     applied: int
     producer_bound_seconds: int  # seconds in which the backlog ran dry: the producer was the limit
     batches: int  # batches the worker applied
-    batch_seconds: float  # time inside them (the rest is fetching, parsing and faust)
+    batch_seconds: float  # time inside them (the rest is fetching and parsing)
 
     @property
     def median(self) -> float:
@@ -134,7 +143,8 @@ async def _bench(settings: Settings, workdir: Path, havips: int, seconds: float)
             renewals = Reports(havips, changes=False)
             changes = Reports(havips, changes=True)
             return [
-                await _phase("renewals", settings, producer, metrics, renewals.next, seconds),
+                await _lane_phase(settings, metrics, havips, seconds),
+                await _phase("renewals on the log", settings, producer, metrics, renewals.next, seconds),
                 await _phase("state changes", settings, producer, metrics, changes.next, seconds),
             ]
     finally:
@@ -231,6 +241,70 @@ async def _phase(
     end_batches = await _batches(metrics)
     batches, batch_seconds = end_batches[0] - start_batches[0], end_batches[1] - start_batches[1]
     return Phase(name, seconds, per_second, produced, applied - start_applied, dry, int(batches), batch_seconds)
+
+
+async def _lane_phase(settings: Settings, metrics: httpx.AsyncClient, havips: int, seconds: float) -> Phase:
+    """Renewals as the gateway leaves them: every claim's newest renewal pending in the table, always."""
+    pool = await connect_pool(settings.database_url, max_size=2)
+    start_applied = applied = await _renewals_applied(metrics)
+    produced = 0
+    stop = time.monotonic() + WARMUP_SECONDS + seconds
+    seq = 10**12  # above any seq of the other phases
+
+    async def produce() -> None:
+        nonlocal produced, seq
+        while time.monotonic() < stop:
+            # Write a round over the claims the worker has taken (or a first round): each stays pending.
+            pending = await pool.fetchval("SELECT count(*) FROM claim_renewals WHERE NOT taken")
+            if pending > havips // 2:
+                await asyncio.sleep(0.01)
+                continue
+            now = datetime.now(UTC)
+            for first in range(0, havips, 2000):
+                seq += 1
+                batch = [_renewal(n, seq, now) for n in range(first, min(havips, first + 2000))]
+                await write_renewals(pool, batch)
+                produced += len(batch)
+
+    task = asyncio.get_running_loop().create_task(produce())
+    per_second: list[float] = []
+    began = time.monotonic()
+    last, last_at = applied, began
+    try:
+        while time.monotonic() < stop:
+            await asyncio.sleep(1.0)
+            applied = await _renewals_applied(metrics)
+            now = time.monotonic()
+            rate = (applied - last) / (now - last_at)
+            if now - began > WARMUP_SECONDS:
+                per_second.append(rate)
+            print(f"  renewals: {rate:9,.0f}/s applied, {produced - (applied - start_applied):7,} pending", flush=True)
+            last, last_at = applied, now
+    finally:
+        await task
+        await pool.close()
+    # Written over while pending, a renewal is never taken: those count as produced, not applied.
+    return Phase("renewals", seconds, per_second, produced, applied - start_applied, 0, 0, 0.0)
+
+
+def _renewal(havip: int, seq: int, now: datetime) -> VrrpReported:
+    return VrrpReported(
+        havip_id=f"havip-{havip}",
+        tenant_id=TENANT,
+        instance_id=f"i-{2 * havip}",
+        state=VrrpState.MASTER,
+        priority=100,
+        seq=seq,
+        reported_at=now,
+        received_at=now,
+        lease_seconds=MAX_LEASE_SECONDS,
+    )
+
+
+async def _renewals_applied(metrics: httpx.AsyncClient) -> int:
+    return int(
+        sum(float(line.rsplit(" ", 1)[1]) for line in await _metric_lines(metrics) if line.startswith(RENEWALS_APPLIED))
+    )
 
 
 async def _batches(metrics: httpx.AsyncClient) -> tuple[float, float]:

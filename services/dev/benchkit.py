@@ -217,6 +217,35 @@ def plot_rates(out_dir: Path, name: str, series: Mapping[str, Sequence[float]], 
     return [path]
 
 
+Line = tuple[Sequence[float], Sequence[float | None]]
+
+
+def plot_panels(
+    out_dir: Path, name: str, title: str, xlabel: str, panels: Sequence[tuple[str, Mapping[str, Line]]]
+) -> list[Path]:
+    """Panels stacked over one x axis, each with its lines ({label: (xs, ys)}); [] without matplotlib.
+
+    For what a long run does over time: latency in one panel, memory in the next.
+    """
+    pyplot = _pyplot()
+    if pyplot is None or not panels:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.png"
+    figure, axes_list = pyplot.subplots(len(panels), 1, figsize=(9, 3.5 * len(panels)), sharex=True, squeeze=False)
+    for (ylabel, lines), axes in zip(panels, axes_list[:, 0], strict=True):
+        for label, (xs, ys) in lines.items():
+            axes.plot(list(xs), list(ys), marker="." if len(xs) < 50 else None, label=label)
+        axes.set(ylabel=ylabel)
+        axes.set_ylim(bottom=0)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize="small", ncol=3)
+    axes_list[0, 0].set(title=title)
+    axes_list[-1, 0].set(xlabel=xlabel)
+    _save(pyplot, figure, path)
+    return [path]
+
+
 def _save(pyplot: Any, figure: Any, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
