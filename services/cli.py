@@ -257,9 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     failover.add_argument(
         "--load-through",
-        choices=["gateway", "broker"],
+        choices=["gateway", "lanes", "broker"],
         default="gateway",
-        help="the background load as agents over HTTP (default), or produced straight to vrrp.events",
+        help="the background load as agents over HTTP (default); where the gateway puts it, without HTTP"
+        " (lanes); or all produced straight to vrrp.events (broker)",
     )
     _out_option(failover, "failover")
     failover.set_defaults(func=_bench_failover)

@@ -13,8 +13,11 @@ on the seeded HAVIPs, paced per second, from another process:
   --load-through gateway   a fleet of agents over HTTP (services/dev/bench_fleet.py),
                            each instance with its own token, masters renewing once a
                            second: what a real fleet sends, so renewals take their lane
-  --load-through broker    produced straight to `vrrp.events` (services/dev/bench_load.py),
-                           renewals included: the load as the earlier benches sent it
+  --load-through lanes     without HTTP, where the gateway would put it (services/dev/bench_load.py):
+                           state changes to `vrrp.events`, renewals to `claim_renewals`; for
+                           loads whose HTTP alone would need more cores than this machine has
+  --load-through broker    produced straight to `vrrp.events`, renewals included: the load
+                           as the earlier benches sent it
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
@@ -123,7 +127,7 @@ async def _bench(
         if load_through == "gateway":
             load = start_fleet(settings, stack.url("gateway"), workdir, renewing, changing, rates)
         else:
-            load = _start_load(settings, workdir, havips, rates)
+            load = _start_load(settings, workdir, havips, rates, renewals_to_table=load_through == "lanes")
         try:
             print(f"background load started; measuring after {WARM_UP_SECONDS:g} s of it", flush=True)
             await asyncio.sleep(WARM_UP_SECONDS)
@@ -137,7 +141,8 @@ async def _bench(
 
 
 async def mapping_backlog(settings: Settings) -> int | None:
-    """Reports on `vrrp.events` the mapping workers have not committed yet; None when it cannot tell.
+    """Reports the mapping workers have not applied yet: on `vrrp.events` not committed, and renewals
+    waiting in `claim_renewals`; None when it cannot tell.
 
     A probe that never subscribes, so it never joins (and never disturbs) the workers' group.
     The group of a fresh stack (epoch 0): after a broker loss the workers move to a new one.
@@ -152,11 +157,22 @@ async def mapping_backlog(settings: Settings) -> int | None:
         backlog = 0
         for tp, end in ends.items():
             backlog += end - (await probe.committed(tp) or 0)
-        return backlog
     except KafkaError:
         return None
     finally:
         await probe.stop()
+    return backlog + await renewals_waiting(settings)
+
+
+async def renewals_waiting(settings: Settings) -> int:
+    """Renewals gateways left that no mapping worker has taken yet (0 on a build without the table)."""
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        return int(await connection.fetchval("SELECT count(*) FROM claim_renewals WHERE NOT taken"))
+    except asyncpg.UndefinedTableError:
+        return 0
+    finally:
+        await connection.close()
 
 
 async def _failovers(tenant: Tenant, havip: dict[str, Any], rounds: int, timeout: float, label: str) -> Phase:
@@ -190,10 +206,13 @@ async def _failovers(tenant: Tenant, havip: dict[str, Any], rounds: int, timeout
     return phase
 
 
-def _start_load(settings: Settings, workdir: Path, havips: int, rates: tuple[float, float]) -> subprocess.Popen[bytes]:
+def _start_load(
+    settings: Settings, workdir: Path, havips: int, rates: tuple[float, float], *, renewals_to_table: bool
+) -> subprocess.Popen[bytes]:
     reports, renewals = rates
     command = [sys.executable, "-m", "services.dev.bench_load", "--havips", str(havips)]
     command += ["--reports-per-second", f"{reports:g}", "--renewals-per-second", f"{renewals:g}"]
+    command += ["--renewals-to", "table" if renewals_to_table else "log"]
     with open(workdir / "bench-load.log", "ab") as out:
         return subprocess.Popen(
             command, env=settings_env(settings), stdout=out, stderr=subprocess.STDOUT, preexec_fn=exit_with_parent
@@ -230,7 +249,11 @@ def _report(phases: list[Phase], havips: int, asked: tuple[float, float], out_di
             "samples_ms": phase.samples_ms,
         }
     print("\nfailover convergence: POST /v1/vrrp-events MASTER -> the forwarder answers the new owner")
-    through = "agents over HTTP through the gateway" if load_through == "gateway" else "straight to vrrp.events"
+    through = {
+        "gateway": "agents over HTTP through the gateway",
+        "lanes": "state changes to vrrp.events, renewals to claim_renewals",
+        "broker": "all straight to vrrp.events",
+    }[load_through]
     print(f"(stack holding {havips:,} seeded HAVIPs; background load {through})")
     headers = ["phase", "failovers", "p50 ms", "p99 ms", "max ms", "bg reports/s", "bg renewals/s"]
     headers += ["backlog start", "backlog end", "stopped early"]
@@ -248,7 +271,10 @@ def _report(phases: list[Phase], havips: int, asked: tuple[float, float], out_di
             if "answers" in phase.load:
                 answered = ", ".join(f"{count:,} x {status}" for status, count in phase.load["answers"].items())
                 print(f"{phase.label}: the gateway answered {answered} (0: no answer, the connection failed)")
-    print("backlog: reports on vrrp.events the mapping workers had not committed, as the phase started and ended")
+    print(
+        "backlog: reports the mapping workers had not applied (on vrrp.events not committed, renewals waiting in"
+        " claim_renewals), as the phase started and ended"
+    )
     pngs = plot_latencies(out_dir, "failover", {phase.label: phase.samples_ms for phase in phases})
     path = write_json(out_dir, results)
     print(f"\nwrote {path}" + "".join(f"\n      {png}" for png in pngs))

@@ -4,7 +4,9 @@ Runs as its own process (`python -m services.dev.bench_load`), so producing
 thousands of messages a second never delays the measuring process's clock.
 On the HAVIPs of services/dev/bench_seed.py:
   renewals  the first half of the HAVIPs: each owner renews its MASTER claim
-            (one a second per HAVIP at 5,000/s over 10,000 HAVIPs)
+            (one a second per HAVIP at 5,000/s over 10,000 HAVIPs); with
+            `--renewals-to table` they are written where the gateway leaves them
+            (`claim_renewals`, services/gateway/renewals.py) rather than to the log
   reports   the second half: each owner alternately steps down (BACKUP) and
             claims again (MASTER), so every report changes the owner and is published
 Pacing is by the clock (send what is due by now), so a slow moment is made up,
@@ -26,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from schemas import topics
-from schemas.messages import VrrpState
+from schemas.messages import VrrpReported, VrrpState
 from services.dev import bench_seed
+from services.gateway.renewals import write_renewals
+from services.runtime.db import connect_pool
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings, load_settings
 
@@ -81,7 +85,9 @@ def due(rate: float, elapsed: float, sent: int) -> int:
     return max(0, int(rate * elapsed) - sent)
 
 
-async def produce(settings: Settings, havips: int, reports_per_second: float, renewals_per_second: float) -> None:
+async def produce(
+    settings: Settings, havips: int, reports_per_second: float, renewals_per_second: float, renewals_to_table: bool
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -89,6 +95,7 @@ async def produce(settings: Settings, havips: int, reports_per_second: float, re
     plan = LoadPlan(havips)
     producer = new_producer(settings)
     await producer.start()
+    pool = await connect_pool(settings.database_url, max_size=2) if renewals_to_table else None
     topic = topic_name(settings, topics.VRRP)
     started = last_said = time.monotonic()
     try:
@@ -96,8 +103,13 @@ async def produce(settings: Settings, havips: int, reports_per_second: float, re
             elapsed = time.monotonic() - started
             now = datetime.now(UTC)
             now_us = int(now.timestamp() * 1_000_000)
-            batch = [plan.renewal(now_us) for _ in range(due(renewals_per_second, elapsed, plan.renewals_sent))]
-            batch += [plan.report(now_us) for _ in range(due(reports_per_second, elapsed, plan.reports_sent))]
+            renewals = [plan.renewal(now_us) for _ in range(due(renewals_per_second, elapsed, plan.renewals_sent))]
+            batch = [plan.report(now_us) for _ in range(due(reports_per_second, elapsed, plan.reports_sent))]
+            if pool is not None:
+                if renewals:
+                    await write_renewals(pool, [renewal_of(*renewal, now=now) for renewal in renewals])
+            else:
+                batch += renewals
             for report in batch:
                 key, value = encode_report(*report, now=now)
                 # Returns once the record is in the producer's buffer; it waits only when that is full.
@@ -110,6 +122,8 @@ async def produce(settings: Settings, havips: int, reports_per_second: float, re
     finally:
         _say(plan, time.monotonic() - started)
         await producer.stop()
+        if pool is not None:
+            await pool.close()
 
 
 def stop_load(load: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
@@ -133,6 +147,22 @@ def stop_load(load: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
         "seconds": seconds,
         **({"answers": last["answers"]} if "answers" in last else {}),
     }
+
+
+def renewal_of(n: int, instance_id: str, state: VrrpState, seq: int, *, now: datetime) -> VrrpReported:
+    """A renewal as the gateway leaves it in `claim_renewals` (built without validation: it is ours)."""
+    return VrrpReported.model_construct(
+        message_id=str(uuid.uuid4()),
+        havip_id=f"havip-{n}",
+        tenant_id=bench_seed.TENANT,
+        instance_id=instance_id,
+        state=state,
+        priority=100,
+        seq=seq,
+        reported_at=now,
+        received_at=now,
+        lease_seconds=_LEASE_SECONDS,
+    )
 
 
 def encode_report(n: int, instance_id: str, state: VrrpState, seq: int, *, now: datetime) -> tuple[bytes, bytes]:
@@ -161,8 +191,17 @@ def main() -> None:
     parser.add_argument("--havips", type=int, required=True)
     parser.add_argument("--reports-per-second", type=float, required=True)
     parser.add_argument("--renewals-per-second", type=float, required=True)
+    parser.add_argument("--renewals-to", choices=["log", "table"], default="log")
     args = parser.parse_args()
-    asyncio.run(produce(load_settings(), args.havips, args.reports_per_second, args.renewals_per_second))
+    asyncio.run(
+        produce(
+            load_settings(),
+            args.havips,
+            args.reports_per_second,
+            args.renewals_per_second,
+            renewals_to_table=args.renewals_to == "table",
+        )
+    )
 
 
 if __name__ == "__main__":
