@@ -6,7 +6,8 @@ to `havip.mappings`, so the forwarder follows them as it would in service).
 One more HAVIP, made through the API as the README's walk-through does,
 fails over between two instances again and again: the old master reports
 BACKUP (not timed), the new one POSTs MASTER to the gateway, and the clock
-runs until the forwarder answers the new owner. The same rounds run twice:
+runs until the forwarder applies the new owner (it says so on its watch
+stream, which the bench follows: services/dev/owner_watch.py). The same rounds run twice:
 idle, then with a background load of owner-changing reports and lease renewals
 on the seeded HAVIPs, paced per second, from another process:
 
@@ -26,7 +27,6 @@ import asyncio
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from services.dev.bench_fleet import fleet_split, start_fleet
 from services.dev.bench_load import stop_load
 from services.dev.benchkit import Progress, format_table, plot_latencies, spread, write_json
 from services.dev.embedded import exit_with_parent, free_port
+from services.dev.owner_watch import OwnerWatch, failover
 from services.dev.processes import PORT_SETTING, settings_env
 from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
 from services.dev.walkthrough import Tenant, WalkthroughError
@@ -123,19 +124,20 @@ async def _bench(
             if operation["status"] != "Succeeded":
                 raise WalkthroughError(f"attaching {instance} failed: {operation}")
         havip = await tenant.havip(havip["havip_id"])
-        idle = await _failovers(tenant, havip, rounds, round_timeout, "idle")
-        if load_through == "gateway":
-            load = start_fleet(settings, stack.url("gateway"), workdir, renewing, changing, rates)
-        else:
-            load = _start_load(settings, workdir, havips, rates, renewals_to_table=load_through == "lanes")
-        try:
-            print(f"background load started; measuring after {WARM_UP_SECONDS:g} s of it", flush=True)
-            await asyncio.sleep(WARM_UP_SECONDS)
-            backlog_before = await mapping_backlog(settings)
-            loaded = await _failovers(tenant, havip, rounds, round_timeout, "loaded")
-            loaded.backlog = (backlog_before, await mapping_backlog(settings))
-        finally:
-            loaded_rates = stop_load(load, workdir / "bench-load.log")
+        async with OwnerWatch(forwarder, havip["vpc_id"]) as watch:
+            idle = await _failovers(tenant, watch, havip, rounds, round_timeout, "idle")
+            if load_through == "gateway":
+                load = start_fleet(settings, stack.url("gateway"), workdir, renewing, changing, rates)
+            else:
+                load = _start_load(settings, workdir, havips, rates, renewals_to_table=load_through == "lanes")
+            try:
+                print(f"background load started; measuring after {WARM_UP_SECONDS:g} s of it", flush=True)
+                await asyncio.sleep(WARM_UP_SECONDS)
+                backlog_before = await mapping_backlog(settings)
+                loaded = await _failovers(tenant, watch, havip, rounds, round_timeout, "loaded")
+                loaded.backlog = (backlog_before, await mapping_backlog(settings))
+            finally:
+                loaded_rates = stop_load(load, workdir / "bench-load.log")
     loaded.load = loaded_rates
     return [idle, loaded]
 
@@ -175,8 +177,10 @@ async def renewals_waiting(settings: Settings) -> int:
         await connection.close()
 
 
-async def _failovers(tenant: Tenant, havip: dict[str, Any], rounds: int, timeout: float, label: str) -> Phase:
-    """Seconds from POSTing the new master's MASTER report to the forwarder answering it, per round.
+async def _failovers(
+    tenant: Tenant, watch: OwnerWatch, havip: dict[str, Any], rounds: int, timeout: float, label: str
+) -> Phase:
+    """Milliseconds from POSTing the new master's MASTER report to the forwarder applying it, per round.
 
     A round that does not converge within `timeout` ends the phase: the
     rounds after it would only measure the same backlog.
@@ -192,11 +196,7 @@ async def _failovers(tenant: Tenant, havip: dict[str, Any], rounds: int, timeout
             await tenant.report(havip_id, old, "MASTER")
             await tenant.wait_owner(vpc, ip, old, timeout)
         for done in range(rounds):
-            await tenant.report(havip_id, old, "BACKUP")
-            await tenant.wait_owner(vpc, ip, None, timeout)
-            started = time.perf_counter()
-            await tenant.report(havip_id, new, "MASTER")
-            phase.samples_ms.append((await tenant.wait_owner(vpc, ip, new, timeout) - started) * 1000)
+            phase.samples_ms.append(await failover(tenant, watch, havip, old, new, timeout))
             old, new = new, old
             progress.update(done + 1)
     except WalkthroughError as exc:

@@ -5,7 +5,7 @@ and PostgreSQL. A fleet of agents (services/dev/bench_fleet.py, its own process)
 gateway over HTTP as a real one would: 2,000 masters renew their claims once a second, and
 50 reports a second change owners elsewhere. Meanwhile the README's walk-through HAVIP fails
 over once a second (the old master reports BACKUP, the new one MASTER, and the clock runs
-until the forwarder answers the new owner). Per window (5 minutes by default):
+until the forwarder applies the new owner, as its watch stream says). Per window (5 minutes by default):
 
 - failover p50 / p99 / max, and failovers that did not converge within the round's timeout;
 - the backlog at the window's end: reports on `vrrp.events` the mapping workers had not
@@ -37,6 +37,7 @@ from services.dev.bench_fleet import start_fleet
 from services.dev.bench_load import stop_load
 from services.dev.benchkit import Progress, format_table, plot_panels, spread, write_json
 from services.dev.embedded import free_port
+from services.dev.owner_watch import OwnerWatch, failover
 from services.dev.processes import PORT_SETTING
 from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
 from services.dev.walkthrough import Tenant, WalkthroughError
@@ -130,7 +131,8 @@ async def _soak(
                 flush=True,
             )
             try:
-                await _run(soak, pool, settings, tenant, havip, minutes, window_minutes, round_timeout)
+                async with OwnerWatch(forwarder, havip["vpc_id"]) as watch:
+                    await _run(soak, pool, settings, tenant, watch, havip, minutes, window_minutes, round_timeout)
             finally:
                 soak.load = stop_load(fleet, workdir / "bench-load.log")
     finally:
@@ -143,6 +145,7 @@ async def _run(
     pool: asyncpg.Pool,
     settings: Settings,
     tenant: Tenant,
+    watch: OwnerWatch,
     havip: dict[str, Any],
     minutes: float,
     window_minutes: float,
@@ -166,7 +169,7 @@ async def _run(
             next_sample = elapsed + SAMPLE_EVERY_SECONDS
         round_started = time.monotonic()
         try:
-            window.failovers_ms.append(await _failover(tenant, havip, old, new, round_timeout))
+            window.failovers_ms.append(await failover(tenant, watch, havip, old, new, round_timeout))
             old, new = new, old
         except WalkthroughError:
             window.missed += 1
@@ -176,15 +179,6 @@ async def _run(
     await _close_window(window, pool, settings, ends_before)
     soak.memory.append((time.monotonic() - started, _memory_mb()))
     progress.finish(duration)
-
-
-async def _failover(tenant: Tenant, havip: dict[str, Any], old: str, new: str, timeout: float) -> float:
-    vpc, ip, havip_id = havip["vpc_id"], havip["ip_address"], havip["havip_id"]
-    await tenant.report(havip_id, old, "BACKUP")
-    await tenant.wait_owner(vpc, ip, None, timeout)
-    started = time.perf_counter()
-    await tenant.report(havip_id, new, "MASTER")
-    return (await tenant.wait_owner(vpc, ip, new, timeout) - started) * 1000
 
 
 async def _current_roles(tenant: Tenant, havip: dict[str, Any], timeout: float) -> tuple[str, str]:

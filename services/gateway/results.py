@@ -48,6 +48,7 @@ class CommandResults:
             # Operations settle as results arrive; a gateway behind on them still serves everything else.
             wait_caught_up=False,
             rebalance_timeout_seconds=_REBALANCE_TIMEOUT_SECONDS,
+            fetch_max_wait_ms=settings.kafka_operations_fetch_max_wait_ms,
         )
 
     def start(self) -> None:

@@ -72,7 +72,9 @@ def build(resources: WorkerResources) -> Worker:
             Lane("commands", [commands], kernel, max_records=50),
             Lane("results", [results], kernel),
             Lane("inventory", [inventory], kernel),
-        ]
+        ],
+        # Off the failover path: polled less often, sparing the broker (Settings says how much).
+        fetch_max_wait_ms=settings.kafka_operations_fetch_max_wait_ms,
     )
 
 

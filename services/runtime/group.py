@@ -117,6 +117,7 @@ class GroupConsumer:
         heartbeat_interval_seconds: float | None = None,
         rebalance_timeout_seconds: float | None = None,
         group_instance_id: str | None = None,
+        fetch_max_wait_ms: int | None = None,
     ) -> None:
         self._settings = settings
         self.group_id = group_id
@@ -136,6 +137,8 @@ class GroupConsumer:
             options["heartbeat_interval_ms"] = int(heartbeat_interval_seconds * 1000)
         if group_instance_id:
             options["group_instance_id"] = group_instance_id
+        if fetch_max_wait_ms is not None:
+            options["fetch_max_wait_ms"] = fetch_max_wait_ms
         self._options = options
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []

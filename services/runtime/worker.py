@@ -57,6 +57,8 @@ class Worker:
 
     lanes: Sequence[Lane]
     timers: Sequence[Timer] = field(default_factory=tuple)
+    # How long a fetch may wait at the broker (None: HAVIP_KAFKA_FETCH_MAX_WAIT_MS, the failover path's).
+    fetch_max_wait_ms: int | None = None
 
 
 class WorkerResources:
@@ -176,6 +178,7 @@ async def _run(settings: Settings, service: str, health_port: int, build: Callab
         session_timeout_seconds=settings.worker_session_timeout_seconds,
         heartbeat_interval_seconds=settings.worker_heartbeat_interval_seconds,
         group_instance_id=settings.worker_group_instance_id or None,
+        fetch_max_wait_ms=worker.fetch_max_wait_ms,
     )
     resources.health.add_check("partitions", consumer.not_ready)
     consumer.start()
