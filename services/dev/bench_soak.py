@@ -228,7 +228,8 @@ async def _reports_waiting(settings: Settings) -> int:
         name = topic_name(settings, topics.VRRP)
         partitions = [TopicPartition(name, p) for p in sorted(probe.partitions_for_topic(name) or ())]
         ends = await probe.end_offsets(partitions)
-        return sum(end - (await probe.committed(tp) or 0) for tp, end in ends.items())
+        committed = {tp: await probe.committed(tp) or 0 for tp in ends}
+        return sum(end - committed[tp] for tp, end in ends.items())
     finally:
         await probe.stop()
 

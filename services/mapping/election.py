@@ -143,6 +143,25 @@ def judge_report(contest: Contest, report: Report) -> ReportVerdict:
     return ReportVerdict.FRESH
 
 
+def only_extends(stored: Report | None, renewal: Report) -> bool:
+    """Whether `renewal` changes nothing but when the claim it repeats runs out.
+
+    The stored report is a MASTER claim with a lease, live when the renewal arrived, at the same
+    priority, and older. Then the live claims and their ranks are what they were, so at that
+    moment no owner changes; only a later lapse (which the lease sweep judges) is moved back.
+    """
+    return (
+        stored is not None
+        and stored.state is VrrpState.MASTER
+        and renewal.state is VrrpState.MASTER
+        and stored.expires_at is not None
+        and renewal.expires_at is not None
+        and stored.priority == renewal.priority
+        and stored.live_at(renewal.received_at)
+        and renewal.newer_than(stored)
+    )
+
+
 def withdrawn(report: Report) -> Report:
     """What is kept of a report that cannot count (its instance is not attached): its place in
     the sequence, so the same report redelivered after an attach is still stale, and no claim."""

@@ -42,7 +42,16 @@ from schemas.messages import (
 )
 from services.mapping import store
 from services.mapping.commands import COMMAND_TYPE, AcceptedCommand, Reelect, apply_accepted
-from services.mapping.election import Contest, Report, Trigger, TriggerKind, elect, explain, lapse_due
+from services.mapping.election import (
+    Contest,
+    Report,
+    Trigger,
+    TriggerKind,
+    elect,
+    explain,
+    lapse_due,
+    only_extends,
+)
 from services.mapping.report_batch import (
     IncomingReport,
     LockedHavip,
@@ -60,6 +69,9 @@ OWNER_CHANGES = MetricCounter("havip_owner_changes_total", "Owner changes", ["ca
 REPORTS = MetricCounter("havip_vrrp_reports_total", "VRRP reports by verdict", ["verdict"])
 RENEWALS_APPLIED = MetricCounter(
     "havip_mapping_renewals_applied_total", "Lease renewals taken from claim_renewals and applied", ["with"]
+)
+RENEWALS_EXTENDED = MetricCounter(
+    "havip_mapping_renewals_extended_total", "Renewals that only extended a live claim, stored without an election"
 )
 
 UNPUBLISHED_READ = 1000
@@ -177,20 +189,34 @@ class OwnerTracker:
         return refusals
 
     async def apply_renewals(self) -> int:
-        """Apply the lease renewals gateways left since the last look, a transaction per batch; how many."""
+        """Apply the lease renewals gateways left since the last look, a transaction per batch; how many.
+
+        Most renewals only extend a live claim (election.only_extends): those are stored as judged,
+        in one statement, without locking their HAVIPs or electing; the rest (a claim that lapsed
+        meanwhile, a report applied since) go through the election like any report.
+        """
         applied = 0
         while True:
             async with self._pool.acquire() as conn, conn.transaction():
                 taken = await store.take_renewals(conn, RENEWALS_PER_TRANSACTION)
                 if not taken:
                     return applied
+                stored = await store.load_reports(conn, [(item.havip_id, item.report.instance_id) for item in taken])
+                quick = [
+                    item
+                    for item in taken
+                    if only_extends(stored.get((item.havip_id, item.report.instance_id)), item.report)
+                ]
+                extended = await store.extend_claims(conn, quick, stored)
+                rest = [item for item in taken if (item.havip_id, item.report.instance_id) not in extended]
                 # As they arrived: each is judged against the claims as the ones before it left them.
-                taken.sort(key=lambda item: item.report.received_at)
-                plan, states = await self._apply_reports(conn, taken)
+                rest.sort(key=lambda item: item.report.received_at)
+                plan, states = await self._apply_reports(conn, rest) if rest else (ReportPlan(), [])
+            RENEWALS_EXTENDED.inc(len(extended))
             self._count(plan)
             await self._publish_states(states)
             for refusal in plan.refusals:
-                await self._refuse_renewal(taken[refusal.index], refusal)
+                await self._refuse_renewal(rest[refusal.index], refusal)
             RENEWALS_APPLIED.labels("sweep").inc(len(taken))
             applied += len(taken)
             if len(taken) < RENEWALS_PER_TRANSACTION:

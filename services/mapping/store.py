@@ -73,15 +73,7 @@ async def load_contests(conn: asyncpg.Connection, owners: Mapping[str, str | Non
         )
     reports: dict[str, dict[str, Report]] = {havip_id: {} for havip_id in ids}
     for row in await conn.fetch("SELECT * FROM vrrp_reports WHERE havip_id = ANY($1::text[])", ids):
-        reports[row["havip_id"]][row["instance_id"]] = Report(
-            instance_id=row["instance_id"],
-            state=VrrpState(row["state"]),
-            priority=row["priority"],
-            seq=row["seq"],
-            reported_at=row["reported_at"],
-            received_at=row["received_at"],
-            expires_at=row["expires_at"],
-        )
+        reports[row["havip_id"]][row["instance_id"]] = _report(row)
     return {
         havip_id: Contest(
             owner_target_id=owner_target_id, candidates=tuple(candidates[havip_id]), reports=reports[havip_id]
@@ -292,6 +284,64 @@ async def take_renewals(
         )
         for row in rows
     ]
+
+
+async def load_reports(conn: asyncpg.Connection, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], Report]:
+    """The stored report of each (havip_id, instance_id) that has one."""
+    rows = await conn.fetch(
+        "SELECT r.* FROM vrrp_reports r JOIN unnest($1::text[], $2::text[]) AS c(havip_id, instance_id)"
+        " ON r.havip_id = c.havip_id AND r.instance_id = c.instance_id",
+        [havip_id for havip_id, _ in claims],
+        [instance_id for _, instance_id in claims],
+    )
+    return {(row["havip_id"], row["instance_id"]): _report(row) for row in rows}
+
+
+# Each renewal replaces the report it was judged against, only if that is still the stored one
+# (its seq and clock): a report applied meanwhile by anyone sends the renewal the long way.
+_EXTEND = """
+UPDATE vrrp_reports r SET seq = n.seq, reported_at = n.reported_at, received_at = n.received_at,
+       expires_at = n.expires_at
+  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[],
+              $7::bigint[], $8::timestamptz[])
+       AS n(havip_id, instance_id, seq, reported_at, received_at, expires_at, judged_seq, judged_reported_at)
+ WHERE r.havip_id = n.havip_id AND r.instance_id = n.instance_id
+   AND r.seq = n.judged_seq AND r.reported_at = n.judged_reported_at
+RETURNING r.havip_id, r.instance_id
+"""
+
+
+async def extend_claims(
+    conn: asyncpg.Connection, renewals: Sequence[IncomingReport], judged: Mapping[tuple[str, str], Report]
+) -> set[tuple[str, str]]:
+    """Store renewals that only extend a claim (election.only_extends), as judged; the claims stored."""
+    if not renewals:
+        return set()
+    keys = [(item.havip_id, item.report.instance_id) for item in renewals]
+    rows = await conn.fetch(
+        _EXTEND,
+        [havip_id for havip_id, _ in keys],
+        [instance_id for _, instance_id in keys],
+        [item.report.seq for item in renewals],
+        [item.report.reported_at for item in renewals],
+        [item.report.received_at for item in renewals],
+        [item.report.expires_at for item in renewals],
+        [judged[key].seq for key in keys],
+        [judged[key].reported_at for key in keys],
+    )
+    return {(row["havip_id"], row["instance_id"]) for row in rows}
+
+
+def _report(row: asyncpg.Record) -> Report:
+    return Report(
+        instance_id=row["instance_id"],
+        state=VrrpState(row["state"]),
+        priority=row["priority"],
+        seq=row["seq"],
+        reported_at=row["reported_at"],
+        received_at=row["received_at"],
+        expires_at=row["expires_at"],
+    )
 
 
 async def forget_renewals(pool: asyncpg.Pool, older_than: timedelta) -> int:
