@@ -73,14 +73,14 @@ def create_app(settings: Settings) -> FrontedApp:
             stack.push_async_callback(renewals.stop)
 
             results = CommandResults(settings, pool, DeadLetters(producer, settings, SERVICE))
-            results.start()
+            await results.start()
             # Stopped before the producer and pool it uses (the stack unwinds in reverse).
             stack.push_async_callback(results.stop)
 
             async def recover(_: LogCheck) -> None:
                 # Commands of Pending operations may have been lost with the topic; results are read again.
                 await commands.unpublish_pending()
-                await results.read_again()
+                await results.follow_anew()
 
             watch = BrokerWatch(settings, SERVICE, pool, recover)
             await watch.first_look()  # milliseconds; readiness is right from the first request

@@ -19,6 +19,7 @@ from schemas.errors import Unappliable
 from schemas.messages import CommandResult
 from services.gateway import operations
 from services.gateway.observability import COMMAND_RESULTS
+from services.runtime.broker_watch import advance_group_epoch, group_epoch
 from services.runtime.consume import Kernel, Registry
 from services.runtime.deadletters import DeadLetters
 from services.runtime.group import GroupConsumer, Lane
@@ -35,41 +36,60 @@ _REBALANCE_TIMEOUT_SECONDS = 6.0
 
 class CommandResults:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, dead_letters: DeadLetters) -> None:
+        self._settings = settings
         self._pool = pool
-        name = topic_name(settings, topics.RESULTS)
+        self._topic = topic_name(settings, topics.RESULTS)
         registry = Registry()
-        registry.read(name, topics.RESULTS)
+        registry.read(self._topic, topics.RESULTS)
         registry.on_batch(CommandResult, self.settle)
-        kernel = Kernel(SERVICE, registry, lambda: dead_letters)
-        self._group = GroupConsumer(
-            settings,
-            f"{settings.topic_prefix}havip-gateway",
-            [Lane("command-results", [name], kernel)],
-            # Operations settle as results arrive; a gateway behind on them still serves everything else.
-            wait_caught_up=False,
-            rebalance_timeout_seconds=_REBALANCE_TIMEOUT_SECONDS,
-            fetch_max_wait_ms=settings.kafka_operations_fetch_max_wait_ms,
-        )
+        self._kernel = Kernel(SERVICE, registry, lambda: dead_letters)
+        self._base_group = f"{settings.topic_prefix}havip-gateway"
+        self._epoch = 0
+        self._group: GroupConsumer | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Join the group in the background: a restarted gateway's join waits out its old member's
         session (seconds), and nothing else (VRRP reports, reads) should wait with it."""
+        self._epoch = await group_epoch(self._pool, self._base_group)
+        self._group = self._new_group()
         self._group.start()
 
     async def stop(self) -> None:
-        await self._group.stop()
+        if self._group is not None:
+            await self._group.stop()
 
     def not_ready(self) -> str | None:
-        return self._group.not_ready()
+        return self._group.not_ready() if self._group is not None else "not started"
 
-    async def read_again(self) -> None:
-        """The broker lost the topic: its offsets start again, so read what it holds from the start.
+    async def follow_anew(self) -> None:
+        """The broker lost the topic: follow the new one in a new group, from its start.
 
-        What was applied but not committed belongs to the old log; committed into the new one
-        it could make a later member skip results.
+        The old group's offsets belong to the lost log, and the member keeps committing them
+        until it notices: committed into the new broker (Tansu takes a commit from a member
+        that is rejoining), the group would start past the new log's end and, as Tansu
+        answers such a fetch with nothing rather than with an out-of-range error, never
+        read a result again. So, as the stream workers do, the gateways move to the next
+        generation of their group (consumer_group_epochs) with a fresh consumer.
         """
-        await self._group.read_again()
-        log.warning("command results: reading them again from the start")
+        await advance_group_epoch(self._pool, self._base_group, self._epoch)
+        old = self._group
+        self._epoch = await group_epoch(self._pool, self._base_group)
+        self._group = self._new_group()
+        if old is not None:
+            await old.stop()
+        self._group.start()
+        log.warning("command results: following the new topic from its start in group %s", self._group.group_id)
+
+    def _new_group(self) -> GroupConsumer:
+        return GroupConsumer(
+            self._settings,
+            f"{self._base_group}-g{self._epoch}" if self._epoch else self._base_group,
+            [Lane("command-results", [self._topic], self._kernel)],
+            # Operations settle as results arrive; a gateway behind on them still serves everything else.
+            wait_caught_up=False,
+            rebalance_timeout_seconds=_REBALANCE_TIMEOUT_SECONDS,
+            fetch_max_wait_ms=self._settings.kafka_operations_fetch_max_wait_ms,
+        )
 
     async def settle(self, results: Sequence[CommandResult]) -> list[tuple[int, Unappliable]]:
         outcomes = []

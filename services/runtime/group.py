@@ -202,18 +202,6 @@ class GroupConsumer:
             return f"catching up: {len(self._behind)} partitions behind where their logs ended when assigned"
         return None
 
-    async def read_again(self) -> None:
-        """The broker lost these topics: read what the new logs hold from their start."""
-        if self._consumer is None:
-            return
-        for lane in self._lanes:
-            async with lane._busy:
-                lane.drop(set(self._assignment))
-        self._applied.clear()
-        self._committed.clear()
-        if self._assignment:
-            await self._consumer.seek_to_beginning(*self._assignment)
-
     # --- fetching -----------------------------------------------------------------
 
     async def _fetch(self) -> None:
