@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.dev import bench_seed
-from services.dev.bench_load import due
+from services.dev.bench_load import Numbering, due
 from services.dev.benchkit import percentile
 from services.dev.embedded import exit_with_parent
 from services.dev.processes import settings_env
@@ -43,34 +43,23 @@ CHANGE_LEASE_SECONDS = 30.0
 
 
 @dataclass
-class FleetPlan:
+class FleetPlan(Numbering):
     """Which report is next on each side; pure, so the order of reports is testable without a gateway."""
 
     renewing: int
     changing: int
-    renewals_sent: int = 0
-    reports_sent: int = 0
-    _last_seq: int = 0
-
-    def next_seq(self, now_us: int) -> int:
-        # Microseconds since the epoch, as the agent numbers its reports: a later run starts above.
-        self._last_seq = max(self._last_seq + 1, now_us)
-        return self._last_seq
 
     def renewal(self, now_us: int) -> tuple[int, str, str, int, float]:
         """(HAVIP, instance, state, seq, lease) of the next renewal."""
-        n = self.renewals_sent % max(1, self.renewing)
-        self.renewals_sent += 1
+        n = self._next_renewal(self.renewing)
         return n, bench_seed.owner_of(n), "MASTER", self.next_seq(now_us), RENEWAL_LEASE_SECONDS
 
     def report(self, now_us: int) -> tuple[int, str, str, int, float | None]:
         """(HAVIP, instance, state, seq, lease) of the next owner-changing report."""
-        span = max(1, self.changing)
-        n, round_ = self.renewing + self.reports_sent % span, self.reports_sent // span
-        self.reports_sent += 1
-        if round_ % 2 == 0:
-            return n, bench_seed.owner_of(n), "BACKUP", self.next_seq(now_us), None
-        return n, bench_seed.owner_of(n), "MASTER", self.next_seq(now_us), CHANGE_LEASE_SECONDS
+        n, claims = self._next_change(self.renewing, self.changing)
+        if claims:
+            return n, bench_seed.owner_of(n), "MASTER", self.next_seq(now_us), CHANGE_LEASE_SECONDS
+        return n, bench_seed.owner_of(n), "BACKUP", self.next_seq(now_us), None
 
 
 def fleet_split(havips: int, renewals_per_second: float) -> tuple[int, int]:

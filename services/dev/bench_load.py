@@ -49,11 +49,10 @@ _REPORT = (
 )
 
 
-@dataclass
-class LoadPlan:
-    """Which report is next on each side; pure, so the order of reports is testable without a broker."""
+@dataclass(kw_only=True)
+class Numbering:
+    """How many renewals and owner-changing reports a load has sent, and their seqs."""
 
-    havips: int
     renewals_sent: int = 0
     reports_sent: int = 0
     _last_seq: int = 0
@@ -64,19 +63,37 @@ class LoadPlan:
         self._last_seq = max(self._last_seq + 1, now_us)
         return self._last_seq
 
+    def _next_renewal(self, span: int) -> int:
+        """The HAVIP of the next renewal: the first `span` in turn."""
+        n = self.renewals_sent % max(1, span)
+        self.renewals_sent += 1
+        return n
+
+    def _next_change(self, first: int, span: int) -> tuple[int, bool]:
+        """The HAVIP of the next owner-changing report, from `first` on, and whether it claims
+        MASTER: each round over the span releases (BACKUP), the next claims again."""
+        span = max(1, span)
+        n, round_ = first + self.reports_sent % span, self.reports_sent // span
+        self.reports_sent += 1
+        return n, round_ % 2 == 1
+
+
+@dataclass
+class LoadPlan(Numbering):
+    """Which report is next on each side; pure, so the order of reports is testable without a broker."""
+
+    havips: int
+
     def renewal(self, now_us: int) -> tuple[int, str, VrrpState, int]:
         """(HAVIP, instance, state, seq) of the next renewal."""
-        n = self.renewals_sent % max(1, self.havips // 2)
-        self.renewals_sent += 1
+        n = self._next_renewal(self.havips // 2)
         return n, bench_seed.owner_of(n), VrrpState.MASTER, self.next_seq(now_us)
 
     def report(self, now_us: int) -> tuple[int, str, VrrpState, int]:
         """(HAVIP, instance, state, seq) of the next owner-changing report."""
         half = self.havips // 2
-        span = max(1, self.havips - half)
-        n, round_ = half + self.reports_sent % span, self.reports_sent // span
-        self.reports_sent += 1
-        state = VrrpState.BACKUP if round_ % 2 == 0 else VrrpState.MASTER
+        n, claims = self._next_change(half, self.havips - half)
+        state = VrrpState.MASTER if claims else VrrpState.BACKUP
         return n, bench_seed.owner_of(n), state, self.next_seq(now_us)
 
 

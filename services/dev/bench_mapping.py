@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -217,20 +217,13 @@ async def _phase(
     task = asyncio.get_running_loop().create_task(produce())
     per_second: list[float] = []
     dry = 0
-    began = time.monotonic()
-    last, last_at = applied, began
     try:
-        while time.monotonic() < stop:
-            await asyncio.sleep(1.0)
-            applied = await _applied(metrics)
-            now = time.monotonic()
-            rate = (applied - last) / (now - last_at)
+        async for rate, applied, warm in _each_second(lambda: _applied(metrics), stop):
             backlog = produced - (applied - start_applied)
-            if now - began > WARMUP_SECONDS:
+            if warm:
                 per_second.append(rate)
                 dry += backlog < 1000
             print(f"  {name}: {rate:9,.0f}/s applied, backlog {backlog:7,}", flush=True)
-            last, last_at = applied, now
     finally:
         await task
     # Let the worker finish the backlog so the next phase starts clean.
@@ -241,6 +234,19 @@ async def _phase(
     end_batches = await _batches(metrics)
     batches, batch_seconds = end_batches[0] - start_batches[0], end_batches[1] - start_batches[1]
     return Phase(name, seconds, per_second, produced, applied - start_applied, dry, int(batches), batch_seconds)
+
+
+async def _each_second(read: Callable[[], Awaitable[int]], stop: float) -> AsyncIterator[tuple[float, int, bool]]:
+    """Every second until `stop` (monotonic): how many a second `read` counted since the last
+    look, its count now, and whether the warm-up is over."""
+    began = last_at = time.monotonic()
+    last = await read()
+    while time.monotonic() < stop:
+        await asyncio.sleep(1.0)
+        count = await read()
+        now = time.monotonic()
+        yield (count - last) / (now - last_at), count, now - began > WARMUP_SECONDS
+        last, last_at = count, now
 
 
 async def _lane_phase(settings: Settings, metrics: httpx.AsyncClient, havips: int, seconds: float) -> Phase:
@@ -268,18 +274,11 @@ async def _lane_phase(settings: Settings, metrics: httpx.AsyncClient, havips: in
 
     task = asyncio.get_running_loop().create_task(produce())
     per_second: list[float] = []
-    began = time.monotonic()
-    last, last_at = applied, began
     try:
-        while time.monotonic() < stop:
-            await asyncio.sleep(1.0)
-            applied = await _renewals_applied(metrics)
-            now = time.monotonic()
-            rate = (applied - last) / (now - last_at)
-            if now - began > WARMUP_SECONDS:
+        async for rate, applied, warm in _each_second(lambda: _renewals_applied(metrics), stop):
+            if warm:
                 per_second.append(rate)
             print(f"  renewals: {rate:9,.0f}/s applied, {produced - (applied - start_applied):7,} pending", flush=True)
-            last, last_at = applied, now
     finally:
         await task
         await pool.close()
