@@ -80,6 +80,11 @@ def test_table_aligns_text_left_and_numbers_right() -> None:
     ]
 
 
+def test_a_verdict_reads_yes_or_no_not_one_or_zero() -> None:
+    table = format_table(["target", "met?"], [["p99", True], ["backlog", False]])
+    assert table.splitlines()[2:] == ["p99      yes", "backlog  no"]
+
+
 def test_default_out_dir_is_one_folder_per_run() -> None:
     assert default_out_dir("lookups", datetime(2025, 1, 2, 3, 4, 5)) == Path("bench-results/lookups-20250102-030405")
 
