@@ -82,7 +82,7 @@ def test_table_aligns_text_left_and_numbers_right() -> None:
 
 def test_a_verdict_reads_yes_or_no_not_one_or_zero() -> None:
     table = format_table(["target", "met?"], [["p99", True], ["backlog", False]])
-    assert table.splitlines()[2:] == ["p99      yes", "backlog  no"]
+    assert [line.rstrip() for line in table.splitlines()[2:]] == ["p99      yes", "backlog  no"]
 
 
 def test_default_out_dir_is_one_folder_per_run() -> None:
