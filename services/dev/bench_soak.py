@@ -20,6 +20,7 @@ A PNG draws the failover p99 per window and every process's memory over time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -173,7 +174,9 @@ async def _run(
             old, new = new, old
         except WalkthroughError:
             window.missed += 1
-            old, new = await _current_roles(tenant, havip, round_timeout)
+            # Not converged yet either: a soak counts its misses and goes on; the next round looks again.
+            with contextlib.suppress(WalkthroughError):
+                old, new = await _current_roles(tenant, havip, round_timeout)
         progress.update(time.monotonic() - started)
         await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - round_started)))
     await _close_window(window, pool, settings, ends_before)
