@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +40,10 @@ from services.dev import bench_seed
 from services.dev.bench_fleet import fleet_split, start_fleet
 from services.dev.bench_load import stop_load
 from services.dev.benchkit import Progress, format_table, plot_latencies, spread, write_json
-from services.dev.embedded import exit_with_parent, free_port
+from services.dev.embedded import exit_with_parent
 from services.dev.owner_watch import OwnerWatch, failover
-from services.dev.processes import PORT_SETTING, settings_env
-from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
+from services.dev.processes import settings_env
+from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, bench_stack, demo_agent_tokens
 from services.dev.walkthrough import Tenant, WalkthroughError
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_consumer, topic_name
@@ -74,14 +73,16 @@ def run_failover_bench(
     out_dir: Path,
     load_through: str = "gateway",
 ) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting the stack (logs in {workdir}) ...", flush=True)
-    # Free ports, not the configured 8080-8083: a `havip dev up` on this machine may hold those.
-    ports = {setting: free_port(settings.http_host) for setting in PORT_SETTING.values()}
-    with dev_stack(settings.model_copy(update=ports), workdir) as stack:
+    with bench_stack(settings, "havip-bench-") as stack:
         phases = asyncio.run(
             _bench(
-                stack, rounds, havips, (reports_per_second, renewals_per_second), round_timeout, workdir, load_through
+                stack,
+                rounds,
+                havips,
+                (reports_per_second, renewals_per_second),
+                round_timeout,
+                stack.workdir,
+                load_through,
             )
         )
     _report(phases, havips, (reports_per_second, renewals_per_second), out_dir, load_through)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +36,8 @@ from services.dev import bench_seed
 from services.dev.bench_fleet import start_fleet
 from services.dev.bench_load import stop_load
 from services.dev.benchkit import Progress, format_table, plot_panels, spread, write_json
-from services.dev.embedded import free_port
 from services.dev.owner_watch import OwnerWatch, failover
-from services.dev.processes import PORT_SETTING
-from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
+from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, bench_stack, demo_agent_tokens
 from services.dev.walkthrough import Tenant, WalkthroughError
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_consumer, topic_name
@@ -84,12 +81,9 @@ def run_soak_bench(
     round_timeout: float,
     out_dir: Path,
 ) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-soak-"))
-    print(f"starting the stack (logs in {workdir}) ...", flush=True)
-    ports = {setting: free_port(settings.http_host) for setting in PORT_SETTING.values()}
-    with dev_stack(settings.model_copy(update=ports), workdir) as stack:
+    with bench_stack(settings, "havip-soak-") as stack:
         soak = asyncio.run(
-            _soak(stack, minutes, renewing, changing, changes_per_second, window_minutes, round_timeout, workdir)
+            _soak(stack, minutes, renewing, changing, changes_per_second, window_minutes, round_timeout, stack.workdir)
         )
     return _report(soak, renewing, changing, changes_per_second, out_dir)
 
