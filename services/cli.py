@@ -64,7 +64,7 @@ def _dev_seed(_: argparse.Namespace) -> int:
 
 
 def _bench_failover(args: argparse.Namespace) -> int:
-    from services.dev.bench import run_failover_bench
+    from services.dev.bench import LoadThrough, run_failover_bench
 
     return run_failover_bench(
         load_settings(),
@@ -73,7 +73,7 @@ def _bench_failover(args: argparse.Namespace) -> int:
         reports_per_second=args.reports_per_second,
         renewals_per_second=args.renewals_per_second,
         round_timeout=args.round_timeout,
-        load_through=args.load_through,
+        load_through=LoadThrough(args.load_through),
         out_dir=_bench_out(args, "failover"),
     )
 

@@ -27,6 +27,7 @@ import asyncio
 import subprocess
 import sys
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,22 @@ class Phase:
     backlog: tuple[int | None, int | None] | None = None  # mapping's uncommitted reports, at start and end
 
 
+class LoadThrough(StrEnum):
+    """Which way `bench failover`'s background load travels."""
+
+    GATEWAY = "gateway"  # agents over HTTP, as a fleet
+    LANES = "lanes"  # where the gateway would put it, without HTTP
+    BROKER = "broker"  # everything straight to vrrp.events, renewals too
+
+    @property
+    def described(self) -> str:
+        return {
+            LoadThrough.GATEWAY: "agents over HTTP through the gateway",
+            LoadThrough.LANES: "state changes to vrrp.events, renewals to claim_renewals",
+            LoadThrough.BROKER: "all straight to vrrp.events",
+        }[self]
+
+
 def run_failover_bench(
     settings: Settings,
     rounds: int,
@@ -71,7 +88,7 @@ def run_failover_bench(
     renewals_per_second: float,
     round_timeout: float,
     out_dir: Path,
-    load_through: str = "gateway",
+    load_through: LoadThrough = LoadThrough.GATEWAY,
 ) -> int:
     with bench_stack(settings, "havip-bench-") as stack:
         phases = asyncio.run(
@@ -96,7 +113,7 @@ async def _bench(
     rates: tuple[float, float],
     round_timeout: float,
     workdir: Path,
-    load_through: str,
+    load_through: LoadThrough,
 ) -> list[Phase]:
     settings = stack.settings
     renewing, changing = fleet_split(havips, rates[1])
@@ -104,7 +121,7 @@ async def _bench(
     try:
         await bench_seed.ensure_havips(pool, havips)
         published = await bench_seed.publish_mappings(settings, pool)
-        if load_through == "gateway":
+        if load_through is LoadThrough.GATEWAY:
             owners = [bench_seed.owner_of(n) for n in range(renewing + changing)]
             await bench_seed.seed_agent_tokens(pool, owners)
             print(f"seeded {len(owners):,} agent tokens for the fleet", flush=True)
@@ -127,10 +144,12 @@ async def _bench(
         havip = await tenant.havip(havip["havip_id"])
         async with OwnerWatch(forwarder, havip["vpc_id"]) as watch:
             idle = await _failovers(tenant, watch, havip, rounds, round_timeout, "idle")
-            if load_through == "gateway":
+            if load_through is LoadThrough.GATEWAY:
                 load = start_fleet(settings, stack.url("gateway"), workdir, renewing, changing, rates)
             else:
-                load = _start_load(settings, workdir, havips, rates, renewals_to_table=load_through == "lanes")
+                load = _start_load(
+                    settings, workdir, havips, rates, renewals_to_table=load_through is LoadThrough.LANES
+                )
             try:
                 print(f"background load started; measuring after {WARM_UP_SECONDS:g} s of it", flush=True)
                 await asyncio.sleep(WARM_UP_SECONDS)
@@ -220,7 +239,9 @@ def _start_load(
         )
 
 
-def _report(phases: list[Phase], havips: int, asked: tuple[float, float], out_dir: Path, load_through: str) -> None:
+def _report(
+    phases: list[Phase], havips: int, asked: tuple[float, float], out_dir: Path, load_through: LoadThrough
+) -> None:
     rows: list[list[Any]] = []
     results: dict[str, Any] = {"havips": havips, "phases": {}, "load_through": load_through}
     results["background_asked_per_second"] = {"reports": asked[0], "renewals": asked[1]}
@@ -250,12 +271,7 @@ def _report(phases: list[Phase], havips: int, asked: tuple[float, float], out_di
             "samples_ms": phase.samples_ms,
         }
     print("\nfailover convergence: POST /v1/vrrp-events MASTER -> the forwarder answers the new owner")
-    through = {
-        "gateway": "agents over HTTP through the gateway",
-        "lanes": "state changes to vrrp.events, renewals to claim_renewals",
-        "broker": "all straight to vrrp.events",
-    }[load_through]
-    print(f"(stack holding {havips:,} seeded HAVIPs; background load {through})")
+    print(f"(stack holding {havips:,} seeded HAVIPs; background load {load_through.described})")
     headers = ["phase", "failovers", "p50 ms", "p99 ms", "max ms", "bg reports/s", "bg renewals/s"]
     headers += ["backlog start", "backlog end", "stopped early"]
     print(format_table(headers, rows))
