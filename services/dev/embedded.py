@@ -120,13 +120,18 @@ class EmbeddedBroker:
         self.stop()
 
 
+# A throw-away cluster (tests, benches) trades durability for speed: a crash may lose what it
+# acknowledged, which nobody will miss. One that keeps its data never does.
+_THROWAWAY_SETTINGS = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+
+
 class EmbeddedPostgres:
     """A PostgreSQL cluster on a free loopback port, trust auth.
 
     By default a throw-away one in a temporary directory under `workdir`,
-    removed on stop. With `data_dir` the cluster lives there and outlives
-    stop: the next start reuses it. Durability is traded for speed (fsync
-    off): a clean stop keeps everything, a crash of the machine may not.
+    removed on stop, with fsync off. With `data_dir` the cluster lives there
+    and outlives stop: the next start reuses it, and it runs durably (fsync,
+    synchronous commit): what it acknowledged survives a crash of the machine.
     """
 
     def __init__(
@@ -179,12 +184,7 @@ class EmbeddedPostgres:
                     str(self.port),
                     "-k",
                     str(self.root),
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
+                    *(() if self.keeps_data else _THROWAWAY_SETTINGS),
                     "-c",
                     "max_connections=300",
                 ],
@@ -235,6 +235,30 @@ class EmbeddedPostgres:
         if self._user is None:
             return {}
         return {"user": self._user, "group": self._user, "extra_groups": []}
+
+    def backup(self, into: Path) -> None:
+        """A consistent copy of the running cluster (pg_basebackup), for putting back with `restore`."""
+        done = subprocess.run(
+            [
+                str(postgres_bin_dir() / "pg_basebackup"),
+                *("-h", self.host, "-p", str(self.port), "-U", "postgres"),
+                *("-D", str(into), "-X", "stream", "-c", "fast", "--no-sync"),
+            ],
+            capture_output=True,
+            **self._as_user(),
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_basebackup failed: {done.stderr.decode(errors='replace')}")
+
+    def restore(self, copy: Path) -> None:
+        """Put a copy from `backup` in place of the data directory; the cluster must not be running."""
+        if self.returncode is None and self._process is not None:
+            raise RuntimeError("stop the cluster before restoring a copy over it")
+        shutil.rmtree(self.data)
+        shutil.copytree(copy, self.data, symlinks=True)
+        if self._user:
+            for path in [self.data, *self.data.rglob("*")]:
+                os.chown(path, *_ids(self._user), follow_symlinks=False)
 
     def stop(self) -> None:
         _stop(self._process, signal.SIGINT)
