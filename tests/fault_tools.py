@@ -4,16 +4,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import asyncpg
 import httpx
 
 from services.dev.processes import ServiceProcess
+from services.dev.stack import DevStack
 from services.readmodel.mappings import load_mappings
+
+
+@contextlib.contextmanager
+def healing(stack: DevStack) -> Iterator[threading.Lock]:
+    """What `havip dev up` does about once a second: start again whatever died.
+
+    Yields a lock: while a test holds it nothing is started again (e.g. while it puts back
+    an older copy of the database under a cluster it killed).
+    """
+    stop = threading.Event()
+    paused = threading.Lock()
+
+    def loop() -> None:
+        while not stop.wait(0.5):
+            with paused:
+                stack.heal()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield paused
+    finally:
+        stop.set()
+        thread.join()
 
 
 class ReadinessLog:

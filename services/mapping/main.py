@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import asyncpg
+
 from schemas import messages, topics
 from schemas.errors import Unappliable
 from schemas.messages import VrrpReported
@@ -57,6 +59,12 @@ def build(resources: WorkerResources) -> Worker:
         log.warning("the broker lost its topics: %d HAVIP states will be published again", count)
 
     resources.on_broker_lost(republish_everything)
+
+    async def restamp(conn: asyncpg.Connection) -> None:
+        count = await store.restamp_versions(conn)
+        log.warning("a new run of the database: %d HAVIPs get newer versions and will be published again", count)
+
+    resources.on_new_database(restamp)
 
     async def apply_reports(reports: Sequence[VrrpReported]) -> list[tuple[int, Unappliable]]:
         refusals = await tracker.on_reports(reports)

@@ -201,6 +201,22 @@ async def forget_published(pool: asyncpg.Pool) -> int:
     return int(status.split()[-1])
 
 
+async def restamp_versions(conn: asyncpg.Connection) -> int:
+    """Move every HAVIP's version past anything published before this database run; publish them all.
+
+    The database may have lost commits whose versions reached havip.mappings, and a forwarder
+    keeps only newer versions: without this it would hold a lost state for good. The server's
+    clock in microseconds is above any version published before the restart (a version grows
+    by one per change, and was itself either small or such a clock reading, earlier); a HAVIP
+    that changes faster than once a microsecond keeps counting from its own. The lease sweep
+    then publishes every HAVIP again, at its new version.
+    """
+    status = await conn.execute(
+        "UPDATE havips SET version = greatest(version + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)"
+    )
+    return int(status.split()[-1])
+
+
 async def unpublished_havips(pool: asyncpg.Pool, older_than: timedelta, limit: int = 1000) -> list[str]:
     # Only changes older than a publish normally takes, so the sweep does not race the handler.
     rows = await pool.fetch(

@@ -11,6 +11,9 @@ inventory lane that will let it.
 - **Commit after the database.** A lane marks a batch's offsets applied only after the kernel
   returned (its database transaction committed); they are committed a moment later, when the
   partitions are revoked, and when the worker stops. A crash means records are read again.
+  Workers also keep the offsets in PostgreSQL, written just before each commit
+  (services/runtime/positions.py), and start a partition from the lower of the two: a
+  database that lost commits has the records behind them read again.
 - **Rewind on a failed batch.** A transient failure (database or broker away) seeks every
   partition of the batch back to its first record and drops what was queued after it; the
   lane waits (0.1 s doubling to 5 s) and the records are fetched again.
@@ -37,6 +40,7 @@ from aiokafka.structs import ConsumerRecord
 
 from services.runtime.consume import Delivery, Kernel, TransientFailure
 from services.runtime.kafka import new_consumer
+from services.runtime.positions import ConsumerPositions, start_from
 from services.runtime.settings import Settings
 from services.runtime.tasks import cancel_and_wait
 
@@ -102,6 +106,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._group.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        # aiokafka awaits this before it fetches: a rewind here is where the fetching starts.
+        await self._group.rewind_to_saved(set(assigned))
         self._group.on_assigned(set(assigned))
 
 
@@ -118,8 +124,10 @@ class GroupConsumer:
         rebalance_timeout_seconds: float | None = None,
         group_instance_id: str | None = None,
         fetch_max_wait_ms: int | None = None,
+        positions: ConsumerPositions | None = None,
     ) -> None:
         self._settings = settings
+        self._positions = positions
         self.group_id = group_id
         self._lanes = list(lanes)
         self._lane_of = {topic: lane for lane in self._lanes for topic in lane.topics}
@@ -309,6 +317,9 @@ class GroupConsumer:
         }
         if not offsets:
             return
+        if self._positions is not None:
+            # Before Kafka's: if the database is away, Kafka's commit must not get ahead of it.
+            await self._positions.save(self.group_id, offsets)
         await self._consumer.commit(offsets)
         self._committed.update(offsets)
 
@@ -335,6 +346,28 @@ class GroupConsumer:
             self._behind.pop(tp, None)
         self._assignment -= revoked
         self._paused -= revoked
+
+    async def rewind_to_saved(self, assigned: set[TopicPartition]) -> None:
+        """Start each partition from the position PostgreSQL holds when it is below Kafka's."""
+        if self._positions is None or self._consumer is None or not assigned:
+            return
+        try:
+            saved = await self._positions.load(self.group_id)
+            wanted = {tp: offset for tp, offset in saved.items() if tp in assigned}
+            committed = {tp: await self._consumer.committed(tp) for tp in wanted}
+        except Exception as exc:  # the database is away: nothing can be applied until it is back
+            log.warning("cannot read the positions kept in the database, starting from Kafka's: %r", exc)
+            return
+        for tp, offset in sorted(start_from(committed, wanted).items()):
+            log.warning(
+                "%s[%d]: the database holds position %d, Kafka %s: reading from %d again",
+                tp.topic,
+                tp.partition,
+                offset,
+                committed[tp],
+                offset,
+            )
+            self._consumer.seek(tp, offset)
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assignment = set(assigned)

@@ -25,16 +25,20 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.topics import Topic
 from services.runtime.broker_watch import BrokerWatch, LogCheck, OnLost, advance_group_epoch, group_epoch
-from services.runtime.db import DatabaseProbe, connect_pool, require_current_schema
+from services.runtime.db import DatabaseProbe, connect_pool, database_incarnation, require_current_schema
 from services.runtime.deadletters import DeadLetters
 from services.runtime.group import GroupConsumer, Lane
 from services.runtime.health import Health, health_app, serve_http
 from services.runtime.kafka import new_producer, topic_name
+from services.runtime.positions import ConsumerPositions
 from services.runtime.settings import Settings
 from services.runtime.tasks import cancel_and_wait
 from services.runtime.transient import is_transient
 
 log = logging.getLogger(__name__)
+
+# Run in the transaction that records a new run of the database server (see `adopt_database`).
+OnNewDatabase = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 def group_id(settings: Settings, service: str) -> str:
@@ -75,6 +79,8 @@ class WorkerResources:
         self.producer: AIOKafkaProducer
         self.dead_letters: DeadLetters
         self._recoveries: list[OnLost] = []
+        self._database_recoveries: list[OnNewDatabase] = []
+        self.incarnation = ""
         self._http: asyncio.Task[None] | None = None
         self.health.add_check("resources", lambda: None if self.ready.is_set() else "starting")
 
@@ -87,7 +93,10 @@ class WorkerResources:
         await require_current_schema(self.pool)
         # After the broker lost its topics the workers join a new group (see consumer_group_epochs).
         self.epoch = await group_epoch(self.pool, group_id(self.settings, self.service))
-        self._database = DatabaseProbe(self.pool)
+        self.incarnation = await database_incarnation(self.pool)
+        self._database = DatabaseProbe(
+            self.pool, incarnation=self.incarnation, on_new_incarnation=self._database_restarted
+        )
         self._database.start()
         self.health.add_check("database", lambda: self._database.problem)
         self.producer = new_producer(self.settings)
@@ -109,6 +118,34 @@ class WorkerResources:
     def on_broker_lost(self, recovery: OnLost) -> None:
         """Something this service must redo, from PostgreSQL, when the broker lost its topics."""
         self._recoveries.append(recovery)
+
+    def on_new_database(self, recovery: OnNewDatabase) -> None:
+        """Something this service must redo once per run of the database server (see `adopt_database`)."""
+        self._database_recoveries.append(recovery)
+
+    async def adopt_database(self) -> None:
+        """Run the recoveries if no worker of this service has started against this server run yet.
+
+        A server run not seen before may have lost commits it had acknowledged (a crash without
+        fsync, a failover to an asynchronous replica, a restore): what depends on them, e.g. the
+        versions forwarders hold, is put right here, once, whichever worker comes first.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            new = await conn.fetchval(
+                "INSERT INTO database_incarnations (service, incarnation) VALUES ($1, $2)"
+                " ON CONFLICT DO NOTHING RETURNING true",
+                self.service,
+                self.incarnation,
+            )
+            if new:
+                log.warning("first start against this run of the database (since %s): recovering", self.incarnation)
+                for recovery in self._database_recoveries:
+                    await recovery(conn)
+
+    def _database_restarted(self, incarnation: str) -> None:
+        # Our consumers' positions and what we published may be ahead of what it kept: start
+        # again, from the positions it holds (services/runtime/positions.py).
+        request_restart(f"the database restarted (running since {incarnation}): starting again from what it holds")
 
     async def _on_broker_lost(self, check: LogCheck) -> None:
         for recovery in self._recoveries:
@@ -171,6 +208,7 @@ async def _run(settings: Settings, service: str, health_port: int, build: Callab
     resources = WorkerResources(settings, service, health_port)
     await resources.open()
     worker = build(resources)
+    await resources.adopt_database()
     consumer = GroupConsumer(
         settings,
         resources.group_id,
@@ -179,6 +217,7 @@ async def _run(settings: Settings, service: str, health_port: int, build: Callab
         heartbeat_interval_seconds=settings.worker_heartbeat_interval_seconds,
         group_instance_id=settings.worker_group_instance_id or None,
         fetch_max_wait_ms=worker.fetch_max_wait_ms,
+        positions=ConsumerPositions(resources.pool),
     )
     resources.health.add_check("partitions", consumer.not_ready)
     consumer.start()

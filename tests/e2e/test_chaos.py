@@ -25,10 +25,8 @@ import asyncio
 import contextlib
 import itertools
 import signal
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,7 @@ from services.dev.embedded import free_port
 from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens
 from services.runtime.db import connect_pool
 from services.runtime.settings import Settings
-from tests.fault_tools import all_ready, forwarder_agrees
+from tests.fault_tools import all_ready, forwarder_agrees, healing
 from tests.integration.test_lifecycle_invariants import ledger_and_mapping
 from tests.pipeline_tools import bearer
 
@@ -49,24 +47,6 @@ pytestmark = pytest.mark.e2e
 
 FLIPPED = ("i-demo-web1", "i-demo-web2")
 SETTLE_SECONDS = 90.0
-
-
-@contextlib.contextmanager
-def healing(stack: DevStack) -> Iterator[None]:
-    """What `havip dev up` does about once a second: start again whatever died."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(0.5):
-            stack.heal()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 @dataclass

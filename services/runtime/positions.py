@@ -1,0 +1,59 @@
+"""Where a worker's consumer group stands in each partition, kept in PostgreSQL too.
+
+Kafka's committed offsets say what the group applied to the database it had. When that
+database loses commits it acknowledged (a crash without fsync, an asynchronous replica
+promoted, a restore), Kafka is ahead of it and the lost effects would never be applied
+again. The same offsets are written here before they are committed to Kafka, and a database
+restored to an earlier moment brings back its earlier positions with it; a worker that is
+given a partition starts from the lower of the two (`start_from`). See
+schemas/migrations/0009_database_forgets.sql.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import asyncpg
+from aiokafka import TopicPartition
+
+
+def start_from(
+    committed: Mapping[TopicPartition, int | None], saved: Mapping[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """The partitions to rewind, and where to: those whose saved position is below Kafka's.
+
+    A partition with no saved position starts where Kafka says; one Kafka knows nothing of
+    (a new group) starts where the group's reset policy says, since the saved position
+    belongs to the same group and would only repeat that.
+    """
+    return {
+        tp: offset
+        for tp, offset in saved.items()
+        if tp in committed and committed[tp] is not None and offset < committed[tp]  # type: ignore[operator]
+    }
+
+
+class ConsumerPositions:
+    """The adapter over `consumer_positions`."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout_seconds: float = 2.0) -> None:
+        self._pool = pool
+        self._timeout = timeout_seconds
+
+    async def save(self, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Raises when the database is away: the caller then does not commit to Kafka either."""
+        await self._pool.executemany(
+            "INSERT INTO consumer_positions (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (group_id, topic, partition)"
+            " DO UPDATE SET next_offset = excluded.next_offset, saved_at = now()",
+            [(group_id, tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
+            timeout=self._timeout,
+        )
+
+    async def load(self, group_id: str) -> dict[TopicPartition, int]:
+        rows = await self._pool.fetch(
+            "SELECT topic, partition, next_offset FROM consumer_positions WHERE group_id = $1",
+            group_id,
+            timeout=self._timeout,
+        )
+        return {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
