@@ -212,7 +212,19 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 },
                 "postgresql": {
                     "type": "object",
-                    "properties": {"parameters": {"type": "object", "additionalProperties": {"type": "string"}}},
+                    "additionalProperties": False,
+                    "properties": {
+                        "parameters": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "synchronous": _closed(
+                            {
+                                "method": {"enum": ["any", "first"]},
+                                "number": {"type": "integer", "minimum": 1},
+                                "dataDurability": {"enum": ["required", "preferred"]},
+                            },
+                            "method",
+                            "number",
+                        ),
+                    },
                 },
                 "storage": {
                     "type": "object",
