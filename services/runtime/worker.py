@@ -137,7 +137,7 @@ class WorkerResources:
                 self.service,
                 self.incarnation,
             )
-            if new:
+            if new and self._database_recoveries:
                 log.warning("first start against this run of the database (since %s): recovering", self.incarnation)
                 for recovery in self._database_recoveries:
                     await recovery(conn)
