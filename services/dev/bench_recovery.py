@@ -7,6 +7,12 @@ others), in one run, `rounds` times each:
   and until /readyz answers 200;
 - PostgreSQL killed, then started again once every service said so: per service, the
   time until /readyz turned 503, and until it was 200 again after the restart;
+- PostgreSQL frozen (SIGSTOP to the postmaster and every backend: connections open, nothing
+  answered), then thawed: the same two times per service;
+- PostgreSQL forgetting: a copy taken (pg_basebackup), a failover, the postmaster killed
+  and the copy put back, so the database has lost the failover the forwarder shows: time
+  from its start until the forwarder answers what PostgreSQL holds (owner and version)
+  and that owner is the one the agents reported last;
 - broker frozen (SIGSTOP: it accepts connections and answers nothing), then thawed:
   the same two times per service;
 - broker killed and started again empty (the embedded broker keeps topics in memory):
@@ -17,7 +23,10 @@ others), in one run, `rounds` times each:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
+import shutil
 import signal
 import statistics
 import tempfile
@@ -26,6 +35,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from services.dev.processes import ServiceProcess
@@ -64,6 +74,8 @@ async def _bench(stack: DevStack, rounds: int) -> Figures:
             print(f"round {number}/{rounds}", flush=True)
             await _gateway_restart(stack, failover, figures)
             await _postgres_outage(stack, figures)
+            await _postgres_freeze(stack, figures)
+            await _postgres_forgets(stack, failover, figures)
             await _broker_freeze(stack, figures)
             await _broker_loss(stack, failover, figures)
     return figures
@@ -74,14 +86,14 @@ class _Failover:
 
     def __init__(self, tenant: Tenant, havip_id: str, ip: str) -> None:
         self._tenant = tenant
-        self._havip_id = havip_id
-        self._ip = ip
+        self.havip_id = havip_id
+        self.ip = ip
         self.owner = "i-demo-web2"
 
     async def report_accepted(self, instance: str, state: str) -> None:
         while True:
             try:
-                await self._tenant.report(self._havip_id, instance, state)
+                await self._tenant.report(self.havip_id, instance, state)
                 return
             except Exception:  # 503 or no gateway yet: what an agent retries
                 await asyncio.sleep(0.05)
@@ -90,7 +102,7 @@ class _Failover:
         new = "i-demo-web1" if self.owner == "i-demo-web2" else "i-demo-web2"
         await self.report_accepted(self.owner, "BACKUP")
         await self.report_accepted(new, "MASTER")
-        await self._tenant.wait_owner("vpc-demo", self._ip, new, timeout=timeout)
+        await self._tenant.wait_owner("vpc-demo", self.ip, new, timeout=timeout)
         self.owner = new
 
 
@@ -125,6 +137,66 @@ async def _postgres_outage(stack: DevStack, figures: Figures) -> None:
         cut=lambda: _signal(postgres._process, signal.SIGKILL),
         restore=lambda: asyncio.to_thread(postgres.start),
     )
+
+
+async def _postgres_freeze(stack: DevStack, figures: Figures) -> None:
+    postgres = stack._postgres
+    if postgres is None:
+        return
+    await _outage(
+        stack.services,
+        "PostgreSQL frozen",
+        figures,
+        cut=lambda: _signal_group(postgres._process, signal.SIGSTOP),
+        restore=lambda: _signal_group(postgres._process, signal.SIGCONT),
+    )
+
+
+async def _postgres_forgets(stack: DevStack, failover: _Failover, figures: Figures) -> None:
+    postgres = stack._postgres
+    if postgres is None:
+        return
+    await _until_ready(stack.services)
+    copy = postgres.root / "bench-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    await asyncio.to_thread(postgres.backup, copy)
+    await failover.next()  # what the copy does not have, and the forwarder shows
+    await _signal(postgres._process, signal.SIGKILL)
+    postgres.restore(copy)
+    await asyncio.to_thread(postgres.start)
+    started = time.monotonic()
+    pool = await asyncpg.create_pool(stack.settings.database_url, min_size=1, max_size=2)
+    try:
+        figures["PostgreSQL forgot a failover: forwarder equal to it again"].append(
+            await _timed(started, _forwarder_matches(stack, pool, failover))
+        )
+    finally:
+        await pool.close()
+
+
+async def _forwarder_matches(stack: DevStack, pool: asyncpg.Pool, failover: _Failover) -> None:
+    """Until the forwarder answers the owner and version PostgreSQL holds, and it is the agents' last MASTER."""
+    async with httpx.AsyncClient(base_url=stack.url("forwarder"), timeout=2) as forwarder:
+        while True:
+            with contextlib.suppress(httpx.HTTPError, OSError, asyncpg.PostgresError):
+                row = await pool.fetchrow(
+                    "SELECT a.instance_id, h.version FROM havips h JOIN attachments a"
+                    " ON (a.havip_id, a.target_id) = (h.havip_id, h.owner_target_id) WHERE h.havip_id = $1",
+                    failover.havip_id,
+                )
+                answer = await forwarder.get("/v1/routes", params={"vpc_id": "vpc-demo", "ip": failover.ip})
+                if row is not None and answer.status_code == 200:
+                    route = answer.json()
+                    if (
+                        (route["instance_id"], route["version"])
+                        == (failover.owner, row["version"])
+                        == (
+                            row["instance_id"],
+                            row["version"],
+                        )
+                    ):
+                        return
+            await asyncio.sleep(0.05)
 
 
 async def _broker_freeze(stack: DevStack, figures: Figures) -> None:
@@ -198,6 +270,12 @@ async def _first(services: list[ServiceProcess], *, ready: bool, timeout: float 
 async def _until_ready(services: list[ServiceProcess]) -> None:
     if math.inf in (await _first(services, ready=True)).values():
         raise TimeoutError("not ready")
+
+
+async def _signal_group(process: object, sig: signal.Signals) -> None:
+    """To the process and all it started (PostgreSQL's backends run in its process group)."""
+    assert process is not None
+    os.killpg(os.getpgid(process.pid), sig)  # type: ignore[attr-defined]
 
 
 async def _signal(process: object, sig: signal.Signals) -> None:
