@@ -75,9 +75,13 @@ async def _bench(stack: DevStack, rounds: int) -> Figures:
             await _gateway_restart(stack, failover, figures)
             await _postgres_outage(stack, figures)
             await _postgres_freeze(stack, figures)
-            await _postgres_forgets(stack, failover, figures)
             await _broker_freeze(stack, figures)
             await _broker_loss(stack, failover, figures)
+        # Last: a stack that never catches up with a database that forgot (as before this
+        # was built) follows no failover after it, and would spoil every figure after it.
+        for number in range(1, rounds + 1):
+            print(f"the database forgets, {number}/{rounds}", flush=True)
+            await _postgres_forgets(stack, failover, figures)
     return figures
 
 
@@ -156,6 +160,10 @@ async def _postgres_forgets(stack: DevStack, failover: _Failover, figures: Figur
     postgres = stack._postgres
     if postgres is None:
         return
+    name = "PostgreSQL forgot a failover: forwarder equal to it again"
+    if math.inf in figures[name]:
+        figures[name].append(math.inf)  # it never caught up with the last one: nothing follows
+        return
     await _until_ready(stack.services)
     copy = postgres.root / "bench-copy"
     shutil.rmtree(copy, ignore_errors=True)
@@ -167,9 +175,7 @@ async def _postgres_forgets(stack: DevStack, failover: _Failover, figures: Figur
     started = time.monotonic()
     pool = await asyncpg.create_pool(stack.settings.database_url, min_size=1, max_size=2)
     try:
-        figures["PostgreSQL forgot a failover: forwarder equal to it again"].append(
-            await _timed(started, _forwarder_matches(stack, pool, failover))
-        )
+        figures[name].append(await _timed(started, _forwarder_matches(stack, pool, failover)))
     finally:
         await pool.close()
 

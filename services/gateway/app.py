@@ -89,6 +89,10 @@ def create_app(settings: Settings) -> FrontedApp:
 
             health.add_check("database", lambda: probe.problem)
             health.add_check("broker", lambda: watch.problem)
+            # What the watch has not seen yet, a publish that timed out has: we are answering 503.
+            health.add_check(
+                "broker_link", lambda: None if broker.reachable else "broker unreachable: publishes are answered 503"
+            )
             # Reported, but not a reason to turn traffic away: VRRP reports and reads do not need it.
             health.add_note("command_results", results.not_ready)
             app.state.gateway = GatewayContext(

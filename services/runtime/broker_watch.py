@@ -53,6 +53,11 @@ log = logging.getLogger(__name__)
 
 LOSSES = Counter("havip_broker_log_losses_total", "Times the broker was found to have lost our topics", ["service"])
 
+# A broker that has not answered a metadata request within `timeout_seconds` (1 s) is away:
+# looked at every 0.5 s, a frozen or killed broker makes the service unready within 1.5 s.
+_END_OFFSETS_TIMEOUT_SECONDS = 10.0
+_DATABASE_TIMEOUT_SECONDS = 1.0
+
 Marks = Mapping[TopicPartition, int]
 TopicIds = Mapping[str, uuid.UUID]
 
@@ -113,9 +118,9 @@ class BrokerWatch:
         on_lost: OnLost | None = None,
         *,
         on_recovered: Callable[[], None] | None = None,
-        every_seconds: float = 1.0,
-        failures_allowed: int = 1,
-        timeout_seconds: float = 2.5,
+        every_seconds: float = 0.5,
+        failures_allowed: int = 0,
+        timeout_seconds: float = 1.0,
     ) -> None:
         self._settings = settings
         self._service = service
@@ -139,6 +144,7 @@ class BrokerWatch:
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._task: asyncio.Task[None] | None = None
+        self._database_work: asyncio.Task[None] | None = None
         self.looks = 0  # completed looks, for tests that must wait for one
 
     # --- readiness --------------------------------------------------------------
@@ -164,17 +170,19 @@ class BrokerWatch:
     async def first_look(self) -> None:
         """Look once before starting, so readiness is decided from the start (a broker away: unready)."""
         with contextlib.suppress(Exception):  # the loop that follows counts and reports failures
-            await asyncio.wait_for(self.look(), self._timeout)
+            await self.look()
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        if self._database_work is not None:
+            self._database_work.cancel()  # not waited for: on a hung database that could be forever
         await self._close_clients()
 
     async def _watch(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self.look(), self._timeout)
+                await self.look()
                 self._failures = 0
             except asyncio.CancelledError:
                 raise
@@ -190,14 +198,16 @@ class BrokerWatch:
 
     async def look(self) -> LogCheck:
         """Look once, create missing topics, and recover from a lost log. Raises when the broker is away."""
-        consumer, admin = await self._clients()
-        present = set(await consumer.topics()) & self._wanted
-        ids = await topic_ids(consumer._client, present)
+        # Only the broker's answers are timed against "reachable": PostgreSQL (the marks and
+        # ids kept there) is best effort below, so a frozen database never reads as a broker away.
+        consumer, admin = await asyncio.wait_for(self._clients(), self._timeout)
+        present, ids = await asyncio.wait_for(self._topics_and_ids(consumer), self._timeout)
         ends: dict[TopicPartition, int] | None = None
         if self._offsets_read_at is None or time.monotonic() - self._offsets_read_at >= self._offsets_every:
-            ends = await self._end_offsets(consumer, admin, present)
+            # Slow on a long log of the embedded broker (docs/benchmarks.md): a timeout of its own.
+            ends = await asyncio.wait_for(self._end_offsets(consumer, admin, present), _END_OFFSETS_TIMEOUT_SECONDS)
             self._offsets_read_at = time.monotonic()
-        await self._load_marks()
+        await self._in_database(self._load_marks)
         check = compare_logs(self._marks, ends, self._wanted, present, self._ids, ids)
         self.looks += 1
         self._missing = check.missing
@@ -211,11 +221,29 @@ class BrokerWatch:
             await self._recover(check, ends, ids)
         else:
             self._ids.update(ids)
-            await self._save_ids()
+            await self._in_database(self._save_ids)
             if ends is not None:
                 self._marks = raised_marks(self._marks, ends)
-                await self._save_marks(ends)
+                marks = ends
+                await self._in_database(lambda: self._save_marks(marks))
         return check
+
+    async def _in_database(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Keeping marks and ids in PostgreSQL, without ever holding up a look at the broker.
+
+        One piece at a time, in the background, waited for up to a second and never cancelled
+        (cancelling a query on a hung server waits for the server). While one has not ended,
+        what a later look offers is dropped: the next look offers newer, and the marks and ids
+        in memory guard this process meanwhile.
+        """
+        if self._pool is None or (self._database_work is not None and not self._database_work.done()):
+            return
+        self._database_work = asyncio.get_running_loop().create_task(work(), name="broker-watch-database")
+        await asyncio.wait({self._database_work}, timeout=_DATABASE_TIMEOUT_SECONDS)
+
+    async def _topics_and_ids(self, consumer: AIOKafkaConsumer) -> tuple[set[str], dict[str, uuid.UUID]]:
+        present = set(await consumer.topics()) & self._wanted
+        return present, dict(await topic_ids(consumer._client, present))
 
     async def _recover(self, check: LogCheck, ends: Marks, ids: TopicIds) -> None:
         LOSSES.labels(self._service).inc()
@@ -282,7 +310,9 @@ class BrokerWatch:
             return
         try:
             rows = await self._pool.fetch(
-                "SELECT topic, partition, end_offset FROM broker_watermarks WHERE service = $1", self._service
+                "SELECT topic, partition, end_offset FROM broker_watermarks WHERE service = $1",
+                self._service,
+                timeout=_DATABASE_TIMEOUT_SECONDS,
             )
         except (*TRANSIENT, asyncpg.PostgresError) as exc:
             log.debug("broker watermarks not loaded yet: %r", exc)  # the marks in memory guard meanwhile
@@ -292,7 +322,9 @@ class BrokerWatch:
         }
         try:
             id_rows = await self._pool.fetch(
-                "SELECT topic, topic_id FROM broker_topic_ids WHERE service = $1", self._service
+                "SELECT topic, topic_id FROM broker_topic_ids WHERE service = $1",
+                self._service,
+                timeout=_DATABASE_TIMEOUT_SECONDS,
             )
         except (*TRANSIENT, asyncpg.PostgresError) as exc:
             log.debug("broker topic ids not loaded yet: %r", exc)
@@ -313,6 +345,7 @@ class BrokerWatch:
                 "INSERT INTO broker_topic_ids (service, topic, topic_id) VALUES ($1, $2, $3)"
                 " ON CONFLICT (service, topic) DO UPDATE SET topic_id = excluded.topic_id, seen_at = now()",
                 [(self._service, topic, topic_id) for topic, topic_id in changed.items()],
+                timeout=_DATABASE_TIMEOUT_SECONDS,
             )
         except (*TRANSIENT, asyncpg.PostgresError) as exc:
             log.debug("broker topic ids not saved: %r", exc)
@@ -329,6 +362,7 @@ class BrokerWatch:
                 "INSERT INTO broker_watermarks (service, topic, partition, end_offset) VALUES ($1, $2, $3, $4)"
                 f" ON CONFLICT (service, topic, partition) DO UPDATE SET end_offset = {keep}, seen_at = now()",
                 [(self._service, tp.topic, tp.partition, end) for tp, end in ends.items()],
+                timeout=_DATABASE_TIMEOUT_SECONDS,
             )
         except (*TRANSIENT, asyncpg.PostgresError) as exc:
             log.debug("broker watermarks not saved: %r", exc)

@@ -159,18 +159,38 @@ class DatabaseProbe:
         self._task = None
 
     async def _probe(self) -> None:
-        while True:
-            try:
-                seen = await asyncio.wait_for(database_incarnation(self._pool), timeout=self._timeout)
-                self._failures = 0
-            except Exception as exc:  # whatever the cause, the answer is "not reachable now"
-                self._failures += 1
-                self._last_error = repr(exc)
-            else:
-                if self._incarnation is None:
-                    self._incarnation = seen
-                elif seen != self._incarnation and self._on_new_incarnation is not None:
-                    log.warning("the database restarted (it started at %s, before at %s)", seen, self._incarnation)
-                    self._incarnation = seen
-                    self._on_new_incarnation(seen)
-            await asyncio.sleep(self._every)
+        asking: asyncio.Task[str] | None = None
+        try:
+            while True:
+                # Waited for, never cancelled on a timeout: cancelling a query on a hung server
+                # waits for that server (the pool resets the connection it hands back), which
+                # once kept a service ready through a 15 s freeze. A probe still unanswered
+                # is a failure each time it is looked at, and no second one is started.
+                if asking is None:
+                    asking = asyncio.get_running_loop().create_task(database_incarnation(self._pool))
+                done, _ = await asyncio.wait({asking}, timeout=self._timeout)
+                if not done:
+                    self._failed(f"no answer within {self._timeout:g} s")
+                else:
+                    answered, asking = asking, None
+                    if answered.exception() is not None:
+                        self._failed(repr(answered.exception()))
+                    else:
+                        self._failures = 0
+                        self._seen(answered.result())
+                await asyncio.sleep(self._every)
+        finally:
+            if asking is not None:
+                asking.cancel()  # not waited for: on a hung server that could be forever
+
+    def _failed(self, error: str) -> None:
+        self._failures += 1
+        self._last_error = error
+
+    def _seen(self, seen: str) -> None:
+        if self._incarnation is None:
+            self._incarnation = seen
+        elif seen != self._incarnation and self._on_new_incarnation is not None:
+            log.warning("the database restarted (it started at %s, before at %s)", seen, self._incarnation)
+            self._incarnation = seen
+            self._on_new_incarnation(seen)

@@ -159,6 +159,7 @@ class GroupConsumer:
         self._joined = False
         self._behind: dict[TopicPartition, int] = {}
         self._catch_up: asyncio.Task[None] | None = None
+        self._abandoned = False
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -184,6 +185,22 @@ class GroupConsumer:
             with contextlib.suppress(Exception):  # whoever reads them next applies them again
                 await self._commit()
             await self._consumer.stop()
+
+    async def abandon(self) -> None:
+        """Leave the group at once and commit nothing more, anywhere.
+
+        For a database that came back having lost commits: what was applied since the last
+        commit is read again by whoever takes the partitions, and no position past what the
+        database now holds is written into it.
+        """
+        self._abandoned = True
+        await cancel_and_wait(self._fetching)
+        for task in self._tasks:  # a batch under way is rolled back with its transaction
+            await cancel_and_wait(task)
+        await cancel_and_wait(self._catch_up)
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):  # leaving only spares the group a session's wait
+                await asyncio.wait_for(self._consumer.stop(), REVOKE_WAIT_SECONDS * 5)
 
     async def stopped(self) -> BaseException | None:
         """Wait until a task that must run for as long as the consumer does ends (a bug); what ended it."""
@@ -310,6 +327,8 @@ class GroupConsumer:
 
     async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
         assert self._consumer is not None
+        if self._abandoned:
+            return
         offsets = {
             tp: offset
             for tp, offset in self._applied.items()

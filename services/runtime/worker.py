@@ -81,6 +81,9 @@ class WorkerResources:
         self._recoveries: list[OnLost] = []
         self._database_recoveries: list[OnNewDatabase] = []
         self.incarnation = ""
+        # Set (with its reason) when the worker must start again with fresh consumers.
+        self.restart_requested = asyncio.Event()
+        self.restart_reason = ""
         self._http: asyncio.Task[None] | None = None
         self.health.add_check("resources", lambda: None if self.ready.is_set() else "starting")
 
@@ -144,8 +147,10 @@ class WorkerResources:
 
     def _database_restarted(self, incarnation: str) -> None:
         # Our consumers' positions and what we published may be ahead of what it kept: start
-        # again, from the positions it holds (services/runtime/positions.py).
-        request_restart(f"the database restarted (running since {incarnation}): starting again from what it holds")
+        # again, from the positions it holds (services/runtime/positions.py). The worker's loop
+        # leaves the group first, so the partitions are not held for a session meanwhile.
+        self.restart_reason = f"the database restarted (running since {incarnation}): starting again from what it holds"
+        self.restart_requested.set()
 
     async def _on_broker_lost(self, check: LogCheck) -> None:
         for recovery in self._recoveries:
@@ -223,13 +228,20 @@ async def _run(settings: Settings, service: str, health_port: int, build: Callab
     consumer.start()
     timers = [loop.create_task(_every(timer, resources), name=timer.name) for timer in worker.timers]
     watching = loop.create_task(_until_failed(consumer), name="consumer-watch")
+    restart = loop.create_task(resources.restart_requested.wait(), name="restart-watch")
     try:
-        await asyncio.wait({loop.create_task(stop.wait()), watching}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({loop.create_task(stop.wait()), watching, restart}, return_when=asyncio.FIRST_COMPLETED)
         if watching.done():
             watching.result()  # re-raises what stopped the consumer
+        if restart.done():
+            for task in timers:
+                await cancel_and_wait(task)
+            await consumer.abandon()
+            request_restart(resources.restart_reason)
         log.info("stopping: finishing what is under way, committing it and leaving the group")
     finally:
         await cancel_and_wait(watching)
+        await cancel_and_wait(restart)
         for task in timers:
             await cancel_and_wait(task)
         await consumer.stop()

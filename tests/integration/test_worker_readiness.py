@@ -49,11 +49,13 @@ async def until(url: str, status: int, timeout: float = 30.0) -> float:
     return time.monotonic() - started
 
 
+@pytest.mark.parametrize("fault", ["cut", "frozen"])
 @pytest.mark.parametrize("service", ["quota", "mapping", "forwarder", "gateway"])
 async def test_a_service_is_unready_while_postgres_is_away_and_ready_again_after(
     settings: Settings,
     start_service,
-    service: str,  # type: ignore[no-untyped-def]
+    service: str,
+    fault: str,  # type: ignore[no-untyped-def]
 ) -> None:
     address = urlsplit(settings.database_url)
     assert address.hostname is not None and address.port is not None
@@ -63,13 +65,23 @@ async def test_a_service_is_unready_while_postgres_is_away_and_ready_again_after
     worker = await asyncio.to_thread(start_service, service, database_url=proxied)
     assert (await readiness(worker.url))[0] == 200
 
-    await proxy.cut()
+    if fault == "cut":  # a server stopped: connections refused and dropped
+        await proxy.cut()
+    else:  # a server hung: connections open, nothing answered
+        proxy.freeze()
     went_unready = await until(worker.url, 503)
     status, body = await readiness(worker.url)
     assert "database" in body["reasons"], body  # type: ignore[operator]
-    await proxy.restore()
+    await asyncio.sleep(3)  # long enough for any other check to fail on the database's account
+    status, body = await readiness(worker.url)
+    # Only the database is named: the broker is fine, whatever the checks that also write to PostgreSQL.
+    assert status == 503 and not [r for r in body["reasons"] if "database" not in r], body  # type: ignore[union-attr]
+    if fault == "cut":
+        await proxy.restore()
+    else:
+        proxy.thaw()
     came_back = await until(worker.url, 200)
-    print(f"\n{service}: unready {went_unready:.1f} s after the cut, ready {came_back:.1f} s after the restore")
+    print(f"\n{service}: unready {went_unready:.1f} s after the {fault}, ready {came_back:.1f} s after it ended")
     assert worker.process is not None and worker.process.poll() is None  # recovered by itself
     # Stopped here, while this loop still runs the proxy its shutdown talks through.
     await asyncio.to_thread(worker.stop)
