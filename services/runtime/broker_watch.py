@@ -6,9 +6,9 @@ cluster can be rebuilt under a running system. Nothing in the Kafka protocol
 says so outright: consumers find their position past the end and quietly
 reset, commits fail with UnknownTopicOrPartition, and a worker's group
 offsets point into a log that no longer exists. So each service looks for
-itself, about once a second:
+itself, every half second:
 
-- the broker answers a metadata request (else, after a short grace, unready);
+- the broker answers a metadata request (else, once it has not answered within a second, unready);
 - every topic of the registry exists (else it is created, when allowed);
 - every topic has the id it had before (services/runtime/topic_ids.py): a topic
   made again has a new one, even when the same records were written to it again;
