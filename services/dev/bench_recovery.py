@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import shutil
 import signal
 import statistics
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 
 from services.dev.processes import ServiceProcess
 from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
@@ -145,14 +145,18 @@ async def _postgres_outage(stack: DevStack, figures: Figures) -> None:
 
 async def _postgres_freeze(stack: DevStack, figures: Figures) -> None:
     postgres = stack._postgres
-    if postgres is None:
-        return
+    if postgres is not None:
+        await _freeze(stack, "PostgreSQL frozen", lambda: postgres._process, figures)
+
+
+async def _freeze(stack: DevStack, what: str, process: Callable[[], object], figures: Figures) -> None:
+    """SIGSTOP to a process and all under it (connections stay open, nothing answers), then SIGCONT."""
     await _outage(
         stack.services,
-        "PostgreSQL frozen",
+        what,
         figures,
-        cut=lambda: _signal_group(postgres._process, signal.SIGSTOP),
-        restore=lambda: _signal_group(postgres._process, signal.SIGCONT),
+        cut=lambda: _signal_tree(process(), signal.SIGSTOP),
+        restore=lambda: _signal_tree(process(), signal.SIGCONT),
     )
 
 
@@ -207,15 +211,8 @@ async def _forwarder_matches(stack: DevStack, pool: asyncpg.Pool, failover: _Fai
 
 async def _broker_freeze(stack: DevStack, figures: Figures) -> None:
     broker = stack._broker
-    if broker is None:
-        return
-    await _outage(
-        stack.services,
-        "broker frozen",
-        figures,
-        cut=lambda: _signal(broker._process, signal.SIGSTOP),
-        restore=lambda: _signal(broker._process, signal.SIGCONT),
-    )
+    if broker is not None:
+        await _freeze(stack, "broker frozen", lambda: broker._process, figures)
 
 
 async def _broker_loss(stack: DevStack, failover: _Failover, figures: Figures) -> None:
@@ -282,10 +279,14 @@ async def _until_ready(services: list[ServiceProcess]) -> None:
         raise TimeoutError("not ready")
 
 
-async def _signal_group(process: object, sig: signal.Signals) -> None:
-    """To the process and all it started (PostgreSQL's backends run in its process group)."""
+async def _signal_tree(process: object, sig: signal.Signals) -> None:
+    """To the process and every process under it: PostgreSQL's backends each lead a process
+    group of their own, so stopping the postmaster's group would leave them answering."""
     assert process is not None
-    os.killpg(os.getpgid(process.pid), sig)  # type: ignore[attr-defined]
+    root = psutil.Process(process.pid)  # type: ignore[attr-defined]
+    for each in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            each.send_signal(sig)
 
 
 async def _signal(process: object, sig: signal.Signals) -> None:

@@ -106,9 +106,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._group.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        # aiokafka awaits this before it fetches: a rewind here is where the fetching starts.
-        await self._group.rewind_to_saved(set(assigned))
         self._group.on_assigned(set(assigned))
+        await self._group.rewind_to_saved(set(assigned))
 
 
 class GroupConsumer:
@@ -159,7 +158,6 @@ class GroupConsumer:
         self._joined = False
         self._behind: dict[TopicPartition, int] = {}
         self._catch_up: asyncio.Task[None] | None = None
-        self._abandoned = False
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -186,21 +184,47 @@ class GroupConsumer:
                 await self._commit()
             await self._consumer.stop()
 
-    async def abandon(self) -> None:
-        """Leave the group at once and commit nothing more, anywhere.
+    async def read_again_from_database(self) -> None:
+        """Read every assigned partition again from where the database says the group got.
 
-        For a database that came back having lost commits: what was applied since the last
-        commit is read again by whoever takes the partitions, and no position past what the
-        database now holds is written into it.
+        For a database that came back as a new run of its server: it may have lost commits it
+        had acknowledged, and the positions it holds are those of the moment it went back to.
+        Fetching pauses, the batches under way end, what was queued is dropped, and each
+        partition starts again from the lower of that position and what this worker applied.
         """
-        self._abandoned = True
-        await cancel_and_wait(self._fetching)
-        for task in self._tasks:  # a batch under way is rolled back with its transaction
-            await cancel_and_wait(task)
-        await cancel_and_wait(self._catch_up)
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):  # leaving only spares the group a session's wait
-                await asyncio.wait_for(self._consumer.stop(), REVOKE_WAIT_SECONDS * 5)
+        consumer = self._consumer
+        if self._positions is None or consumer is None or not self._assignment:
+            return
+        assigned = set(self._assignment)
+        consumer.pause(*assigned)
+        try:
+            async with contextlib.AsyncExitStack() as held:
+                for lane in self._lanes:
+                    await held.enter_async_context(lane._busy)
+                for lane in self._lanes:
+                    lane.drop(assigned)
+                saved = await self._positions.load(self.group_id)
+                for tp in sorted(assigned):
+                    applied = self._applied.pop(tp, None)
+                    self._committed.pop(tp, None)
+                    here = applied if applied is not None else await consumer.committed(tp)
+                    known = [offset for offset in (saved.get(tp), here) if offset is not None]
+                    if not known:
+                        await consumer.seek_to_beginning(tp)
+                        continue
+                    if saved.get(tp) is not None and here is not None and saved[tp] < here:
+                        log.warning(
+                            "%s[%d]: the database holds position %d, this worker got to %d: reading from %d again",
+                            tp.topic,
+                            tp.partition,
+                            saved[tp],
+                            here,
+                            saved[tp],
+                        )
+                    consumer.seek(tp, min(known))
+        finally:
+            with contextlib.suppress(Exception):  # revoked meanwhile: its next owner starts from the commits
+                consumer.resume(*(assigned & self._assignment) - self._paused)
 
     async def stopped(self) -> BaseException | None:
         """Wait until a task that must run for as long as the consumer does ends (a bug); what ended it."""
@@ -327,8 +351,6 @@ class GroupConsumer:
 
     async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
         assert self._consumer is not None
-        if self._abandoned:
-            return
         offsets = {
             tp: offset
             for tp, offset in self._applied.items()
@@ -368,12 +390,30 @@ class GroupConsumer:
 
     async def rewind_to_saved(self, assigned: set[TopicPartition]) -> None:
         """Start each partition from the position PostgreSQL holds when it is below Kafka's."""
-        if self._positions is None or self._consumer is None or not assigned:
+        consumer = self._consumer
+        if self._positions is None or consumer is None or not assigned:
             return
+        # Nothing is fetched for these partitions until each starts where it must: a record
+        # handed over meanwhile would be applied before the ones read again.
+        consumer.pause(*assigned)
+        try:
+            await self._seek_to_saved(consumer, assigned)
+        finally:
+            with contextlib.suppress(Exception):  # revoked meanwhile: its next owner starts from the commits
+                consumer.resume(*(assigned & self._assignment) - self._paused)
+
+    async def _seek_to_saved(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        assert self._positions is not None
         try:
             saved = await self._positions.load(self.group_id)
             wanted = {tp: offset for tp, offset in saved.items() if tp in assigned}
-            committed = {tp: await self._consumer.committed(tp) for tp in wanted}
+            committed = {tp: await consumer.committed(tp) for tp in assigned}
+            # A partition the database has no position for yet (a new group, or the first start
+            # with this table) gets one now, where the group stands: a copy of the database
+            # taken from here on knows how far the group had got.
+            unknown = {tp: committed[tp] or 0 for tp in assigned if tp not in wanted}
+            if unknown:
+                await self._positions.save_first(self.group_id, unknown)
         except Exception as exc:  # the database is away: nothing can be applied until it is back
             log.warning("cannot read the positions kept in the database, starting from Kafka's: %r", exc)
             return
@@ -386,7 +426,7 @@ class GroupConsumer:
                 committed[tp],
                 offset,
             )
-            self._consumer.seek(tp, offset)
+            consumer.seek(tp, offset)
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assignment = set(assigned)

@@ -50,6 +50,15 @@ class ConsumerPositions:
             timeout=self._timeout,
         )
 
+    async def save_first(self, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """A position for partitions that have none; one another worker saved meanwhile is kept."""
+        await self._pool.executemany(
+            "INSERT INTO consumer_positions (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (group_id, topic, partition) DO NOTHING",
+            [(group_id, tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
+            timeout=self._timeout,
+        )
+
     async def load(self, group_id: str) -> dict[TopicPartition, int]:
         rows = await self._pool.fetch(
             "SELECT topic, partition, next_offset FROM consumer_positions WHERE group_id = $1",

@@ -81,9 +81,8 @@ class WorkerResources:
         self._recoveries: list[OnLost] = []
         self._database_recoveries: list[OnNewDatabase] = []
         self.incarnation = ""
-        # Set (with its reason) when the worker must start again with fresh consumers.
-        self.restart_requested = asyncio.Event()
-        self.restart_reason = ""
+        # Set when the database turned out to be a new run of its server (see `_database_restarted`).
+        self.database_restarted = asyncio.Event()
         self._http: asyncio.Task[None] | None = None
         self.health.add_check("resources", lambda: None if self.ready.is_set() else "starting")
 
@@ -146,11 +145,11 @@ class WorkerResources:
                     await recovery(conn)
 
     def _database_restarted(self, incarnation: str) -> None:
-        # Our consumers' positions and what we published may be ahead of what it kept: start
-        # again, from the positions it holds (services/runtime/positions.py). The worker's loop
-        # leaves the group first, so the partitions are not held for a session meanwhile.
-        self.restart_reason = f"the database restarted (running since {incarnation}): starting again from what it holds"
-        self.restart_requested.set()
+        # Our consumers' positions and what we published may be ahead of what it kept: the
+        # worker's loop recovers (`adopt_database`) and reads again from the positions it holds
+        # (services/runtime/positions.py), in place, keeping its partitions.
+        self.incarnation = incarnation
+        self.database_restarted.set()
 
     async def _on_broker_lost(self, check: LogCheck) -> None:
         for recovery in self._recoveries:
@@ -228,25 +227,40 @@ async def _run(settings: Settings, service: str, health_port: int, build: Callab
     consumer.start()
     timers = [loop.create_task(_every(timer, resources), name=timer.name) for timer in worker.timers]
     watching = loop.create_task(_until_failed(consumer), name="consumer-watch")
-    restart = loop.create_task(resources.restart_requested.wait(), name="restart-watch")
+    stopping = loop.create_task(stop.wait(), name="stop-watch")
+    database = loop.create_task(resources.database_restarted.wait(), name="database-watch")
     try:
-        await asyncio.wait({loop.create_task(stop.wait()), watching, restart}, return_when=asyncio.FIRST_COMPLETED)
-        if watching.done():
-            watching.result()  # re-raises what stopped the consumer
-        if restart.done():
-            for task in timers:
-                await cancel_and_wait(task)
-            await consumer.abandon()
-            request_restart(resources.restart_reason)
+        while True:
+            await asyncio.wait({stopping, watching, database}, return_when=asyncio.FIRST_COMPLETED)
+            if watching.done():
+                watching.result()  # re-raises what stopped the consumer
+            if stopping.done():
+                break
+            resources.database_restarted.clear()
+            await _catch_up_with_database(resources, consumer)
+            database = loop.create_task(resources.database_restarted.wait(), name="database-watch")
         log.info("stopping: finishing what is under way, committing it and leaving the group")
     finally:
         await cancel_and_wait(watching)
-        await cancel_and_wait(restart)
+        await cancel_and_wait(stopping)
+        await cancel_and_wait(database)
         for task in timers:
             await cancel_and_wait(task)
         await consumer.stop()
         await resources.close()
     log.info("stopped")
+
+
+async def _catch_up_with_database(resources: WorkerResources, consumer: GroupConsumer) -> None:
+    """A new run of the database: recover what depends on it, then read again from where it says we got."""
+    try:
+        await resources.adopt_database()
+        await consumer.read_again_from_database()
+    except Exception as exc:  # away again: tried again shortly (recoveries and re-reads are idempotent)
+        if not is_transient(exc):
+            raise
+        log.warning("could not catch up with the database yet, trying again: %r", exc)
+        asyncio.get_running_loop().call_later(1.0, resources.database_restarted.set)
 
 
 async def _until_failed(consumer: GroupConsumer) -> None:

@@ -145,6 +145,18 @@ class Tenant:
             self.lifecycles.append((havip_id, True, deleted["operation"]["status"] == "Succeeded"))
 
 
+async def havips_to_flip(tenant: Tenant, count: int = 3) -> list[str]:
+    """HAVIPs attached to both instances the agents flip between."""
+    havips = []
+    for _ in range(count):
+        created = await tenant.mutate("POST", "/v1/havips", {"vswitch_id": "vsw-demo-a"})
+        havip_id = created["havip"]["havip_id"]
+        for instance in FLIPPED:
+            await tenant.mutate("POST", f"/v1/havips/{havip_id}/associations", {"instance_id": instance})
+        havips.append(havip_id)
+    return havips
+
+
 async def owners(db: asyncpg.Pool, havips: list[str]) -> dict[str, str | None]:
     rows = await db.fetch("SELECT havip_id, owner_target_id FROM havips WHERE havip_id = ANY($1)", havips)
     return {row["havip_id"]: row["owner_target_id"] for row in rows}
@@ -170,13 +182,7 @@ async def test_the_stack_survives_every_part_of_it_killed_in_turn(workdir: Path)
         services = {s.service: s for s in stack.services}
         async with httpx.AsyncClient(base_url=stack.url("gateway"), timeout=15) as gateway:
             tenant = Tenant(gateway)
-            flipped = []
-            for _ in range(3):
-                created = await tenant.mutate("POST", "/v1/havips", {"vswitch_id": "vsw-demo-a"})
-                havip_id = created["havip"]["havip_id"]
-                for instance in FLIPPED:
-                    await tenant.mutate("POST", f"/v1/havips/{havip_id}/associations", {"instance_id": instance})
-                flipped.append(havip_id)
+            flipped = await havips_to_flip(tenant)
             agents = Agents(gateway, flipped)
             stop = asyncio.Event()
             work = [asyncio.create_task(agents.run(stop)), asyncio.create_task(tenant.run(stop))]

@@ -32,7 +32,7 @@ from services.dev.embedded import free_port
 from services.dev.stack import DEMO_TENANT_TOKEN, DevStack
 from services.runtime.db import connect_pool
 from services.runtime.settings import Settings
-from tests.e2e.test_chaos import FLIPPED, SETTLE_SECONDS, Agents, Tenant, eventually_equal, owners
+from tests.e2e.test_chaos import SETTLE_SECONDS, Agents, Tenant, eventually_equal, havips_to_flip, owners
 from tests.fault_tools import forwarder_agrees, healing
 from tests.integration.test_lifecycle_invariants import ledger_and_mapping
 from tests.pipeline_tools import bearer
@@ -72,13 +72,7 @@ async def test_a_database_that_lost_acknowledged_commits_is_caught_up_with(workd
         db = await connect_pool(stack.settings.database_url, max_size=4)
         async with httpx.AsyncClient(base_url=stack.url("gateway"), timeout=15) as gateway:
             tenant = Tenant(gateway)
-            flipped = []
-            for _ in range(3):
-                created = await tenant.mutate("POST", "/v1/havips", {"vswitch_id": "vsw-demo-a"})
-                havip_id = created["havip"]["havip_id"]
-                for instance in FLIPPED:
-                    await tenant.mutate("POST", f"/v1/havips/{havip_id}/associations", {"instance_id": instance})
-                flipped.append(havip_id)
+            flipped = await havips_to_flip(tenant)
             agents = Agents(gateway, flipped)
             stop = asyncio.Event()
             work = [asyncio.create_task(agents.run(stop)), asyncio.create_task(tenant.run(stop))]
