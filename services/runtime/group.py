@@ -108,6 +108,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self._group.on_assigned(set(assigned))
         await self._group.rewind_to_saved(set(assigned))
+        self._group.take_stock(set(assigned))
 
 
 class GroupConsumer:
@@ -432,6 +433,7 @@ class GroupConsumer:
         self._assignment = set(assigned)
         self._paused &= self._assignment
         self._joined = True
+        self._rebalancing = True  # until `take_stock` has looked where the partitions end
         log.info(
             "group %s assigned %s",
             self.group_id,
@@ -440,7 +442,10 @@ class GroupConsumer:
         if self._catch_up is not None:
             self._catch_up.cancel()
         self._behind = {}
-        self._catch_up = asyncio.get_running_loop().create_task(self._take_stock(set(assigned)), name="take-stock")
+
+    def take_stock(self, assigned: set[TopicPartition]) -> None:
+        """Once each partition's start is decided (and its position kept in PostgreSQL): ready when caught up."""
+        self._catch_up = asyncio.get_running_loop().create_task(self._take_stock(assigned), name="take-stock")
 
     async def _take_stock(self, assigned: set[TopicPartition]) -> None:
         """Note where each assigned partition ends now; the worker is caught up once it applied that far."""
