@@ -9,6 +9,7 @@ operation would stay Pending forever.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -46,6 +47,7 @@ class CommandResults:
         self._base_group = f"{settings.topic_prefix}havip-gateway"
         self._epoch = 0
         self._group: GroupConsumer | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Join the group in the background: a restarted gateway's join waits out its old member's
@@ -57,6 +59,8 @@ class CommandResults:
     async def stop(self) -> None:
         if self._group is not None:
             await self._group.stop()
+        for retiring in list(self._retiring):
+            await retiring
 
     def not_ready(self) -> str | None:
         return self._group.not_ready() if self._group is not None else "not started"
@@ -75,9 +79,13 @@ class CommandResults:
         old = self._group
         self._epoch = await group_epoch(self._pool, self._base_group)
         self._group = self._new_group()
-        if old is not None:
-            await old.stop()
         self._group.start()
+        if old is not None:
+            # In the background: leaving a group on a broker that lost it can take seconds, and
+            # the gateway is unready until this recovery returns.
+            retiring = asyncio.get_running_loop().create_task(old.stop(), name="results-old-group-stop")
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
         log.warning("command results: following the new topic from its start in group %s", self._group.group_id)
 
     def _new_group(self) -> GroupConsumer:

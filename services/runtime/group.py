@@ -185,7 +185,7 @@ class GroupConsumer:
                 await self._commit()
             await self._consumer.stop()
 
-    async def read_again_from_database(self) -> None:
+    async def read_again_from_database(self, incarnation: str) -> None:
         """Read every assigned partition again from where the database says the group got.
 
         For a database that came back as a new run of its server: it may have lost commits it
@@ -194,7 +194,10 @@ class GroupConsumer:
         partition starts again from the lower of that position and what this worker applied.
         """
         consumer = self._consumer
-        if self._positions is None or consumer is None or not self._assignment:
+        if self._positions is None:
+            return
+        if consumer is None or not self._assignment:
+            self._positions.incarnation = incarnation  # nothing to read again; what comes is read from there
             return
         assigned = set(self._assignment)
         consumer.pause(*assigned)
@@ -223,6 +226,8 @@ class GroupConsumer:
                             saved[tp],
                         )
                     consumer.seek(tp, min(known))
+                # Positions are written again, to the run they were read from.
+                self._positions.incarnation = incarnation
         finally:
             with contextlib.suppress(Exception):  # revoked meanwhile: its next owner starts from the commits
                 consumer.resume(*(assigned & self._assignment) - self._paused)

@@ -33,31 +33,53 @@ def start_from(
     }
 
 
-class ConsumerPositions:
-    """The adapter over `consumer_positions`."""
+class AnotherDatabaseRun(Exception):
+    """The database answering is not the server run these positions were read from."""
 
-    def __init__(self, pool: asyncpg.Pool, timeout_seconds: float = 2.0) -> None:
+
+class ConsumerPositions:
+    """The adapter over `consumer_positions`.
+
+    Writes only to the server run (`incarnation`, services/runtime/db.py) the worker has caught
+    up with: between a restored database coming up and the worker reading its positions again,
+    the worker's own positions, ahead of it, must not be written over the ones it brought back.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, incarnation: str, timeout_seconds: float = 2.0) -> None:
         self._pool = pool
+        self.incarnation = incarnation
         self._timeout = timeout_seconds
 
     async def save(self, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
-        """Raises when the database is away: the caller then does not commit to Kafka either."""
-        await self._pool.executemany(
+        """Raises when the database is away or another run: the caller then does not commit to Kafka either."""
+        await self._write(
             "INSERT INTO consumer_positions (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT (group_id, topic, partition)"
             " DO UPDATE SET next_offset = excluded.next_offset, saved_at = now()",
-            [(group_id, tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
-            timeout=self._timeout,
+            group_id,
+            offsets,
         )
 
     async def save_first(self, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
         """A position for partitions that have none; one another worker saved meanwhile is kept."""
-        await self._pool.executemany(
+        await self._write(
             "INSERT INTO consumer_positions (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
             " ON CONFLICT (group_id, topic, partition) DO NOTHING",
-            [(group_id, tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
-            timeout=self._timeout,
+            group_id,
+            offsets,
         )
+
+    async def _write(self, statement: str, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
+        async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
+            # On one connection, so the run cannot change between the question and the write.
+            running = await conn.fetchval("SELECT pg_postmaster_start_time()::text", timeout=self._timeout)
+            if running != self.incarnation:
+                raise AnotherDatabaseRun(f"the database runs since {running}, positions are from {self.incarnation}")
+            await conn.executemany(
+                statement,
+                [(group_id, tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
+                timeout=self._timeout,
+            )
 
     async def load(self, group_id: str) -> dict[TopicPartition, int]:
         rows = await self._pool.fetch(

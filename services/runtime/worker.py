@@ -221,7 +221,7 @@ async def _run(settings: Settings, service: str, health_port: int, build: Callab
         heartbeat_interval_seconds=settings.worker_heartbeat_interval_seconds,
         group_instance_id=settings.worker_group_instance_id or None,
         fetch_max_wait_ms=worker.fetch_max_wait_ms,
-        positions=ConsumerPositions(resources.pool),
+        positions=ConsumerPositions(resources.pool, resources.incarnation),
     )
     resources.health.add_check("partitions", consumer.not_ready)
     consumer.start()
@@ -255,7 +255,7 @@ async def _catch_up_with_database(resources: WorkerResources, consumer: GroupCon
     """A new run of the database: recover what depends on it, then read again from where it says we got."""
     try:
         await resources.adopt_database()
-        await consumer.read_again_from_database()
+        await consumer.read_again_from_database(resources.incarnation)
     except Exception as exc:  # away again: tried again shortly (recoveries and re-reads are idempotent)
         if not is_transient(exc):
             raise
