@@ -5,7 +5,9 @@ producer, dead letters, the health server, the broker watch), joins its consumer
 the lanes its service declares (services/runtime/group.py, which hands records to the consume
 kernel), runs its timers, and on SIGTERM or SIGINT stops gracefully: the batches under way
 end, their offsets are committed and the worker leaves its group, so its partitions move at
-once. At-least-once throughout: there is no exactly-once anywhere (the embedded broker has no
+once. When the database turns out to be a new run of its server (it may have lost commits),
+the worker runs its service's recoveries and reads its partitions again from the positions
+the database holds, in place. At-least-once throughout: there is no exactly-once anywhere (the embedded broker has no
 transactions), and every handler is idempotent.
 """
 
@@ -140,7 +142,7 @@ class WorkerResources:
                 self.incarnation,
             )
             if new and self._database_recoveries:
-                log.warning("first start against this run of the database (since %s): recovering", self.incarnation)
+                log.warning("first worker on this run of the database (since %s): recovering", self.incarnation)
                 for recovery in self._database_recoveries:
                     await recovery(conn)
 
