@@ -113,9 +113,13 @@ async def require_current_schema(pool: asyncpg.Pool) -> None:
         )
 
 
+# Which run of the PostgreSQL server answers: a restart, failover or restore is a new one.
+INCARNATION_SQL = "pg_postmaster_start_time()::text"
+
+
 async def database_incarnation(conn: asyncpg.Pool | asyncpg.Connection) -> str:
-    """Which run of the PostgreSQL server answers: a restart, failover or restore is a new one."""
-    return str(await conn.fetchval("SELECT pg_postmaster_start_time()::text"))
+    """Which run of the PostgreSQL server answers (`INCARNATION_SQL`)."""
+    return str(await conn.fetchval(f"SELECT {INCARNATION_SQL}"))
 
 
 class DatabaseProbe:

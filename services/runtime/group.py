@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -200,37 +200,56 @@ class GroupConsumer:
             self._positions.incarnation = incarnation  # nothing to read again; what comes is read from there
             return
         assigned = set(self._assignment)
-        consumer.pause(*assigned)
+        async with self._not_fetching(consumer, assigned), contextlib.AsyncExitStack() as held:
+            for lane in self._lanes:
+                await held.enter_async_context(lane._busy)
+            for lane in self._lanes:
+                lane.drop(assigned)
+            saved = await self._positions.load(self.group_id)
+            here: dict[TopicPartition, int | None] = {}
+            for tp in sorted(assigned):
+                applied = self._applied.pop(tp, None)
+                self._committed.pop(tp, None)
+                here[tp] = applied if applied is not None else await consumer.committed(tp)
+            rewinds = start_from(here, saved)
+            for tp, offset in here.items():  # what was queued is gone: fetch it again
+                if tp in rewinds:
+                    continue
+                if offset is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, offset)
+            self._rewind_to(consumer, rewinds, here)
+            # Positions are written again, to the run they were read from.
+            self._positions.incarnation = incarnation
+
+    @contextlib.asynccontextmanager
+    async def _not_fetching(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> AsyncIterator[None]:
+        """Nothing is fetched for `partitions` meanwhile: a record handed over while their start
+        is decided would be applied before the ones read again."""
+        consumer.pause(*partitions)
         try:
-            async with contextlib.AsyncExitStack() as held:
-                for lane in self._lanes:
-                    await held.enter_async_context(lane._busy)
-                for lane in self._lanes:
-                    lane.drop(assigned)
-                saved = await self._positions.load(self.group_id)
-                for tp in sorted(assigned):
-                    applied = self._applied.pop(tp, None)
-                    self._committed.pop(tp, None)
-                    here = applied if applied is not None else await consumer.committed(tp)
-                    known = [offset for offset in (saved.get(tp), here) if offset is not None]
-                    if not known:
-                        await consumer.seek_to_beginning(tp)
-                        continue
-                    if saved.get(tp) is not None and here is not None and saved[tp] < here:
-                        log.warning(
-                            "%s[%d]: the database holds position %d, this worker got to %d: reading from %d again",
-                            tp.topic,
-                            tp.partition,
-                            saved[tp],
-                            here,
-                            saved[tp],
-                        )
-                    consumer.seek(tp, min(known))
-                # Positions are written again, to the run they were read from.
-                self._positions.incarnation = incarnation
+            yield
         finally:
             with contextlib.suppress(Exception):  # revoked meanwhile: its next owner starts from the commits
-                consumer.resume(*(assigned & self._assignment) - self._paused)
+                consumer.resume(*(partitions & self._assignment) - self._paused)
+
+    def _rewind_to(
+        self,
+        consumer: AIOKafkaConsumer,
+        rewinds: dict[TopicPartition, int],
+        here: Mapping[TopicPartition, int | None],
+    ) -> None:
+        for tp, offset in sorted(rewinds.items()):
+            log.warning(
+                "%s[%d]: the database holds position %d, the group got to %s: reading from %d again",
+                tp.topic,
+                tp.partition,
+                offset,
+                here[tp],
+                offset,
+            )
+            consumer.seek(tp, offset)
 
     async def stopped(self) -> BaseException | None:
         """Wait until a task that must run for as long as the consumer does ends (a bug); what ended it."""
@@ -399,40 +418,20 @@ class GroupConsumer:
         consumer = self._consumer
         if self._positions is None or consumer is None or not assigned:
             return
-        # Nothing is fetched for these partitions until each starts where it must: a record
-        # handed over meanwhile would be applied before the ones read again.
-        consumer.pause(*assigned)
-        try:
-            await self._seek_to_saved(consumer, assigned)
-        finally:
-            with contextlib.suppress(Exception):  # revoked meanwhile: its next owner starts from the commits
-                consumer.resume(*(assigned & self._assignment) - self._paused)
-
-    async def _seek_to_saved(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
-        assert self._positions is not None
-        try:
-            saved = await self._positions.load(self.group_id)
-            wanted = {tp: offset for tp, offset in saved.items() if tp in assigned}
-            committed = {tp: await consumer.committed(tp) for tp in assigned}
-            # A partition the database has no position for yet (a new group, or the first start
-            # with this table) gets one now, where the group stands: a copy of the database
-            # taken from here on knows how far the group had got.
-            unknown = {tp: committed[tp] or 0 for tp in assigned if tp not in wanted}
-            if unknown:
-                await self._positions.save_first(self.group_id, unknown)
-        except Exception as exc:  # the database is away: nothing can be applied until it is back
-            log.warning("cannot read the positions kept in the database, starting from Kafka's: %r", exc)
-            return
-        for tp, offset in sorted(start_from(committed, wanted).items()):
-            log.warning(
-                "%s[%d]: the database holds position %d, Kafka %s: reading from %d again",
-                tp.topic,
-                tp.partition,
-                offset,
-                committed[tp],
-                offset,
-            )
-            consumer.seek(tp, offset)
+        async with self._not_fetching(consumer, assigned):
+            try:
+                saved = await self._positions.load(self.group_id)
+                committed = {tp: await consumer.committed(tp) for tp in assigned}
+                # A partition the database has no position for yet (a new group, or the first start
+                # with this table) gets one now, where the group stands: a copy of the database
+                # taken from here on knows how far the group had got.
+                unknown = {tp: committed[tp] or 0 for tp in assigned if tp not in saved}
+                if unknown:
+                    await self._positions.save_first(self.group_id, unknown)
+            except Exception as exc:  # the database is away: nothing can be applied until it is back
+                log.warning("cannot read the positions kept in the database, starting from Kafka's: %r", exc)
+                return
+            self._rewind_to(consumer, start_from(committed, saved), committed)
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._assignment = set(assigned)

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 import asyncpg
 from aiokafka import TopicPartition
 
+from services.runtime.db import INCARNATION_SQL
+
 
 def start_from(
     committed: Mapping[TopicPartition, int | None], saved: Mapping[TopicPartition, int]
@@ -52,34 +54,33 @@ class ConsumerPositions:
 
     async def save(self, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
         """Raises when the database is away or another run: the caller then does not commit to Kafka either."""
-        await self._write(
-            "INSERT INTO consumer_positions (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (group_id, topic, partition)"
-            " DO UPDATE SET next_offset = excluded.next_offset, saved_at = now()",
-            group_id,
-            offsets,
-        )
+        await self._write("DO UPDATE SET next_offset = excluded.next_offset, saved_at = now()", group_id, offsets)
 
     async def save_first(self, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
         """A position for partitions that have none; one another worker saved meanwhile is kept."""
-        await self._write(
-            "INSERT INTO consumer_positions (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (group_id, topic, partition) DO NOTHING",
-            group_id,
-            offsets,
-        )
+        await self._write("DO NOTHING", group_id, offsets)
 
-    async def _write(self, statement: str, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
-        async with self._pool.acquire(timeout=self._timeout) as conn, conn.transaction():
-            # On one connection, so the run cannot change between the question and the write.
-            running = await conn.fetchval("SELECT pg_postmaster_start_time()::text", timeout=self._timeout)
-            if running != self.incarnation:
-                raise AnotherDatabaseRun(f"the database runs since {running}, positions are from {self.incarnation}")
-            await conn.executemany(
-                statement,
-                [(group_id, tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
-                timeout=self._timeout,
-            )
+    async def _write(self, on_conflict: str, group_id: str, offsets: Mapping[TopicPartition, int]) -> None:
+        # One statement: it writes only if the server run is the one these positions belong to,
+        # and says which run answered, so the run cannot change between the question and the write.
+        running = await self._pool.fetchval(
+            f"WITH run AS (SELECT {INCARNATION_SQL} AS running),"
+            " written AS ("
+            "  INSERT INTO consumer_positions (group_id, topic, partition, next_offset)"
+            "  SELECT $1, p.topic, p.partition, p.next_offset"
+            "  FROM unnest($2::text[], $3::integer[], $4::bigint[]) AS p(topic, partition, next_offset), run"
+            "  WHERE run.running = $5"
+            f" ON CONFLICT (group_id, topic, partition) {on_conflict})"
+            " SELECT running FROM run",
+            group_id,
+            [tp.topic for tp in offsets],
+            [tp.partition for tp in offsets],
+            list(offsets.values()),
+            self.incarnation,
+            timeout=self._timeout,
+        )
+        if running != self.incarnation:
+            raise AnotherDatabaseRun(f"the database runs since {running}, positions are from {self.incarnation}")
 
     async def load(self, group_id: str) -> dict[TopicPartition, int]:
         rows = await self._pool.fetch(
