@@ -25,8 +25,10 @@ import asyncio
 import contextlib
 import itertools
 import signal
+import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,16 +171,32 @@ async def eventually_equal(what: str, actual: Any, expected: Any, timeout: float
         await asyncio.sleep(0.2)
 
 
-async def test_the_stack_survives_every_part_of_it_killed_in_turn(workdir: Path) -> None:
-    ports = {f"{name}_port": free_port() for name in ("gateway", "forwarder", "quota", "mapping")}
+@contextlib.asynccontextmanager
+async def healed_stack(workdir: Path, name: str) -> AsyncIterator[tuple[DevStack, threading.Lock, asyncpg.Pool]]:
+    """A stack of its own, healed as `havip dev up` heals it (the lock pauses that), and a pool on its database."""
+    ports = {f"{service}_port": free_port() for service in ("gateway", "forwarder", "quota", "mapping")}
     settings = Settings(**ports)  # type: ignore[arg-type]
-    stack = DevStack(settings, workdir / f"chaos-{ports['gateway_port']}", embedded_kafka=True, embedded_postgres=True)
-    started = time.monotonic()
+    stack = DevStack(settings, workdir / f"{name}-{ports['gateway_port']}", embedded_kafka=True, embedded_postgres=True)
     await asyncio.to_thread(stack.__enter__)  # it runs event loops of its own
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(stack.stop)
-        cleanup.enter_context(healing(stack))
+        paused = cleanup.enter_context(healing(stack))
         db = await connect_pool(stack.settings.database_url, max_size=4)
+        try:
+            yield stack, paused, db
+        finally:
+            await db.close()
+
+
+async def ledger_differences(db: asyncpg.Pool) -> dict[str, Any]:
+    """Where quota's ledger and the mapping tables disagree: (only in quota's, only in mapping's)."""
+    views = await ledger_and_mapping(db)
+    return {name: (q - m, m - q) for name, (q, m) in views.items() if q != m}
+
+
+async def test_the_stack_survives_every_part_of_it_killed_in_turn(workdir: Path) -> None:
+    started = time.monotonic()
+    async with healed_stack(workdir, "chaos") as (stack, _, db):
         services = {s.service: s for s in stack.services}
         async with httpx.AsyncClient(base_url=stack.url("gateway"), timeout=15) as gateway:
             tenant = Tenant(gateway)
@@ -226,15 +244,10 @@ async def test_the_stack_survives_every_part_of_it_killed_in_turn(workdir: Path)
                 expected = ("Deleted" if deleted_ok else "Available") if created_ok else None
                 assert status == expected, (havip_id, created_ok, deleted_ok, status)
 
-            async def ledger_differences() -> dict[str, Any]:
-                views = await ledger_and_mapping(db)
-                return {name: (q - m, m - q) for name, (q, m) in views.items() if q != m}
-
-            await eventually_equal("quota's ledger and the mapping tables", ledger_differences, {})
+            await eventually_equal("quota's ledger and the mapping tables", lambda: ledger_differences(db), {})
             await forwarder_agrees(db, stack.url("forwarder"), timeout=SETTLE_SECONDS)
             print(
                 f"{time.monotonic() - started:6.1f}s settled: {len(tenant.operations)} operations,"
                 f" {agents.accepted} reports accepted, {agents.refused + tenant.retries} answers retried",
                 flush=True,
             )
-        await db.close()

@@ -23,18 +23,22 @@ import contextlib
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from services.dev.embedded import free_port
-from services.dev.stack import DEMO_TENANT_TOKEN, DevStack
-from services.runtime.db import connect_pool
-from services.runtime.settings import Settings
-from tests.e2e.test_chaos import SETTLE_SECONDS, Agents, Tenant, eventually_equal, havips_to_flip, owners
-from tests.fault_tools import forwarder_agrees, healing
-from tests.integration.test_lifecycle_invariants import ledger_and_mapping
+from services.dev.stack import DEMO_TENANT_TOKEN
+from tests.e2e.test_chaos import (
+    SETTLE_SECONDS,
+    Agents,
+    Tenant,
+    eventually_equal,
+    havips_to_flip,
+    healed_stack,
+    ledger_differences,
+    owners,
+)
+from tests.fault_tools import forwarder_agrees
 from tests.pipeline_tools import bearer
 
 pytestmark = pytest.mark.e2e
@@ -58,18 +62,9 @@ async def operation_status(gateway: httpx.AsyncClient, operation_id: str) -> str
 
 
 async def test_a_database_that_lost_acknowledged_commits_is_caught_up_with(workdir: Path) -> None:
-    ports = {f"{name}_port": free_port() for name in ("gateway", "forwarder", "quota", "mapping")}
-    settings = Settings(**ports)  # type: ignore[arg-type]
-    stack = DevStack(
-        settings, workdir / f"forgets-{ports['gateway_port']}", embedded_kafka=True, embedded_postgres=True
-    )
-    await asyncio.to_thread(stack.__enter__)  # it runs event loops of its own
-    postgres = stack._postgres
-    assert postgres is not None
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(stack.stop)
-        paused = cleanup.enter_context(healing(stack))
-        db = await connect_pool(stack.settings.database_url, max_size=4)
+    async with healed_stack(workdir, "forgets") as (stack, paused, db):
+        postgres = stack._postgres
+        assert postgres is not None
         async with httpx.AsyncClient(base_url=stack.url("gateway"), timeout=15) as gateway:
             tenant = Tenant(gateway)
             flipped = await havips_to_flip(tenant)
@@ -115,9 +110,4 @@ async def test_a_database_that_lost_acknowledged_commits_is_caught_up_with(workd
             assert set(statuses) <= {"Succeeded", "Failed", "unknown"}, statuses
             assert await db.fetchval("SELECT count(*) FROM operations WHERE status = 'Pending'") == 0
 
-            async def ledger_differences() -> dict[str, Any]:
-                views = await ledger_and_mapping(db)
-                return {name: (q - m, m - q) for name, (q, m) in views.items() if q != m}
-
-            await eventually_equal("quota's ledger and the mapping tables", ledger_differences, {})
-        await db.close()
+            await eventually_equal("quota's ledger and the mapping tables", lambda: ledger_differences(db), {})
