@@ -72,6 +72,8 @@ class ErrorCode(StrEnum):
     SEQ_AHEAD = "VrrpReport.SeqAhead"
     UNKNOWN_HAVIP = "VrrpReport.UnknownHaVip"
     APPLY_FAILED = "ApplyFailed"
+    # an observer saw a VRRP advert or gratuitous ARP for a HAVIP's address from an instance that may not claim it
+    UNEXPECTED_CLAIMANT = "VrrpReport.UnexpectedClaimant"
 
 
 HTTP_STATUS: dict[ErrorCode, int] = {

@@ -44,6 +44,8 @@ INVENTORY: tuple[Example, ...] = (
         "status": "Running",
         "host_id": "host-fra-31",
         "revision": 7,
+        "port_name": "tap0a11",
+        "mac": "fa:16:3e:0a:11:01",
     },
     {
         "message_id": "8f4b2f26-5708-41cc-a64c-0ebfd434b97d",
@@ -56,6 +58,8 @@ INVENTORY: tuple[Example, ...] = (
         "vswitch_id": "vsw-4k2m",
         "private_ip": "10.20.0.22",
         "revision": 2,
+        "port_name": "tap7c33",
+        "mac": "fa:16:3e:7c:33:02",
     },
     {
         "message_id": "05b8d83d-229b-4b4d-b014-8c86b64e53c1",
@@ -245,6 +249,25 @@ VRRP: tuple[Example, ...] = (
         "reported_at": "2025-06-02T08:13:04.702114Z",
         "received_at": "2025-06-02T08:13:04.731000Z",
         "lease_seconds": 15.0,
+        "source": "agent",
+    },
+    {
+        "message_id": "5d0c6a4e-93a7-4b8e-9b41-0c7d2f1e6a55",
+        "type": "ObservedClaimsRenewed",
+        "occurred_at": "2025-06-02T08:13:09.800000Z",
+        "schema_version": 1,
+        "observer_id": "host-fra-31",
+        "lease_seconds": 15.0,
+        "claims": [
+            {
+                "havip_id": HAVIP,
+                "tenant_id": TENANT,
+                "instance_id": "i-0a11",
+                "priority": 150,
+                "seq": 1748851989800112,
+                "seen_at": "2025-06-02T08:13:09.412034Z",
+            }
+        ],
     },
 )
 

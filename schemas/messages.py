@@ -138,6 +138,12 @@ class VSwitchChanged(Message):
     revision: Integer = Field(ge=0, description="Monotonic per resource; older revisions are ignored.")
 
 
+# A port on a hypervisor host as its host agent names it (a tap, a vhost port, a veth end): what
+# `havip observe` watches. Linux interface names are at most 15 bytes and never hold "/" or spaces.
+PortName = Annotated[str, Field(min_length=1, max_length=15, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@:-]*$")]
+MacAddress = Annotated[str, Field(pattern=r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", description="lower case, colons")]
+
+
 class InstanceChanged(Message):
     type: Literal["InstanceChanged"] = "InstanceChanged"
     instance_id: Id
@@ -148,6 +154,10 @@ class InstanceChanged(Message):
     status: InstanceStatus
     host_id: Id
     revision: Integer = Field(ge=0)
+    port_name: PortName | None = Field(
+        default=None, description="The instance's primary port on its host; frames arriving there are its own."
+    )
+    mac: MacAddress | None = Field(default=None, description="The primary port's MAC address.")
 
 
 class EniChanged(Message):
@@ -158,6 +168,10 @@ class EniChanged(Message):
     vswitch_id: Id
     private_ip: str
     revision: Integer = Field(ge=0)
+    port_name: PortName | None = Field(
+        default=None, description="The ENI's port on its instance's host; frames arriving there are the instance's."
+    )
+    mac: MacAddress | None = None
 
 
 class EipChanged(Message):
@@ -350,6 +364,13 @@ class VrrpState(StrEnum):
     STOP = "STOP"
 
 
+class ReportSource(StrEnum):
+    """Who saw a VRRP state: the agent next to keepalived, or the observer on the instance's host."""
+
+    AGENT = "agent"
+    OBSERVER = "observer"
+
+
 def report_order(seq: int, reported_at: datetime) -> tuple[int, datetime]:
     """Where a report stands among its instance's reports: its agent numbers them, its clock breaks ties."""
     return (seq, reported_at)
@@ -374,6 +395,45 @@ class VrrpReported(Message):
         description="How long a MASTER claim stays live unless renewed; null: until the instance reports"
         " another state (a notify script, which cannot renew). 0: a claim no longer known to be live.",
     )
+    source: ReportSource = Field(
+        default=ReportSource.AGENT,
+        description="agent: reported by `havip agent` through the gateway (seq is its number); observer: seen"
+        " by `havip observe` on the instance's port (seq is the observer's clock in microseconds,"
+        " received_at when the frame arrived). Reports of one source are ordered by seq, of two sources by"
+        " received_at, the platform's clock.",
+    )
+
+
+# Observed claims renewed in one record: the observer repeats its live claims every few seconds,
+# as one record per partition, however many HAVIPs advertise on its host.
+MAX_RENEWED_CLAIMS = 2000
+
+
+class RenewedClaim(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    havip_id: Id
+    tenant_id: Id
+    instance_id: Id
+    priority: Integer = Field(ge=1, le=255)
+    seq: Integer = Field(ge=0, le=MAX_SEQ)
+    seen_at: Timestamp = Field(description="When the observer last saw the claim advertised; its lease runs from here.")
+
+
+class ObservedClaimsRenewed(Message):
+    """MASTER claims an observer still sees advertised, renewed together: a heartbeat, not a state change.
+
+    Each claim counts as the observer's MASTER report seen at its `seen_at`, live for `lease_seconds`;
+    a claim that changed (a new priority, a resignation, a lapse) travels as its own VrrpReported.
+    """
+
+    type: Literal["ObservedClaimsRenewed"] = "ObservedClaimsRenewed"
+    observer_id: Id = Field(description="The host whose observer saw the adverts.")
+    lease_seconds: Number = Field(gt=0, le=MAX_LEASE_SECONDS)
+    claims: list[RenewedClaim] = Field(min_length=1, max_length=MAX_RENEWED_CLAIMS)
+
+
+VrrpRecord = Annotated[VrrpReported | ObservedClaimsRenewed, Field(discriminator="type")]
 
 
 # --- havip.mappings (compacted, key: havip_id) -------------------------------

@@ -18,6 +18,8 @@ PLATFORM = "platform"
 # People reading what went wrong; no service of ours reads it.
 OPERATORS = "operators"
 SERVICES = ("gateway", "quota", "mapping", "forwarder")
+# `havip observe` on every hypervisor host: a platform component with its own principal.
+OBSERVER = "observer"
 
 
 @dataclass(frozen=True)
@@ -72,12 +74,14 @@ RESULTS = Topic(
 VRRP = Topic(
     "vrrp.events",
     "havip_id",
-    TypeAdapter(m.VrrpReported),
-    doc="keepalived state reports, as each instance's agent saw them; lease renewals (a live claim"
-    " repeated) travel apart, through PostgreSQL, unless it is away",
-    writers="the gateway only (agents report over HTTP so the gateway can check their token)",
+    TypeAdapter(m.VrrpRecord),
+    doc="keepalived state reports, as each instance's agent or its host's observer saw them; an agent's"
+    " lease renewals (a live claim repeated) travel apart, through PostgreSQL, unless it is away; an"
+    " observer's are coalesced, one record per partition every few seconds",
+    writers="the gateway (agents report over HTTP so the gateway can check their token) and the observers"
+    " (`havip observe`, one per host, trusted for the ports of their host)",
     readers="the mapping service",
-    producers=("gateway",),
+    producers=("gateway", OBSERVER),
     consumers=("mapping",),
 )
 INVENTORY = Topic(
@@ -87,9 +91,9 @@ INVENTORY = Topic(
     compacted=True,
     doc="the latest revision of each vSwitch, instance, ENI and EIP",
     writers="the compute platform (in development: `havip dev seed`)",
-    readers="the quota and mapping services",
+    readers="the quota and mapping services, and the observers (which port is whose)",
     producers=(PLATFORM,),
-    consumers=("quota", "mapping"),
+    consumers=("quota", "mapping", OBSERVER),
 )
 MAPPINGS = Topic(
     "havip.mappings",
@@ -98,18 +102,19 @@ MAPPINGS = Topic(
     compacted=True,
     doc="the full forwarding state per HAVIP, with a version; a newer version replaces an older one",
     writers="the mapping service only",
-    readers="the forwarder",
+    readers="the forwarder, and the observers (which address is a HAVIP, attached to whom)",
     producers=("mapping",),
-    consumers=("forwarder",),
+    consumers=("forwarder", OBSERVER),
 )
 DEAD_LETTERS = Topic(
     "havip.dead-letters",
     "the original record's key",
     TypeAdapter(m.DeadLettered),
-    doc="what a consumer could not parse or apply, with the reason",
+    doc="what a consumer could not parse or apply, with the reason; and the VRRP adverts and gratuitous ARPs"
+    " an observer saw from an instance that may not claim the address (code UnexpectedClaimant)",
     writers="our consumers only",
     readers="operators",
-    producers=SERVICES,
+    producers=(*SERVICES, OBSERVER),
     consumers=(OPERATORS,),
 )
 

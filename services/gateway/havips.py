@@ -49,6 +49,7 @@ def view_of(record: HaVipRecord) -> HaVipView:
                     priority=report["priority"],
                     seq=report["seq"],
                     reported_at=report["reported_at"],
+                    source=report["source"],
                 )
                 if report
                 else None

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.ipv4 import IPV4_PATTERN, parse_ipv4
-from schemas.messages import MAX_LEASE_SECONDS, MAX_REPORTS_PER_REQUEST, HaVipStatus, Id, VrrpState
+from schemas.messages import MAX_LEASE_SECONDS, MAX_REPORTS_PER_REQUEST, HaVipStatus, Id, ReportSource, VrrpState
 from services.gateway.operations import OperationStatus
 
 # Free text is stored in PostgreSQL, whose text and jsonb types cannot hold U+0000.
@@ -147,6 +147,10 @@ class VrrpReportView(BaseModel):
     priority: int
     seq: int
     reported_at: datetime
+    source: ReportSource = Field(
+        default=ReportSource.AGENT,
+        description="Who saw it: the agent in the instance, or the observer on its host (VRRP adverts, ARP).",
+    )
 
 
 class AttachmentView(BaseModel):

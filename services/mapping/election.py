@@ -28,7 +28,7 @@ from datetime import datetime
 from enum import StrEnum
 from ipaddress import IPv4Address
 
-from schemas.messages import InstanceStatus, VrrpState, report_order
+from schemas.messages import InstanceStatus, ReportSource, VrrpState, report_order
 
 ELIGIBLE_STATUSES = frozenset({InstanceStatus.RUNNING})
 
@@ -60,12 +60,23 @@ class Report:
     received_at: datetime
     # When a MASTER claim stops being live unless renewed; None: no lease (live until superseded).
     expires_at: datetime | None = None
+    source: ReportSource = ReportSource.AGENT
 
     def live_at(self, at: datetime) -> bool:
         return self.state is VrrpState.MASTER and (self.expires_at is None or at < self.expires_at)
 
     def newer_than(self, other: Report) -> bool:
-        return report_order(self.seq, self.reported_at) > report_order(other.seq, other.reported_at)
+        """Whether this report is the instance's later word than `other`.
+
+        One source orders its own reports (the agent numbers them; the observer numbers by its
+        clock). Between the agent and the observer their numbers mean nothing to each other, so
+        the platform's clock decides: when the gateway received the agent's report, when the
+        observer saw the frame. A guest whose clock runs ahead can then never make the observer's
+        claims stale, nor the observer the agent's; each source's own word is always heard.
+        """
+        if self.source is other.source:
+            return report_order(self.seq, self.reported_at) > report_order(other.seq, other.reported_at)
+        return self.received_at > other.received_at
 
 
 class ReportVerdict(StrEnum):
@@ -246,7 +257,7 @@ def _target(candidate: Candidate | None) -> str | None:
 def _claim(contest: Contest, owner: Candidate) -> str:
     report = contest.reports[owner.instance_id]
     lease = "no lease" if report.expires_at is None else f"lease until {report.expires_at.isoformat()}"
-    return f"{owner.instance_id} claims MASTER (priority {report.priority}, {lease})"
+    return f"{owner.instance_id} claims MASTER (priority {report.priority}, {lease}, seen by the {report.source.value})"
 
 
 def _handover(why: str, contest: Contest, owner: Candidate | None) -> str:

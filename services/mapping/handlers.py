@@ -37,7 +37,10 @@ from schemas.messages import (
     EniChanged,
     HaVipMappingChanged,
     InstanceChanged,
+    ObservedClaimsRenewed,
+    ReportSource,
     VrrpReported,
+    VrrpState,
     utcnow,
 )
 from services.mapping import store
@@ -99,6 +102,7 @@ def report_of(reported: VrrpReported) -> Report:
         reported_at=reported.reported_at,
         received_at=reported.received_at,
         expires_at=None if lease is None else reported.received_at + timedelta(seconds=lease),
+        source=reported.source,
     )
 
 
@@ -187,6 +191,49 @@ class OwnerTracker:
             else:
                 await self._refuse_renewal(item, refusal)
         return refusals
+
+    async def on_observed_renewals(self, batch: Sequence[ObservedClaimsRenewed]) -> list[Refusal]:
+        """Apply the claims observers renewed together, as the observer's MASTER reports they stand for.
+
+        One transaction for the run, through the same plan as any report. What cannot count is
+        refused by record (its index in `batch`), naming each claim; the rest of the record applies.
+        """
+        incoming: list[IncomingReport] = []
+        record_of: list[int] = []
+        for index, record in enumerate(batch):
+            lease = timedelta(seconds=record.lease_seconds)
+            for claim in record.claims:
+                incoming.append(
+                    IncomingReport(
+                        havip_id=claim.havip_id,
+                        tenant_id=claim.tenant_id,
+                        message_id=record.message_id,
+                        report=Report(
+                            instance_id=claim.instance_id,
+                            state=VrrpState.MASTER,
+                            priority=claim.priority,
+                            seq=claim.seq,
+                            reported_at=claim.seen_at,
+                            received_at=claim.seen_at,
+                            expires_at=claim.seen_at + lease,
+                            source=ReportSource.OBSERVER,
+                        ),
+                    )
+                )
+                record_of.append(index)
+        # As seen: each is judged against the claims as the ones seen before it left them.
+        order = sorted(range(len(incoming)), key=lambda i: incoming[i].report.received_at)
+        async with self._pool.acquire() as conn, conn.transaction():
+            plan, states = await self._apply_reports(conn, [incoming[i] for i in order])
+        self._count(plan)
+        await self._publish_states(states)
+        reasons: dict[int, list[Refusal]] = {}
+        for refusal in plan.refusals:
+            reasons.setdefault(record_of[order[refusal.index]], []).append(refusal)
+        return [
+            Refusal(index, refused[0].code, "; ".join(r.message for r in refused))
+            for index, refused in sorted(reasons.items())
+        ]
 
     async def apply_renewals(self) -> int:
         """Apply the lease renewals gateways left since the last look, a transaction per batch; how many.

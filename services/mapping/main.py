@@ -9,7 +9,7 @@ import asyncpg
 
 from schemas import messages, topics
 from schemas.errors import Unappliable
-from schemas.messages import VrrpReported
+from schemas.messages import ObservedClaimsRenewed, VrrpReported
 from services.mapping import store
 from services.mapping.handlers import OwnerTracker
 from services.mapping.report_batch import IncomingReport, Refusal
@@ -70,12 +70,17 @@ def build(resources: WorkerResources) -> Worker:
         refusals = await tracker.on_reports(reports)
         return [(r.index, Unappliable(r.code, r.message)) for r in refusals]
 
+    async def apply_observed_renewals(records: Sequence[ObservedClaimsRenewed]) -> list[tuple[int, Unappliable]]:
+        refusals = await tracker.on_observed_renewals(records)
+        return [(r.index, Unappliable(r.code, r.message)) for r in refusals]
+
     accepted, vrrp, inventory = (topic_name(settings, t) for t in (topics.ACCEPTED, topics.VRRP, topics.INVENTORY))
     registry.read(accepted, topics.ACCEPTED)
     registry.read(vrrp, topics.VRRP)
     registry.read(inventory, topics.INVENTORY)
     registry.on(messages.AcceptedCommand, tracker.on_accepted)
     registry.on_batch(VrrpReported, apply_reports)
+    registry.on_batch(ObservedClaimsRenewed, apply_observed_renewals)
     registry.on(messages.InventoryRecord, tracker.on_inventory)
     return Worker(
         lanes=[

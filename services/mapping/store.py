@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 
 import asyncpg
 
-from schemas.messages import InstanceStatus, VrrpState
+from schemas.messages import InstanceStatus, ReportSource, VrrpState
 from services.mapping.election import Candidate, Contest, OwnerChange, Report, Trigger
 from services.mapping.report_batch import HavipAfter, IncomingReport, OwnerOutcome, havip_status
 
@@ -87,23 +87,24 @@ async def load_contests(conn: asyncpg.Connection, owners: Mapping[str, str | Non
 # why each owner changed. The three touch different tables, so they cannot see or undo each other.
 _SAVE_BATCH = """
 WITH saved_reports AS (
-    INSERT INTO vrrp_reports (havip_id, instance_id, state, priority, seq, reported_at, received_at, expires_at)
+    INSERT INTO vrrp_reports (havip_id, instance_id, state, priority, seq, reported_at, received_at, expires_at,
+                              source)
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[],
-                         $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+                         $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::text[])
     ON CONFLICT (havip_id, instance_id) DO UPDATE SET state = excluded.state, priority = excluded.priority,
         seq = excluded.seq, reported_at = excluded.reported_at, received_at = excluded.received_at,
-        expires_at = excluded.expires_at
+        expires_at = excluded.expires_at, source = excluded.source
 ), saved_owners AS (
     UPDATE havips h SET owner_target_id = o.owner_target_id, status = o.status, version = o.version,
            updated_at = now()
-      FROM unnest($9::text[], $10::text[], $11::text[], $12::bigint[])
+      FROM unnest($10::text[], $11::text[], $12::text[], $13::bigint[])
            AS o(havip_id, owner_target_id, status, version)
      WHERE h.havip_id = o.havip_id
 )
 INSERT INTO owner_changes (havip_id, version, previous_instance_id, instance_id, cause, detail,
                            trigger_kind, trigger_message_id, trigger_instance_id, trigger_seq, lease_expired_at)
-SELECT * FROM unnest($13::text[], $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[],
-                     $19::text[], $20::text[], $21::text[], $22::bigint[], $23::timestamptz[])
+SELECT * FROM unnest($14::text[], $15::bigint[], $16::text[], $17::text[], $18::text[], $19::text[],
+                     $20::text[], $21::text[], $22::text[], $23::bigint[], $24::timestamptz[])
 """
 
 
@@ -129,6 +130,7 @@ def _report_columns(reports: Mapping[tuple[str, str], Report]) -> tuple[list[obj
         [r.reported_at for _, r in rows],
         [r.received_at for _, r in rows],
         [r.expires_at for _, r in rows],
+        [r.source.value for _, r in rows],
     )
 
 
@@ -317,10 +319,11 @@ async def load_reports(conn: asyncpg.Connection, claims: Collection[tuple[str, s
 # (its seq and clock): a report applied meanwhile by anyone sends the renewal the long way.
 _EXTEND = """
 UPDATE vrrp_reports r SET seq = n.seq, reported_at = n.reported_at, received_at = n.received_at,
-       expires_at = n.expires_at
+       expires_at = n.expires_at, source = n.source
   FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[],
-              $7::bigint[], $8::timestamptz[])
-       AS n(havip_id, instance_id, seq, reported_at, received_at, expires_at, judged_seq, judged_reported_at)
+              $7::text[], $8::bigint[], $9::timestamptz[])
+       AS n(havip_id, instance_id, seq, reported_at, received_at, expires_at, source, judged_seq,
+            judged_reported_at)
  WHERE r.havip_id = n.havip_id AND r.instance_id = n.instance_id
    AND r.seq = n.judged_seq AND r.reported_at = n.judged_reported_at
 RETURNING r.havip_id, r.instance_id
@@ -342,6 +345,7 @@ async def extend_claims(
         [item.report.reported_at for item in renewals],
         [item.report.received_at for item in renewals],
         [item.report.expires_at for item in renewals],
+        [item.report.source.value for item in renewals],
         [judged[key].seq for key in keys],
         [judged[key].reported_at for key in keys],
     )
@@ -357,6 +361,7 @@ def _report(row: asyncpg.Record) -> Report:
         reported_at=row["reported_at"],
         received_at=row["received_at"],
         expires_at=row["expires_at"],
+        source=ReportSource(row["source"]),
     )
 
 

@@ -63,7 +63,8 @@ LIMIT {{limit}}
 """
 
 _VRRP_REPORTS = """
-SELECT havip_id, instance_id, state, priority, seq, reported_at FROM vrrp_reports WHERE havip_id = ANY($1::text[])
+SELECT havip_id, instance_id, state, priority, seq, reported_at, source
+  FROM vrrp_reports WHERE havip_id = ANY($1::text[])
 """
 
 

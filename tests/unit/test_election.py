@@ -1,9 +1,10 @@
 """Owner election follows keepalived: DESIGN.md's owner rules, one test each."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 
-from schemas.messages import InstanceStatus, VrrpState
+from schemas.messages import InstanceStatus, ReportSource, VrrpState
 from services.mapping.election import (
     Candidate,
     Contest,
@@ -167,3 +168,45 @@ def test_every_owner_change_says_why() -> None:
 def test_no_change_no_history() -> None:
     owned = contest(report("i-a", VrrpState.MASTER), owner="i-a")
     assert explain(owned, owned, A, t(0)) is None
+
+
+# --- two sources: the agent in the guest and the observer on the host --------------------------
+
+AGENT, OBSERVER = ReportSource.AGENT, ReportSource.OBSERVER
+
+
+def test_one_source_orders_its_own_reports_by_its_numbers() -> None:
+    older = replace(report("i-a", VrrpState.MASTER, seq=5, at=10.0), source=OBSERVER)
+    newer = replace(report("i-a", VrrpState.BACKUP, seq=6, at=1.0), source=OBSERVER)
+    assert newer.newer_than(older) and not older.newer_than(newer)
+
+
+def test_across_sources_the_platforms_clock_decides_never_the_guests_numbers() -> None:
+    # A guest whose clock runs a day ahead numbers its reports far above the observer's.
+    ahead = report("i-a", VrrpState.MASTER, seq=10**15, at=1.0)
+    seen = replace(report("i-a", VrrpState.STOP, seq=5, at=2.0), source=OBSERVER)
+    assert seen.newer_than(ahead), "the observer's later word counts"
+    assert judge_report(contest(ahead), seen) is ReportVerdict.FRESH
+    # ... and the agent's later word counts over the observer's, whatever the numbers.
+    later_agent = report("i-a", VrrpState.MASTER, seq=1, at=3.0)
+    assert judge_report(contest(seen), later_agent) is ReportVerdict.FRESH
+    assert judge_report(contest(later_agent), seen) is ReportVerdict.STALE
+
+
+def test_an_instance_heard_by_both_sources_counts_once() -> None:
+    both = contest(
+        report("i-a", VrrpState.MASTER, priority=100, at=0.0),
+        report("i-b", VrrpState.MASTER, priority=90, at=0.0),
+        owner="i-a",
+    )
+    seen = replace(report("i-a", VrrpState.MASTER, priority=100, seq=7, at=0.5), source=OBSERVER)
+    after = both.with_report(seen)
+    assert len(after.reports) == 2
+    assert elect(after, t(0.5)) == A
+    assert explain(both, after, A, t(0.5)) is None, "the same claim heard twice changes no owner"
+
+
+def test_the_history_says_who_saw_the_claim() -> None:
+    seen = replace(report("i-a", VrrpState.MASTER, at=0.0), source=OBSERVER)
+    change = explain(contest(), contest(seen), A, t(0))
+    assert change is not None and "seen by the observer" in change.detail
