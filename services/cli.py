@@ -110,6 +110,24 @@ def _agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _observe(args: argparse.Namespace) -> int:
+    from services.observe.main import SettingsError, check_settings, run
+    from services.runtime.settings import load_settings
+
+    settings = load_settings()
+    if args.host_id:
+        settings = settings.model_copy(update={"observe_host_id": args.host_id})
+    if args.netns:
+        settings = settings.model_copy(update={"observe_netns": args.netns})
+    try:
+        check_settings(settings)
+    except SettingsError as exc:
+        print(f"havip observe: {exc}", file=sys.stderr)
+        return 2
+    run(settings)
+    return 0
+
+
 def _notify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -351,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--config", required=True, help="the agent's TOML file")
     agent.add_argument("--check", action="store_true", help="validate the config and show what would be sent")
     agent.set_defaults(func=_agent)
+
+    observe = sub.add_parser(
+        "observe",
+        help="watch the instances' ports on this host for VRRP adverts and gratuitous ARP (runs on each host)",
+    )
+    observe.add_argument("--host-id", help="this host's id in the inventory (default: HAVIP_OBSERVE_HOST_ID)")
+    observe.add_argument("--netns", help="the network namespace the ports are in (default: this one)")
+    observe.set_defaults(func=_observe)
 
     notify = sub.add_parser(
         "notify",

@@ -48,6 +48,9 @@ def demo_inventory(revision: int) -> list[tuple[str, Message]]:
     def instance(
         iid: str, ip: str, host: str, vsw: str = "vsw-demo-a", status: InstanceStatus = InstanceStatus.RUNNING
     ) -> tuple[str, Message]:
+        # The facts `havip observe` needs: the instance's port on its host (a tap, as a host
+        # agent names it) and its MAC, made up from the address so the demo stays readable.
+        last = [int(part) for part in ip.split(".")[2:]]
         return iid, InstanceChanged(
             instance_id=iid,
             tenant_id=DEMO_TENANT,
@@ -57,6 +60,8 @@ def demo_inventory(revision: int) -> list[tuple[str, Message]]:
             status=status,
             host_id=host,
             revision=revision,
+            port_name="tap-{}-{}".format(*last),
+            mac="02:00:c0:a8:{:02x}:{:02x}".format(*last),
         )
 
     return [

@@ -101,6 +101,19 @@ class Settings(BaseSettings):
     # Static membership (Kafka's group.instance.id), unique per worker; empty: dynamic. Not on
     # the embedded broker: there two static workers never settle (`havip bench rebalance --static`).
     worker_group_instance_id: str = ""
+
+    # `havip observe`, one per hypervisor host. Its health and metrics listen here.
+    observe_port: int = 8084
+    # The host whose instances' ports it watches (the inventory's host_id; Kubernetes: the node name).
+    observe_host_id: str = ""
+    # The network namespace (a name under /run/netns) the ports live in; empty: the observer's own.
+    # Production watches the host's namespace; the keepalived lab a namespace playing the host.
+    observe_netns: str = ""
+    # How long an observed claim stays live without a renewal, and how often live ones are renewed
+    # (together, one record per partition). The observer itself ends a claim whose adverts stop
+    # (three advert intervals), so the lease only matters when the observer is gone.
+    observe_lease_seconds: float = Field(default=15.0, gt=0, le=60.0)
+    observe_renew_seconds: float = Field(default=5.0, gt=0)
     log_level: str = "INFO"
 
 

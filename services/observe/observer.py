@@ -1,0 +1,351 @@
+"""`havip observe`: the instances' ports on one host, watched; what keepalived announces there, published.
+
+A frame is read the moment its port's socket is readable (the kernel filter lets only ARP and
+VRRP through, and never a frame the host sends toward the instance), judged against the host
+view (whose port, which HAVIP, attached or not), turned into claims by the claim book, and a
+claim that changed is put on `vrrp.events` at once as the observer's report. Three timers:
+lapses (every 100 ms), renewals of the live claims (one record per partition every few
+seconds) and the ports themselves (opened as the inventory names them, closed when it stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections import defaultdict
+from datetime import datetime
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from prometheus_client import Counter, Gauge
+
+from schemas import topics
+from schemas.errors import ErrorCode
+from schemas.messages import (
+    MAX_RENEWED_CLAIMS,
+    ObservedClaimsRenewed,
+    RenewedClaim,
+    ReportSource,
+    VrrpReported,
+    VrrpState,
+    utcnow,
+)
+from services.observe import capture
+from services.observe.claims import ClaimBook, ClaimKey, Observed
+from services.observe.frames import GratuitousArp, MalformedFrame, VrrpAdvert, read_frame
+from services.observe.hostview import HostView, Port, Standing
+from services.runtime.deadletters import DeadLetters
+from services.runtime.kafka import topic_name
+from services.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FRAMES = Counter("havip_observe_frames_total", "Frames read on the instances' ports", ["kind", "outcome"])
+PUBLISHED = Counter("havip_observe_reports_total", "Observed state changes published to vrrp.events", ["state"])
+RENEWED = Counter("havip_observe_renewed_claims_total", "Live claims renewed (together, per partition)")
+UNEXPECTED = Counter(
+    "havip_observe_unexpected_claims_total",
+    "Adverts (vrrp) and gratuitous ARPs (garp) for a HAVIP's address from an instance that may not claim it",
+    ["kind"],
+)
+PORTS = Gauge("havip_observe_ports", "Ports of this host's instances", ["state"])
+
+# The longest the lapse timer sleeps: a claim made meanwhile lapses no earlier than three intervals later.
+LAPSE_LOOK_SECONDS = 0.5
+PORT_LOOK_SECONDS = 1.0
+# An unexpected claimant advertises every second: the first advert and the first GARP of each
+# (port, address) are dead-lettered once a minute, the metric counts them all.
+UNEXPECTED_LETTER_EVERY = 60.0
+FRAMES_PER_WAKEUP = 256
+
+
+class Observer:
+    def __init__(
+        self, settings: Settings, view: HostView, producer: AIOKafkaProducer, dead_letters: DeadLetters
+    ) -> None:
+        self._settings = settings
+        self._view = view
+        self._producer = producer
+        self._dead_letters = dead_letters
+        self._book = ClaimBook()
+        self._vrrp_topic = topic_name(settings, topics.VRRP)
+        self._sockets: dict[str, socket.socket] = {}
+        self._missing: dict[str, str] = {}
+        self._outbox: asyncio.Queue[VrrpReported] = asyncio.Queue()
+        self._letters: asyncio.Queue[tuple[Port, str, bytes, str]] = asyncio.Queue()
+        self._lettered_at: dict[tuple[str, str, str], float] = {}
+        self._seq = 0
+        self._ports_changed = asyncio.Event()
+        self._partitioner = DefaultPartitioner()
+
+    # --- what other parts call ---------------------------------------------------------
+
+    def ports_changed(self) -> None:
+        self._ports_changed.set()
+
+    def missing_ports(self) -> str | None:
+        """Ports the inventory names that cannot be watched (a note on /readyz, not unreadiness)."""
+        if not self._missing:
+            return None
+        shown = ", ".join(f"{name}: {why}" for name, why in sorted(self._missing.items())[:5])
+        return f"{len(self._missing)} ports not watched ({shown})"
+
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(self._watch_ports(), name="observe ports"),
+            asyncio.create_task(self._publish(), name="observe publish"),
+            asyncio.create_task(self._lapse(), name="observe lapses"),
+            asyncio.create_task(self._renew(), name="observe renewals"),
+            asyncio.create_task(self._letter(), name="observe unexpected claimants"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for name in list(self._sockets):
+                self._close(name)
+
+    # --- frames ---------------------------------------------------------------------
+
+    def _readable(self, port_name: str) -> None:
+        sock = self._sockets.get(port_name)
+        if sock is None:
+            return
+        try:
+            frames = capture.receive(sock, FRAMES_PER_WAKEUP)
+        except OSError as exc:
+            # The port went away (its instance stopped or moved): look for it again later.
+            log.warning("port %s stopped answering (%s); watching it again once it is back", port_name, exc)
+            self._close(port_name)
+            self._missing[port_name] = str(exc)
+            return
+        port = self._view.ports().get(port_name)
+        if port is None:
+            return
+        now, at = time.monotonic(), utcnow()
+        for frame in frames:
+            self.on_frame(port, frame, now, at)
+
+    def on_frame(self, port: Port, frame: bytes, now: float, at: datetime) -> None:
+        """One frame that arrived on `port`: whatever it claims is the claim of the port's instance."""
+        try:
+            seen = read_frame(frame)
+        except MalformedFrame as exc:
+            FRAMES.labels("malformed", "dropped").inc()
+            log.debug("malformed frame on %s: %s", port.name, exc)
+            return
+        if seen is None:
+            FRAMES.labels("other", "ignored").inc()
+            return
+        kind = "vrrp" if isinstance(seen, VrrpAdvert) else "garp"
+        log.debug("frame port=%s at=%.6f %s", port.name, at.timestamp(), seen)
+        addresses = seen.addresses if isinstance(seen, VrrpAdvert) else (seen.address,)
+        for address in addresses:
+            judgement = self._view.judge(port, address)
+            FRAMES.labels(kind, judgement.standing.value).inc()
+            if judgement.standing is Standing.NOT_A_HAVIP:
+                continue
+            if judgement.standing is Standing.UNEXPECTED:
+                self._unexpected(port, str(address), kind, frame, _describe(seen, judgement.reason))
+                continue
+            assert judgement.havip is not None
+            key = ClaimKey(judgement.havip.havip_id, port.instance_id, port.tenant_id)
+            if isinstance(seen, VrrpAdvert):
+                change = self._book.advert(key, seen.priority, seen.interval_seconds, now, at)
+            else:
+                change = self._book.gratuitous_arp(key, now, at)
+            if change is not None:
+                self._report(change)
+
+    def _unexpected(self, port: Port, address: str, kind: str, frame: bytes, reason: str) -> None:
+        UNEXPECTED.labels(kind).inc()
+        now = time.monotonic()
+        last = self._lettered_at.get((port.name, address, kind))
+        if last is not None and now - last < UNEXPECTED_LETTER_EVERY:
+            return
+        self._lettered_at[(port.name, address, kind)] = now
+        log.warning(
+            "unexpected claimant port=%s instance=%s address=%s: %s", port.name, port.instance_id, address, reason
+        )
+        self._letters.put_nowait((port, address, frame, reason))
+
+    # --- publishing -------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        # The observer's clock in microseconds, never repeating: its reports are ordered by it.
+        self._seq = max(time.time_ns() // 1000, self._seq + 1)
+        return self._seq
+
+    def _report(self, change: Observed) -> None:
+        lease = self._settings.observe_lease_seconds if change.lease_seconds is None else change.lease_seconds
+        report = VrrpReported(
+            havip_id=change.key.havip_id,
+            tenant_id=change.key.tenant_id,
+            instance_id=change.key.instance_id,
+            state=change.state,
+            priority=change.priority,
+            seq=self._next_seq(),
+            reported_at=change.seen_at,
+            received_at=change.seen_at,
+            lease_seconds=lease if change.state is VrrpState.MASTER else None,
+            source=ReportSource.OBSERVER,
+        )
+        log.info(
+            "observed instance=%s havip=%s state=%s priority=%s seen_at=%.6f: %s",
+            report.instance_id,
+            report.havip_id,
+            report.state.value,
+            report.priority,
+            change.seen_at.timestamp(),
+            change.why,
+        )
+        self._outbox.put_nowait(report)
+
+    async def _publish(self) -> None:
+        while True:
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            # Sent together, acknowledged together: one HAVIP's reports stay in order in its partition.
+            sent = [
+                await self._producer.send(self._vrrp_topic, key=r.havip_id.encode(), value=topics.encode(r))
+                for r in batch
+            ]
+            await asyncio.gather(*sent)
+            for report in batch:
+                PUBLISHED.labels(report.state.value).inc()
+
+    async def _lapse(self) -> None:
+        # Wakes when the earliest claim would lapse (an advert meanwhile moves it on), so a lapse is
+        # published the moment it is due: before the backup keepalived promotes has claimed.
+        while True:
+            for change in self._book.lapse(time.monotonic(), utcnow()):
+                self._report(change)
+            due = self._book.next_lapse()
+            wait = LAPSE_LOOK_SECONDS if due is None else due - time.monotonic()
+            await asyncio.sleep(min(max(wait, 0.001), LAPSE_LOOK_SECONDS))
+
+    async def _renew(self) -> None:
+        every = self._settings.observe_renew_seconds
+        while True:
+            await asyncio.sleep(every)
+            self._book.forget(self._view.possible)
+            await self.renew_live_claims()
+
+    async def renew_live_claims(self) -> int:
+        """Repeat every live claim, one record per partition of vrrp.events; how many claims."""
+        live = self._book.live_claims()
+        if not live:
+            return 0
+        partitions = sorted(await self._producer.partitions_for(self._vrrp_topic))
+        by_partition: dict[int, list[RenewedClaim]] = defaultdict(list)
+        for claim in live:
+            key = claim.key.havip_id.encode()
+            partition = self._partitioner(key, partitions, partitions)
+            by_partition[partition].append(
+                RenewedClaim(
+                    havip_id=claim.key.havip_id,
+                    tenant_id=claim.key.tenant_id,
+                    instance_id=claim.key.instance_id,
+                    priority=claim.priority,
+                    seq=self._next_seq(),
+                    seen_at=claim.seen_at,
+                )
+            )
+        sent = []
+        for partition, claims in sorted(by_partition.items()):
+            for start in range(0, len(claims), MAX_RENEWED_CLAIMS):
+                chunk = claims[start : start + MAX_RENEWED_CLAIMS]
+                record = ObservedClaimsRenewed(
+                    observer_id=self._view.host_id,
+                    lease_seconds=self._settings.observe_lease_seconds,
+                    claims=chunk,
+                )
+                sent.append(
+                    await self._producer.send(
+                        self._vrrp_topic,
+                        key=chunk[0].havip_id.encode(),
+                        value=topics.encode(record),
+                        partition=partition,
+                    )
+                )
+        await asyncio.gather(*sent)
+        RENEWED.inc(len(live))
+        return len(live)
+
+    async def _letter(self) -> None:
+        source = f"observe:{self._view.host_id}"
+        while True:
+            port, address, frame, reason = await self._letters.get()
+            await self._dead_letters.send(
+                source_topic=source,
+                partition=-1,
+                offset=-1,
+                key=address.encode(),
+                value=frame,
+                code=ErrorCode.UNEXPECTED_CLAIMANT,
+                reason=f"port {port.name} of {port.instance_id} (tenant {port.tenant_id}): {reason}",
+            )
+
+    # --- ports ------------------------------------------------------------------------
+
+    async def _watch_ports(self) -> None:
+        while True:
+            self._sync_ports()
+            self._forget_letters()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ports_changed.wait(), PORT_LOOK_SECONDS)
+            self._ports_changed.clear()
+
+    def _sync_ports(self) -> None:
+        wanted = self._view.ports()
+        for name in [name for name in self._sockets if name not in wanted]:
+            self._close(name)
+        for name in [name for name in self._missing if name not in wanted]:
+            del self._missing[name]
+        netns = self._settings.observe_netns or None
+        loop = asyncio.get_running_loop()
+        for name in wanted:
+            if name in self._sockets:
+                continue
+            try:
+                sock = capture.open_port(name, netns)
+            except capture.PortUnavailable as exc:
+                if name not in self._missing:
+                    log.info("port %s not there (yet): %s", name, exc)
+                self._missing[name] = str(exc)
+                continue
+            self._missing.pop(name, None)
+            self._sockets[name] = sock
+            loop.add_reader(sock.fileno(), self._readable, name)
+            log.info("watching port %s of %s", name, wanted[name].instance_id)
+        PORTS.labels("watched").set(len(self._sockets))
+        PORTS.labels("missing").set(len(self._missing))
+
+    def _close(self, name: str) -> None:
+        sock = self._sockets.pop(name, None)
+        if sock is None:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
+
+    def _forget_letters(self) -> None:
+        cutoff = time.monotonic() - UNEXPECTED_LETTER_EVERY
+        for key in [key for key, at in self._lettered_at.items() if at < cutoff]:
+            del self._lettered_at[key]
+
+
+def _describe(seen: VrrpAdvert | GratuitousArp, reason: str) -> str:
+    if isinstance(seen, VrrpAdvert):
+        return (
+            f"VRRPv{seen.version} advert (VRID {seen.vrid}, priority {seen.priority}, from {seen.source_ip}): {reason}"
+        )
+    return f"gratuitous ARP for {seen.address}: {reason}"
