@@ -50,6 +50,11 @@ def of_kind(objects: list[Manifest], kind: str) -> list[Manifest]:
     return [o for o in objects if o["kind"] == kind]
 
 
+def workloads(objects: list[Manifest]) -> list[Manifest]:
+    """Every object that runs our pods: the services' Deployments and the observer's DaemonSet."""
+    return [o for o in objects if o["kind"] in ("Deployment", "DaemonSet")]
+
+
 def named(objects: list[Manifest], kind: str, name: str) -> Manifest:
     found = [o for o in of_kind(objects, kind) if o["metadata"]["name"] == name]
     assert len(found) == 1, f"one {kind} {name} expected, found {len(found)}"

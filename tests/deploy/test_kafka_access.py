@@ -2,18 +2,18 @@
 
 Every registry topic is a Strimzi KafkaTopic with the partitions the services are configured
 for; each service's KafkaUser may write exactly the topics the registry says it produces and
-read exactly those it consumes; the outside platforms' user likewise.
+read exactly those it consumes; the observers' user and the outside platforms' user likewise.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from schemas.topics import ALL, PLATFORM, SERVICES
+from schemas.topics import ALL, OBSERVER, PLATFORM, SERVICES
 from tests.deploy.conftest import Manifest, named, of_kind, settings_data
 
 # Consumer groups by principal (services/runtime/worker.py group_id, services/gateway/results.py);
-# the forwarder assigns partitions itself and has none.
+# the forwarder and the observer assign partitions themselves and have none.
 GROUPS = {"gateway": "havip-gateway", "quota": "havip-quota", "mapping": "havip-mapping", PLATFORM: "havip-platform"}
 
 
@@ -54,13 +54,14 @@ def expected_acls() -> dict[str, set[tuple[str, str, str, str]]]:
     """(resource type, name, pattern, operation) per KafkaUser, from the registry alone."""
     acls: dict[str, set[tuple[str, str, str, str]]] = defaultdict(set)
     for topic in ALL:
-        for principal in (*SERVICES, PLATFORM):
+        for principal in (*SERVICES, OBSERVER, PLATFORM):
             operations = set()
             if principal in topic.producers:
                 operations.add("Write")
             if principal in topic.consumers:
                 operations.add("Read")
             # Services look at every topic (it exists; its log was not lost): Describe reads no record.
+            # The observers, a credential on every hypervisor host, describe only the four they use.
             if operations or principal in SERVICES:
                 operations.add("Describe")
             acls[f"havip-{principal}"] |= {("topic", topic.name, "literal", op) for op in operations}
@@ -111,6 +112,21 @@ def test_the_platform_writes_commands_and_inventory_and_reads_outcomes() -> None
     assert topics == {("havip.commands", "Write"), ("ens.inventory", "Write"), ("havip.command-results", "Read")}
 
 
+def test_the_observer_reports_and_dead_letters_reads_inventory_and_mappings_and_has_no_group(
+    overlay: tuple[str, list[Manifest]],
+) -> None:
+    _, objects = overlay
+    granted = granted_acls(named(objects, "KafkaUser", f"havip-{OBSERVER}"))
+    topics = {(name, op) for kind, name, _, op in granted if kind == "topic" and op != "Describe"}
+    assert topics == {
+        ("vrrp.events", "Write"),
+        ("havip.dead-letters", "Write"),
+        ("ens.inventory", "Read"),
+        ("havip.mappings", "Read"),
+    }
+    assert {kind for kind, *_ in granted} == {"topic"}  # manual assignment: no group, nothing on the cluster
+
+
 def test_each_service_signs_in_as_its_own_user_over_the_listener_it_is_configured_for(
     overlay: tuple[str, list[Manifest]],
 ) -> None:
@@ -124,15 +140,27 @@ def test_each_service_signs_in_as_its_own_user_over_the_listener_it_is_configure
     assert protocol == ("SASL_SSL" if listener["tls"] else "SASL_PLAINTEXT")
     assert listener["authentication"]["type"] == "scram-sha-512" == settings["HAVIP_KAFKA_SASL_MECHANISM"].lower()
     assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"  # else the ACLs are not enforced
-    for service in SERVICES:
-        deployment = named(objects, "Deployment", f"havip-{service}")
-        (main,) = deployment["spec"]["template"]["spec"]["containers"]
+    workloads = [("Deployment", f"havip-{s}", f"havip-{s}") for s in SERVICES]
+    workloads.append(("DaemonSet", "havip-observe", f"havip-{OBSERVER}"))
+    for kind, name, user in workloads:
+        workload = named(objects, kind, name)
+        (main,) = workload["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e for e in main["env"]}
-        assert env["HAVIP_KAFKA_SASL_USERNAME"]["value"] == f"havip-{service}"
+        assert env["HAVIP_KAFKA_SASL_USERNAME"]["value"] == user, name
         # Strimzi's User Operator writes the password into a Secret named after the KafkaUser.
-        assert env["HAVIP_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
-            "name": f"havip-{service}",
-            "key": "password",
-        }
-        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert env["HAVIP_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": user, "key": "password"}
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
         assert volumes["kafka-ca"]["secret"]["secretName"] == f"{kafka['metadata']['name']}-cluster-ca-cert"
+        mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+        assert settings["HAVIP_KAFKA_SSL_CAFILE"] == f"{mounts['kafka-ca']}/ca.crt", name
+
+
+def test_the_observer_may_reach_the_brokers_it_is_configured_for(overlay: tuple[str, list[Manifest]]) -> None:
+    """Its egress policy (declared, though most CNIs do not police the host network) lets it reach Kafka."""
+    _, objects = overlay
+    port = int(settings_data(objects)["HAVIP_KAFKA_BOOTSTRAP"].rpartition(":")[2])
+    policy = named(objects, "NetworkPolicy", "havip-observe-egress")
+    (to_kafka,) = [r for r in policy["spec"]["egress"] if "strimzi.io/cluster" in str(r["to"])]
+    (peer,) = to_kafka["to"]
+    assert peer["podSelector"]["matchLabels"]["strimzi.io/cluster"] == _kafka_name(objects)
+    assert port in {p["port"] for p in to_kafka["ports"]}

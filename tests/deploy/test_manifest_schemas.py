@@ -71,8 +71,9 @@ def test_the_operator_checks_reject_a_broken_object(
     assert list(jsonschema.Draft202012Validator(schema).iter_errors(obj))
 
 
-def test_the_kubernetes_check_rejects_an_unknown_field(rendered: dict[str, list[Manifest]]) -> None:
-    (deployment,) = [copy.deepcopy(o) for o in rendered["prod"] if o["kind"] == "Deployment"][:1]
-    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+def test_the_kubernetes_check_rejects_an_unknown_field(rendered: dict[str, list[Manifest]], kind: str) -> None:
+    (workload,) = [copy.deepcopy(o) for o in rendered["prod"] if o["kind"] == kind][:1]
+    workload["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+        kubernetes_validate.validate(workload, KUBERNETES_VERSIONS[0], strict=True)
