@@ -173,6 +173,28 @@ def only_extends(stored: Report | None, renewal: Report) -> bool:
     )
 
 
+def renewed(stored: Report | None, report: Report) -> Report:
+    """What is kept of a fresh report: itself; or, when it only renews a live claim the other source
+    heard (the agent's renewal of a claim the observer holds, or the other way round), itself with
+    the later of the two lease ends.
+
+    The two sources renew on their own clocks (the agent every second for 2.5 s, the observer every
+    5 s for 15 s): were the agent to go quiet with keepalived still advertising, the agent's short
+    lease would lapse the claim between the observer's renewals, and a split brain would flap. A
+    renewal only says the claim is still live; only a state, a lapse (lease 0) or silence ends it.
+    """
+    if (
+        stored is not None
+        and stored.expires_at is not None
+        and report.expires_at is not None
+        and stored.source is not report.source
+        and report.live_at(report.received_at)
+        and only_extends(stored, report)
+    ):
+        return replace(report, expires_at=max(stored.expires_at, report.expires_at))
+    return report
+
+
 def withdrawn(report: Report) -> Report:
     """What is kept of a report that cannot count (its instance is not attached): its place in
     the sequence, so the same report redelivered after an attach is still stale, and no claim."""

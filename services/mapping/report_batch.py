@@ -34,6 +34,7 @@ from services.mapping.election import (
     elect,
     explain,
     judge_report,
+    renewed,
     withdrawn,
 )
 
@@ -137,6 +138,7 @@ def plan_reports(locked: Mapping[str, LockedHavip], incoming: Sequence[IncomingR
             if row.published_version < versions[item.havip_id]:
                 plan.publish.add(item.havip_id)
             continue
+        report = renewed(before.reports.get(report.instance_id), report)
         plan.reports[key] = report
         after = before.with_report(report)
         # Evaluated at the report's arrival, so a replay decides exactly as the first pass did.

@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 import asyncpg
 
 from schemas.messages import InstanceStatus, ReportSource, VrrpState
-from services.mapping.election import Candidate, Contest, OwnerChange, Report, Trigger
+from services.mapping.election import Candidate, Contest, OwnerChange, Report, Trigger, renewed
 from services.mapping.report_batch import HavipAfter, IncomingReport, OwnerOutcome, havip_status
 
 _HAVIP_COLUMNS = "havip_id, tenant_id, owner_target_id, status, version, published_version"
@@ -337,15 +337,16 @@ async def extend_claims(
     if not renewals:
         return set()
     keys = [(item.havip_id, item.report.instance_id) for item in renewals]
+    stored = [renewed(judged[key], item.report) for key, item in zip(keys, renewals, strict=True)]
     rows = await conn.fetch(
         _EXTEND,
         [havip_id for havip_id, _ in keys],
         [instance_id for _, instance_id in keys],
-        [item.report.seq for item in renewals],
-        [item.report.reported_at for item in renewals],
-        [item.report.received_at for item in renewals],
-        [item.report.expires_at for item in renewals],
-        [item.report.source.value for item in renewals],
+        [report.seq for report in stored],
+        [report.reported_at for report in stored],
+        [report.received_at for report in stored],
+        [report.expires_at for report in stored],
+        [report.source.value for report in stored],
         [judged[key].seq for key in keys],
         [judged[key].reported_at for key in keys],
     )

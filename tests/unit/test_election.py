@@ -15,6 +15,7 @@ from services.mapping.election import (
     explain,
     judge_report,
     lapse_due,
+    renewed,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -210,3 +211,22 @@ def test_the_history_says_who_saw_the_claim() -> None:
     seen = replace(report("i-a", VrrpState.MASTER, at=0.0), source=OBSERVER)
     change = explain(contest(), contest(seen), A, t(0))
     assert change is not None and "seen by the observer" in change.detail
+
+
+def test_a_renewal_from_the_other_source_never_shortens_a_live_claim() -> None:
+    seen = replace(report("i-a", VrrpState.MASTER, seq=9, at=0.0, lease=15.0), source=OBSERVER)
+    agent = report("i-a", VrrpState.MASTER, seq=1, at=1.0, lease=2.5)
+    kept = renewed(seen, agent)
+    assert (kept.source, kept.seq, kept.expires_at) == (AGENT, 1, t(15.0))
+    # From the same source, or once the claim lapsed, or at another priority, the report is stored as it is.
+    assert renewed(report("i-a", VrrpState.MASTER, seq=0, at=0.0, lease=15.0), agent) == agent
+    assert renewed(seen, report("i-a", VrrpState.MASTER, seq=1, at=20.0, lease=2.5)).expires_at == t(22.5)
+    assert renewed(seen, report("i-a", VrrpState.MASTER, priority=50, seq=1, at=1.0, lease=2.5)).expires_at == t(3.5)
+
+
+def test_a_lapse_or_a_state_from_the_other_source_is_never_taken_for_a_renewal() -> None:
+    agent = report("i-a", VrrpState.MASTER, seq=1, at=0.0, lease=2.5)
+    lapse = replace(report("i-a", VrrpState.MASTER, seq=9, at=1.0, lease=0.0), source=OBSERVER)
+    assert renewed(agent, lapse) == lapse
+    stop = replace(report("i-a", VrrpState.STOP, seq=9, at=1.0), source=OBSERVER)
+    assert renewed(agent, stop) == stop
