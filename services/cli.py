@@ -223,7 +223,7 @@ def _bench_recovery(args: argparse.Namespace) -> int:
 def _bench_keepalived(args: argparse.Namespace) -> int:
     from services.dev.bench_keepalived import run_keepalived_bench
 
-    return run_keepalived_bench(load_settings(), rounds=args.rounds)
+    return run_keepalived_bench(load_settings(), rounds=args.rounds, source=args.source)
 
 
 def _bench_rebalance(args: argparse.Namespace) -> int:
@@ -309,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     mapping.set_defaults(func=_bench_mapping)
     keepalived = bench_sub.add_parser("keepalived", help="real keepalived failovers, notify to forwarder (root)")
     keepalived.add_argument("--rounds", type=int, default=10)
+    keepalived.add_argument(
+        "--source",
+        choices=("agent", "observer", "both"),
+        default="agent",
+        help="how the platform learns: havip agent beside keepalived (default), havip observe on the host"
+        " (keepalived alone: adds the graceful stop, the split brain, three nodes and an intruder), or both",
+    )
     keepalived.set_defaults(func=_bench_keepalived)
     recovery = bench_sub.add_parser(
         "recovery", help="gateway restart, PostgreSQL and broker outages, a broker that lost its topics"

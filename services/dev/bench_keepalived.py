@@ -1,12 +1,21 @@
-"""`havip bench keepalived`: real keepalived failovers, keepalived's notify to the forwarder's answer.
+"""`havip bench keepalived`: real keepalived failovers, from what the platform first heard to the forwarder's answer.
 
-Starts the whole stack and a two-node keepalived lab (needs root and
-keepalived), then repeats: SIGKILL of the primary's keepalived, its
-preemption when it starts again, SIGKILL of the whole primary node (keepalived
-and its agent) and its return. For each kind it prints keepalived's own time
-(kill to the backup's MASTER notify; start to the primary's MASTER notify)
-beside the platform's delay (that notify to the forwarder answering the new
-owner), as median and worst over the rounds of one run.
+Starts the whole stack and keepalived labs (needs root and keepalived), then repeats each
+scenario for `rounds` rounds and prints, per scenario, keepalived's own time beside the
+platform's delay, as median and worst over the rounds of one run.
+
+How the platform learns (`source`):
+- `agent`: `havip agent` beside each keepalived reads its notify FIFO. Per round: SIGKILL of the
+  primary's keepalived, its preemption when it starts again, SIGKILL of the whole primary node
+  (keepalived and its agent) and its return. Delays run from keepalived's notify.
+- `observer`: keepalived alone, `havip observe` watching the nodes' ports. Delays run from the
+  first advert of the new master the observer saw (for a graceful stop: from the resignation,
+  the priority-0 advert). Adds per round the graceful stop, the split brain (was the forwarder
+  on the priority-100 node throughout?), three nodes (100, 90, 80: kill the first, then the
+  second) and an intruder (an instance not attached, advertising the VIP at priority 254 and
+  sending gratuitous ARPs: did traffic stay put?).
+- `both`: agents and the observer on the same nodes, the observer's scenarios; delays from the
+  observer's first advert, and the owner history must show each failover once.
 """
 
 from __future__ import annotations
@@ -14,23 +23,49 @@ from __future__ import annotations
 import asyncio
 import statistics
 import tempfile
+import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from services.dev.keepalived_failover import FailoverCluster, FailoverTiming
 from services.dev.keepalived_lab import lab_unavailable_reason
 from services.dev.keepalived_scenarios import (
     both_start,
+    graceful_stop,
+    intruder_claims,
     keepalived_killed,
+    next_in_line_takes_over,
     node_killed,
     node_restarts,
     primary_preempts,
+    split_brain,
+    wait_holders,
 )
 from services.dev.stack import dev_stack
 from services.runtime.settings import Settings
 
+Source = Literal["agent", "observer", "both"]
 
-def run_keepalived_bench(settings: Settings, rounds: int) -> int:
+
+@dataclass
+class Results:
+    timings: list[FailoverTiming] = field(default_factory=list)
+    # Checks that hold or not each round (the split brain, the intruder, the history).
+    checks: dict[str, list[bool]] = field(default_factory=lambda: defaultdict(list))
+
+    def record(self, round_: int, timing: FailoverTiming) -> None:
+        self.timings.append(timing)
+        print(f"round {round_ + 1}: {timing.describe()}", flush=True)
+
+    def check(self, round_: int, what: str, held: bool, detail: str = "") -> None:
+        self.checks[what].append(held)
+        print(f"round {round_ + 1}: {what}: {'held' if held else 'FAILED'} {detail}".rstrip(), flush=True)
+
+
+def run_keepalived_bench(settings: Settings, rounds: int, source: Source = "agent") -> int:
     unavailable = lab_unavailable_reason()
     if unavailable is not None:
         print(f"cannot run keepalived here: {unavailable}")
@@ -38,35 +73,102 @@ def run_keepalived_bench(settings: Settings, rounds: int) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
     print(f"starting a stack (logs in {workdir}) ...", flush=True)
     with dev_stack(settings, workdir) as stack:
-        timings = asyncio.run(_bench(stack.settings, stack.url("gateway"), stack.url("forwarder"), workdir, rounds))
-    _print_summary(timings)
-    return 0
+        urls = (stack.url("gateway"), stack.url("forwarder"))
+        results = asyncio.run(_bench(stack.settings, *urls, workdir, rounds, source))
+    _print_summary(results)
+    return 0 if all(all(held) for held in results.checks.values()) else 1
 
 
 async def _bench(
-    settings: Settings, gateway_url: str, forwarder_url: str, workdir: Path, rounds: int
-) -> list[FailoverTiming]:
-    timings: list[FailoverTiming] = []
-    async with FailoverCluster(settings, gateway_url, forwarder_url, workdir) as cluster:
-        await both_start(cluster)
+    settings: Settings, gateway_url: str, forwarder_url: str, workdir: Path, rounds: int, source: Source
+) -> Results:
+    results = Results()
+
+    def cluster(priorities: tuple[int, ...] = (100, 90)) -> FailoverCluster:
+        return FailoverCluster(
+            settings,
+            gateway_url,
+            forwarder_url,
+            workdir,
+            with_agents=source != "observer",
+            observed=source != "agent",
+            priorities=priorities,
+        )
+
+    if source == "agent":
+        async with cluster() as two:
+            await both_start(two)
+            for round_ in range(rounds):
+                for scenario in (keepalived_killed, primary_preempts, node_killed, node_restarts):
+                    results.record(round_, await scenario(two))
+        return results
+
+    async with cluster() as two:
+        started = time.time()
+        await both_start(two)
+        first_advert = await two.wait_claim("n1", since=started)
+        answered = await two.watch.wait_for(two.instance_of("n1"), 30.0, since=started)
+        results.record(0, FailoverTiming("both start", first_advert - started, answered - first_advert))
         for round_ in range(rounds):
-            for scenario in (keepalived_killed, primary_preempts, node_killed, node_restarts):
-                timing = await scenario(cluster)
-                timings.append(timing)
-                print(f"round {round_ + 1}: {timing.describe()}", flush=True)
-    return timings
+            await _two_node_round(two, round_, results)
+        history = await two.owner_history()
+        # Per round: SIGKILL, preemption, graceful stop (and maybe a release to nobody), preemption,
+        # node SIGKILL, return; plus the start.
+        expected = 1 + 5 * rounds
+        results.check(
+            0, "each failover once in the history", expected <= len(history) <= expected + rounds, f"{len(history)}"
+        )
+    async with cluster((100, 90, 80)) as three:
+        await both_start(three)
+        for round_ in range(rounds):
+            results.record(round_, await next_in_line_takes_over(three, "n1", "n2"))
+            results.record(round_, await next_in_line_takes_over(three, "n2", "n3"))
+            for node in ("n2", "n1"):  # back, each preempting the one below
+                three.lab.node(node).start()
+                await wait_holders(three, [node])
+            await three.watch.wait_for(three.instance_of("n1"), 30.0)
+    async with cluster() as guarded:
+        await both_start(guarded)
+        for round_ in range(rounds):
+            intruder, answers = await intruder_claims(guarded, hold_seconds=6.0)
+            held = answers == {guarded.instance_of("n1")}
+            results.check(round_, "intruder: traffic stayed on n1", held, f"{answers}")
+            await asyncio.to_thread(intruder.kill)
+    return results
 
 
-def _print_summary(timings: list[FailoverTiming]) -> None:
+async def _two_node_round(cluster: FailoverCluster, round_: int, results: Results) -> None:
+    steps: list[Callable[[FailoverCluster], Awaitable[FailoverTiming]]] = [keepalived_killed, primary_preempts]
+    for step in steps:
+        results.record(round_, await step(cluster))
+    answers = await split_brain(cluster, hold_seconds=4.0)
+    results.check(round_, "split brain: traffic stayed on n1", answers == {cluster.instance_of("n1")}, f"{answers}")
+    results.record(round_, await graceful_stop(cluster))
+    results.record(round_, await primary_preempts(cluster))
+    results.record(round_, await node_killed(cluster))
+    results.record(round_, await node_restarts(cluster))
+
+
+def _print_summary(results: Results) -> None:
     by_scenario: dict[str, list[FailoverTiming]] = defaultdict(list)
-    for timing in timings:
+    for timing in results.timings:
         by_scenario[timing.scenario].append(timing)
     print()
-    print(f"{'scenario':<22} {'n':>3}  {'keepalived median/worst':>24}  {'notify -> forwarder median/worst':>33}")
+    print(f"{'scenario':<22} {'n':>3}  {'keepalived median/worst':>24}  {'heard -> forwarder median/p99/worst':>36}")
     for scenario, found in by_scenario.items():
         keepalived = [t.keepalived_seconds * 1000 for t in found]
-        platform = [t.platform_seconds * 1000 for t in found]
+        platform = sorted(t.platform_seconds * 1000 for t in found)
+        p99 = platform[min(len(platform) - 1, round(0.99 * (len(platform) - 1)))]
         print(
             f"{scenario:<22} {len(found):>3}  {statistics.median(keepalived):>12.0f} / {max(keepalived):>5.0f} ms"
-            f"  {statistics.median(platform):>21.0f} / {max(platform):>5.0f} ms"
+            f"  {statistics.median(platform):>17.0f} / {p99:>5.0f} / {max(platform):>5.0f} ms"
         )
+    all_platform = [t.platform_seconds * 1000 for t in results.timings if t.scenario != "graceful stop"]
+    if all_platform:
+        ordered = sorted(all_platform)
+        p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+        print(
+            f"{'all takeovers':<22} {len(ordered):>3}  {'':>24}  {statistics.median(ordered):>17.0f} / {p99:>5.0f} ms"
+        )
+    for what, held in results.checks.items():
+        print(f"{what}: held {sum(held)} of {len(held)}")

@@ -19,6 +19,7 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,7 @@ import httpx
 from schemas import topics
 from schemas.messages import InstanceChanged, InstanceStatus, VSwitchChanged
 from services.dev.keepalived_lab import INSTANCE, KeepalivedLab, Node
+from services.dev.observe_lab import ObserverProcess
 from services.dev.processes import spawn_havip
 from services.dev.walkthrough import Tenant
 from services.gateway.tokens import Principal, store_token
@@ -91,6 +93,19 @@ class RouteWatch:
                 return max(self.changes[-1].at, since)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"forwarder answers {self.current}, not {instance_id}; changes {self.changes}")
+            await asyncio.sleep(0.01)
+
+    async def wait_for_other_than(self, instance_id: str | None, timeout: float, since: float = 0.0) -> float:
+        """When the forwarder first answered anything but `instance_id` at or after `since` (wall clock)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for change in self.changes:
+                if change.at >= since and change.instance_id != instance_id:
+                    return change.at
+            if self.changes and self.current != instance_id:
+                return max(self.changes[-1].at, since)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"forwarder still answers {instance_id}; changes {self.changes}")
             await asyncio.sleep(0.01)
 
     def answers_between(self, start: float, end: float) -> set[str | None]:
@@ -220,22 +235,37 @@ class AgentProcess:
 
 @dataclass
 class FailoverCluster:
-    """A keepalived lab whose nodes are instances of a HAVIP on a running control plane."""
+    """A keepalived lab whose nodes are instances of a HAVIP on a running control plane.
+
+    How the platform learns what keepalived does: `havip agent` beside each keepalived
+    (`with_agents`), `havip observe` on the lab's host watching the nodes' ports (`observed`:
+    then every node is an instance on that one host, its port the veth's end on the bridge),
+    or both.
+    """
 
     settings: Settings
     gateway_url: str
     forwarder_url: str
     workdir: Path
     linked: tuple[str, ...] = ()  # nodes whose agent reaches the gateway through a GatewayLink
+    with_agents: bool = True
+    observed: bool = False
+    priorities: tuple[int, ...] = (100, 90)
     lab: KeepalivedLab = field(init=False)
     agents: dict[str, AgentProcess] = field(init=False, default_factory=dict)
     links: dict[str, GatewayLink] = field(init=False, default_factory=dict)
     instances: dict[str, str] = field(init=False, default_factory=dict)
     havip: dict[str, str] = field(init=False, default_factory=dict)
     watch: RouteWatch = field(init=False)
+    observer: ObserverProcess | None = field(init=False, default=None)
+    lab_id: str = field(init=False, default_factory=lambda: secrets.token_hex(3))
+
+    @property
+    def host_id(self) -> str:
+        return f"host-ka-{self.lab_id}"
 
     async def __aenter__(self) -> FailoverCluster:
-        self.lab = KeepalivedLab(workdir=self.workdir).create()
+        self.lab = KeepalivedLab(nodes=len(self.priorities), priorities=self.priorities, workdir=self.workdir).create()
         try:
             await self._join_platform()
         except BaseException:
@@ -246,6 +276,8 @@ class FailoverCluster:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self.observer is not None:
+            self.observer.stop()
         for agent in self.agents.values():
             agent.stop()
         for link in self.links.values():
@@ -261,11 +293,44 @@ class FailoverCluster:
         """The ground truth: nodes whose keepalived runs and whose namespace holds the VIP."""
         return [node.name for node in self.lab.nodes if node.running and node.holds_vip()]
 
+    async def wait_claim(self, node: str, since: float, timeout: float = 20.0) -> float:
+        """When the platform first heard `node` claim MASTER at or after `since`: the first advert of it the
+        observer saw (if it watches), else the notify line the node's agent read."""
+        if self.observer is not None:
+            return await self.observer.first_advert(self.lab.ports[node], since, timeout)
+        return await self.agents[node].wait_read("MASTER", since=since, timeout=timeout)
+
+    async def wait_resignation(self, node: str, since: float, timeout: float = 20.0) -> float:
+        """When the platform first heard `node` give up MASTER at or after `since`: its priority-0 advert as
+        the observer saw it (if it watches), else the notify line (STOP) its agent read."""
+        if self.observer is not None:
+            return await self.observer.wait_resignation(self.instance_of(node), since, timeout)
+        return await self.agents[node].wait_read("STOP", since=since, timeout=timeout)
+
+    async def add_intruder(self, priority: int = 254) -> Node:
+        """An instance of the same tenant on the same host, NOT attached to the HAVIP, running keepalived
+        for the same VRID and VIP at `priority` (not started yet)."""
+        node = self.lab.add_stranger(priority)
+        self.instances[node.name] = f"i-ka-{self.lab_id}-{node.name}"
+        await self._publish_inventory(f"vsw-ka-{self.lab_id}", [node], with_vswitch=False)
+        return node
+
+    async def owner_history(self) -> list[dict[str, object]]:
+        """Every owner change of the HAVIP, oldest first."""
+        async with httpx.AsyncClient(base_url=self.gateway_url, timeout=30) as gateway:
+            answer = await gateway.get(
+                f"/v1/havips/{self.havip['havip_id']}/owner-history",
+                headers={"Authorization": f"Bearer {TENANT_TOKEN}"},
+                params={"page_size": 100},
+            )
+            answer.raise_for_status()
+            return list(reversed(answer.json()["changes"]))
+
     async def _join_platform(self) -> None:
-        lab_id = secrets.token_hex(3)
+        lab_id = self.lab_id
         vswitch = f"vsw-ka-{lab_id}"
         self.instances = {node.name: f"i-ka-{lab_id}-{node.name}" for node in self.lab.nodes}
-        await self._publish_inventory(vswitch)
+        await self._publish_inventory(vswitch, self.lab.nodes)
         tokens = {node.name: f"tok-ka-{lab_id}-{node.name}" for node in self.lab.nodes}
         pool = await asyncpg.connect(self.settings.database_url)
         try:
@@ -287,6 +352,12 @@ class FailoverCluster:
         self.havip = {"havip_id": created["havip_id"], "vpc_id": created["vpc_id"], "ip": self.lab.vip}
         self.watch = RouteWatch(self.forwarder_url, created["vpc_id"], self.lab.vip)
         await self.watch.start()
+        if self.observed:
+            # Its log in the workdir, not the lab's own dir: it outlives the lab for a post-mortem.
+            self.observer = ObserverProcess(self.settings, self.host_id, self.lab.hub, self.workdir).start()
+            await self.observer.wait_ready()
+        if not self.with_agents:
+            return
         gateway = httpx.URL(self.gateway_url)
         for node in self.lab.nodes:
             node.make_fifo()  # the agent's, kept across keepalived restarts
@@ -299,26 +370,24 @@ class FailoverCluster:
             agent = AgentProcess(node, self.lab.directory or self.workdir, url, tokens[node.name], created["havip_id"])
             self.agents[node.name] = agent.start(self.settings)
 
-    async def _publish_inventory(self, vswitch: str) -> None:
+    async def _publish_inventory(self, vswitch: str, nodes: Sequence[Node], with_vswitch: bool = True) -> None:
         producer = new_producer(self.settings)
         await producer.start()
         try:
             inventory = topic_name(self.settings, topics.INVENTORY)
             revision = time.time_ns()
-            records: list[tuple[str, VSwitchChanged | InstanceChanged]] = [
-                (
-                    vswitch,
-                    VSwitchChanged(
-                        vswitch_id=vswitch,
-                        tenant_id=TENANT,
-                        vpc_id=f"vpc-{vswitch}",
-                        zone_id="edge-zone-lab",
-                        cidr=f"{self.lab.subnet}.0/24",
-                        revision=revision,
-                    ),
+            records: list[tuple[str, VSwitchChanged | InstanceChanged]] = []
+            if with_vswitch:
+                vswitch_record = VSwitchChanged(
+                    vswitch_id=vswitch,
+                    tenant_id=TENANT,
+                    vpc_id=f"vpc-{vswitch}",
+                    zone_id="edge-zone-lab",
+                    cidr=f"{self.lab.subnet}.0/24",
+                    revision=revision,
                 )
-            ]
-            for node in self.lab.nodes:
+                records.append((vswitch, vswitch_record))
+            for node in nodes:
                 instance = self.instances[node.name]
                 records.append(
                     (
@@ -330,8 +399,12 @@ class FailoverCluster:
                             vswitch_id=vswitch,
                             private_ip=node.ip,
                             status=InstanceStatus.RUNNING,
-                            host_id=f"host-{node.name}",
+                            # Observed, the nodes are instances on one host: the lab's hub, whose
+                            # bridge ports are theirs. Otherwise each on a host of its own, as before.
+                            host_id=self.host_id if self.observed else f"host-{node.name}",
                             revision=revision,
+                            port_name=self.lab.ports[node.name],
+                            mac=self.lab.mac_of(node),
                         ),
                     )
                 )
@@ -343,14 +416,14 @@ class FailoverCluster:
 
 @dataclass(frozen=True)
 class FailoverTiming:
-    """One failover: keepalived's own time to act, and the platform's delay after keepalived's notify."""
+    """One failover: keepalived's own time to act, and the platform's delay after it first heard of it."""
 
     scenario: str
-    keepalived_seconds: float  # e.g. SIGKILL -> the backup's MASTER notify
-    platform_seconds: float  # that notify -> the forwarder answers the new owner
+    keepalived_seconds: float  # e.g. SIGKILL -> the backup's MASTER notify (agent) or first advert (observer)
+    platform_seconds: float  # that notify or advert -> the forwarder answers the new owner
 
     def describe(self) -> str:
         return (
             f"{self.scenario}: keepalived {self.keepalived_seconds * 1000:.0f} ms,"
-            f" notify -> forwarder {self.platform_seconds * 1000:.0f} ms"
+            f" heard -> forwarder {self.platform_seconds * 1000:.0f} ms"
         )

@@ -340,6 +340,9 @@ class KeepalivedLab:
         self._workdir = workdir
         self.directory: Path | None = None
         self.nodes: list[Node] = []
+        # Nodes plugged in beside the VRRP instance's own (an intruder): on the bridge, not peers.
+        self.strangers: list[Node] = []
+        self.ports: dict[str, str] = {}  # node name -> its port (the veth's end on the bridge, in `hub`)
         self._namespaces: list[str] = []
         self.partitioned = False
 
@@ -382,7 +385,40 @@ class KeepalivedLab:
         _ip("netns", "add", namespace)
         self._namespaces.append(namespace)
 
+    def add_stranger(self, priority: int, peers: Sequence[str] = ()) -> Node:
+        """One more keepalived on the bridge with the same VRID and VIP, that the nodes do not name as a peer.
+
+        Its unicast adverts go to `peers` (default: an address nobody holds, so the lab's nodes
+        never hear it, though its adverts are on the wire: a static neighbour entry spares them the
+        ARP that nobody would answer), and it announces the VIP once it makes itself MASTER.
+        """
+        index = len(self.nodes) + len(self.strangers) + 1
+        address = f"{self.subnet}.{index}"
+        nobody = f"{self.subnet}.250"
+        node = Node(
+            name=f"n{index}",
+            namespace=f"{self.prefix}-n{index}",
+            ip=address,
+            priority=priority,
+            peers=list(peers) or [nobody],
+            vip=self.vip,
+            vrid=self.vrid,
+            directory=self.directory or Path(tempfile.gettempdir()),
+            options=self.options,
+        )
+        self._plug(node, port=f"p{index}")
+        self.strangers.append(node)
+        if not peers:
+            _ip("-n", node.namespace, "neigh", "replace", nobody, "lladdr", "02:00:00:00:00:fa", "dev", INTERFACE)
+        return node
+
+    def mac_of(self, node: Node) -> str:
+        """The MAC address of the node's interface (what the inventory would say of its port)."""
+        (link,) = json.loads(_ip("-n", node.namespace, "-j", "link", "show", "dev", INTERFACE))
+        return str(link["address"])
+
     def _plug(self, node: Node, port: str) -> None:
+        self.ports[node.name] = port
         self._add_namespace(node.namespace)
         _ip("-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", INTERFACE, "netns", node.namespace)
         _ip("-n", self.hub, "link", "set", port, "master", _BRIDGE, "up")
@@ -398,7 +434,7 @@ class KeepalivedLab:
         """Kill every keepalived, delete every namespace and the temp dir; safe to call twice."""
         atexit.unregister(self.close)
         problems = []
-        for node in self.nodes:
+        for node in [*self.nodes, *self.strangers]:
             try:
                 node.kill()
             except Exception as exc:  # keep going: the namespaces below must go in any case
@@ -443,7 +479,7 @@ class KeepalivedLab:
     def describe(self) -> str:
         return "\n".join(
             f"--- {node.name} ({node.namespace}, priority {node.priority}, running={node.running}):\n{node.tail()}"
-            for node in self.nodes
+            for node in [*self.nodes, *self.strangers]
         )
 
     def partition(self) -> None:
@@ -451,10 +487,28 @@ class KeepalivedLab:
 
         Seen with keepalived 2.2.7: a blackhole route to the peer alone does not stop the adverts, they still
         leave through the interface. With strict rp_filter, though, the receiver drops every packet whose source
-        routes back into a blackhole, before keepalived's raw socket sees it.
+        routes back into a blackhole, before keepalived's raw socket sees it. Each node's neighbour entries for
+        its peers are pinned meanwhile: ARP between them fails too, and once an entry expired a node would stop
+        putting its unicast adverts on the wire at all, where a real split brain (a link lost between the
+        nodes, not between a node and its host) goes on sending them.
         """
+        macs = {node.ip: self.mac_of(node) for node in self.nodes}
         for node in self.nodes:
             for peer in node.peers:
+                if peer in macs:
+                    _ip(
+                        "-n",
+                        node.namespace,
+                        "neigh",
+                        "replace",
+                        peer,
+                        "lladdr",
+                        macs[peer],
+                        "nud",
+                        "permanent",
+                        "dev",
+                        INTERFACE,
+                    )
                 _ip("-n", node.namespace, "route", "replace", "blackhole", f"{peer}/32")
         self.partitioned = True
 
@@ -464,6 +518,8 @@ class KeepalivedLab:
         for node in self.nodes:
             for peer in node.peers:
                 _ip("-n", node.namespace, "route", "del", "blackhole", f"{peer}/32")
+                with contextlib.suppress(RuntimeError):  # a peer that is no node of the lab had no entry
+                    _ip("-n", node.namespace, "neigh", "del", peer, "dev", INTERFACE)
         self.partitioned = False
 
 

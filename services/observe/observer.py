@@ -145,7 +145,8 @@ class Observer:
             FRAMES.labels("other", "ignored").inc()
             return
         kind = "vrrp" if isinstance(seen, VrrpAdvert) else "garp"
-        log.debug("frame port=%s at=%.6f %s", port.name, at.timestamp(), seen)
+        if log.isEnabledFor(logging.DEBUG):  # the lab times adverts by these lines; at scale they cost
+            log.debug("frame port=%s at=%.6f %s", port.name, at.timestamp(), seen)
         addresses = seen.addresses if isinstance(seen, VrrpAdvert) else (seen.address,)
         for address in addresses:
             judgement = self._view.judge(port, address)

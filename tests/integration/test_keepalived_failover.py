@@ -15,9 +15,7 @@ These need root and keepalived. CI runs as root and installs keepalived
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,6 @@ import pytest
 from schemas import topics
 from schemas.messages import VrrpState
 from services.dev.keepalived_failover import FailoverCluster
-from services.dev.keepalived_lab import lab_unavailable_reason
 from services.dev.keepalived_scenarios import (
     TIMEOUT,
     both_start,
@@ -35,44 +32,21 @@ from services.dev.keepalived_scenarios import (
     split_brain,
     wait_holders,
 )
-from services.dev.processes import ServiceProcess
 from services.runtime.settings import Settings
-from tests.conftest import Infra, fresh_settings
 from tests.kafka_tools import read_topic
+from tests.keepalived_tools import cluster as new_cluster
+from tests.keepalived_tools import platform, skip_without_lab
 
 pytestmark = pytest.mark.integration
 
-_UNAVAILABLE = lab_unavailable_reason()
-if _UNAVAILABLE is not None and os.environ.get("CI") != "true":
-    pytest.skip(_UNAVAILABLE, allow_module_level=True)
+skip_without_lab()
 
 
-@pytest.fixture(scope="module")
-async def platform(infra: Infra, workdir: Path) -> AsyncIterator[Settings]:
-    """The four services as processes, shared by this module's scenarios (each gets its own lab and HAVIP)."""
-    if _UNAVAILABLE is not None:
-        pytest.fail(f"keepalived lab unavailable in CI: {_UNAVAILABLE}", pytrace=False)
-    settings = await fresh_settings(infra)
-    logs = workdir / f"keepalived-{settings.topic_prefix}logs"
-    logs.mkdir()
-    services = [ServiceProcess(name, settings, logs).start() for name in ("quota", "mapping", "forwarder", "gateway")]
-    try:
-        for service in services:
-            await asyncio.to_thread(service.wait_ready)
-        yield settings
-    finally:
-        for service in services:
-            service.stop()
+__all__ = ["platform"]  # the module's fixture: the four services as processes
 
 
 async def _cluster(settings: Settings, workdir: Path, linked: tuple[str, ...] = ()) -> FailoverCluster:
-    return FailoverCluster(
-        settings,
-        gateway_url=f"http://{settings.http_host}:{settings.gateway_port}",
-        forwarder_url=f"http://{settings.http_host}:{settings.forwarder_port}",
-        workdir=workdir,
-        linked=linked,
-    )
+    return new_cluster(settings, workdir, linked=linked)
 
 
 async def test_start_sigkill_and_preemption_move_the_forwarder_with_keepalived(
