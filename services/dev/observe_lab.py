@@ -42,7 +42,6 @@ class Observation:
     why: str
 
 
-
 class ObserverProcess:
     def __init__(self, settings: Settings, host_id: str, netns: str, directory: Path) -> None:
         self.port = free_port()
