@@ -190,6 +190,19 @@ def _bench_watch(args: argparse.Namespace) -> int:
     )
 
 
+def _bench_observe(args: argparse.Namespace) -> int:
+    from services.dev.bench_observe import run_observe_bench
+
+    return run_observe_bench(
+        load_settings(),
+        havips=args.havips,
+        per_instance=args.per_instance,
+        seconds=args.seconds,
+        warmup=args.warmup,
+        out_dir=_bench_out(args, "observe"),
+    )
+
+
 def _sizes(text: str) -> list[int]:
     try:
         sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
@@ -358,6 +371,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _out_option(watch, "watch")
     watch.set_defaults(func=_bench_watch)
+    observe_bench = bench_sub.add_parser(
+        "observe", help="one havip observe, many HAVIPs advertising once a second on its host: CPU, drops (root)"
+    )
+    observe_bench.add_argument("--havips", type=int, default=1000, help="HAVIPs advertising (default 1,000)")
+    observe_bench.add_argument(
+        "--per-instance", type=int, default=5, help="HAVIPs per instance, one port each (default 5)"
+    )
+    observe_bench.add_argument("--seconds", type=float, default=60.0, help="measured window (default 60)")
+    observe_bench.add_argument("--warmup", type=float, default=10.0, help="seconds before the window (default 10)")
+    _out_option(observe_bench, "observe")
+    observe_bench.set_defaults(func=_bench_observe)
     every = bench_sub.add_parser(
         "all",
         help="failover, mapping, lookups, watch, coldstart and intake in turn, and one table against the targets",

@@ -43,18 +43,23 @@ class Observation:
 
 
 class ObserverProcess:
-    def __init__(self, settings: Settings, host_id: str, netns: str, directory: Path) -> None:
+    def __init__(self, settings: Settings, host_id: str, netns: str, directory: Path, log_level: str = "DEBUG") -> None:
         self.port = free_port()
-        self.settings = settings.model_copy(
-            # DEBUG: a line per frame, the moment each advert was seen (`first_advert`).
-            update={"observe_port": self.port, "observe_host_id": host_id, "observe_netns": netns, "log_level": "DEBUG"}
-        )
+        # DEBUG (the lab's default): a line per frame, the moment each advert was seen (`first_advert`).
+        update = {"observe_port": self.port, "observe_host_id": host_id, "observe_netns": netns, "log_level": log_level}
+        self.settings = settings.model_copy(update=update)
         self.log_path = directory / f"observe-{host_id}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ObserverProcess:
         self._process = spawn_havip(["observe"], self.settings, self.log_path)
         return self
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise RuntimeError("havip observe was not started")
+        return self._process.pid
 
     @property
     def running(self) -> bool:

@@ -87,4 +87,10 @@ async def _main(settings: Settings) -> None:
 
 def run(settings: Settings) -> None:
     setup_logging(SERVICE, settings.log_level)
-    asyncio.run(_main(settings))
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        asyncio.run(_main(settings))
+    else:
+        # One wake-up per advert on a busy host: uvloop's is a fraction of asyncio's.
+        uvloop.run(_main(settings))
