@@ -38,14 +38,15 @@ from services.observe import capture
 from services.observe.claims import ClaimBook, ClaimKey, Observed
 from services.observe.frames import GratuitousArp, MalformedFrame, VrrpAdvert, read_frame
 from services.observe.hostview import HostView, Port, Standing
+from services.observe.outbox import RETRY_SECONDS, SEND_FAILURES, ReportOutbox
 from services.runtime.deadletters import DeadLetters
 from services.runtime.kafka import topic_name
 from services.runtime.settings import Settings
+from services.runtime.transient import BROKER_UNAVAILABLE
 
 log = logging.getLogger(__name__)
 
 FRAMES = Counter("havip_observe_frames_total", "Frames read on the instances' ports", ["kind", "outcome"])
-PUBLISHED = Counter("havip_observe_reports_total", "Observed state changes published to vrrp.events", ["state"])
 RENEWED = Counter("havip_observe_renewed_claims_total", "Live claims renewed (together, per partition)")
 UNEXPECTED = Counter(
     "havip_observe_unexpected_claims_total",
@@ -75,7 +76,7 @@ class Observer:
         self._vrrp_topic = topic_name(settings, topics.VRRP)
         self._sockets: dict[str, socket.socket] = {}
         self._missing: dict[str, str] = {}
-        self._outbox: asyncio.Queue[VrrpReported] = asyncio.Queue()
+        self._outbox = ReportOutbox(producer, self._vrrp_topic)
         self._letters: asyncio.Queue[tuple[Port, str, bytes, str]] = asyncio.Queue()
         self._lettered_at: dict[tuple[str, str, str], float] = {}
         self._seq = 0
@@ -97,7 +98,7 @@ class Observer:
     async def run(self) -> None:
         tasks = [
             asyncio.create_task(self._watch_ports(), name="observe ports"),
-            asyncio.create_task(self._publish(), name="observe publish"),
+            asyncio.create_task(self._outbox.run(), name="observe publish"),
             asyncio.create_task(self._lapse(), name="observe lapses"),
             asyncio.create_task(self._renew(), name="observe renewals"),
             asyncio.create_task(self._letter(), name="observe unexpected claimants"),
@@ -207,21 +208,7 @@ class Observer:
             change.seen_at.timestamp(),
             change.why,
         )
-        self._outbox.put_nowait(report)
-
-    async def _publish(self) -> None:
-        while True:
-            batch = [await self._outbox.get()]
-            while not self._outbox.empty():
-                batch.append(self._outbox.get_nowait())
-            # Sent together, acknowledged together: one HAVIP's reports stay in order in its partition.
-            sent = [
-                await self._producer.send(self._vrrp_topic, key=r.havip_id.encode(), value=topics.encode(r))
-                for r in batch
-            ]
-            await asyncio.gather(*sent)
-            for report in batch:
-                PUBLISHED.labels(report.state.value).inc()
+        self._outbox.put(report)
 
     async def _lapse(self) -> None:
         # Wakes when the earliest claim would lapse (an advert meanwhile moves it on), so a lapse is
@@ -238,7 +225,12 @@ class Observer:
         while True:
             await asyncio.sleep(every)
             self._book.forget(self._view.possible)
-            await self.renew_live_claims()
+            try:
+                await self.renew_live_claims()
+            except BROKER_UNAVAILABLE as exc:
+                # The next round renews them all again; the lease outlasts two lost rounds.
+                SEND_FAILURES.labels("renewals").inc()
+                log.warning("could not renew the live claims (%r); the next round will", exc)
 
     async def renew_live_claims(self) -> int:
         """Repeat every live claim, one record per partition of vrrp.events; how many claims."""
@@ -285,15 +277,22 @@ class Observer:
         source = f"observe:{self._view.host_id}"
         while True:
             port, address, frame, reason = await self._letters.get()
-            await self._dead_letters.send(
-                source_topic=source,
-                partition=-1,
-                offset=-1,
-                key=address.encode(),
-                value=frame,
-                code=ErrorCode.UNEXPECTED_CLAIMANT,
-                reason=f"port {port.name} of {port.instance_id} (tenant {port.tenant_id}): {reason}",
-            )
+            while True:
+                try:
+                    await self._dead_letters.send(
+                        source_topic=source,
+                        partition=-1,
+                        offset=-1,
+                        key=address.encode(),
+                        value=frame,
+                        code=ErrorCode.UNEXPECTED_CLAIMANT,
+                        reason=f"port {port.name} of {port.instance_id} (tenant {port.tenant_id}): {reason}",
+                    )
+                    break
+                except BROKER_UNAVAILABLE as exc:
+                    SEND_FAILURES.labels("dead-letters").inc()
+                    log.warning("could not dead-letter an unexpected claimant (%r); trying again", exc)
+                    await asyncio.sleep(RETRY_SECONDS)
 
     # --- ports ------------------------------------------------------------------------
 
