@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.dev.keepalived_failover import FailoverCluster
-from services.dev.keepalived_lab import lab_unavailable_reason
+from services.dev.keepalived_lab import NodeOptions, lab_unavailable_reason
 from services.dev.processes import ServiceProcess
 from services.runtime.settings import Settings
 from tests.conftest import Infra, fresh_settings
@@ -50,6 +50,7 @@ def cluster(
     with_agents: bool = True,
     observed: bool = False,
     priorities: tuple[int, ...] = (100, 90),
+    options: NodeOptions | None = None,
 ) -> FailoverCluster:
     return FailoverCluster(
         settings,
@@ -60,4 +61,5 @@ def cluster(
         with_agents=with_agents,
         observed=observed,
         priorities=priorities,
+        options=options,
     )

@@ -300,8 +300,9 @@ class Node:
         wait_until(lambda: not _namespace_pids(self.namespace), 10.0, what=f"{self.name} keepalived gone")
 
     def holds_vip(self) -> bool:
-        """The ground truth: the VIP is on this node's interface (even if keepalived there was killed)."""
-        links = json.loads(_ip("-n", self.namespace, "-j", "-4", "addr", "show", "dev", INTERFACE) or "[]")
+        """The ground truth: the VIP is on one of this node's interfaces (even if keepalived there was killed):
+        `vrrp0`, or with `use_vmac` the macvlan keepalived makes on it (vrrp.VRID)."""
+        links = json.loads(_ip("-n", self.namespace, "-j", "-4", "addr", "show") or "[]")
         return any(address.get("local") == self.vip for link in links for address in link.get("addr_info", []))
 
     def tail(self, lines: int = 20) -> str:

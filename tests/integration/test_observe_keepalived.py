@@ -20,6 +20,7 @@ import pytest
 from schemas import topics
 from schemas.errors import ErrorCode
 from services.dev.keepalived_failover import FailoverCluster
+from services.dev.keepalived_lab import NodeOptions
 from services.dev.keepalived_scenarios import (
     both_start,
     graceful_stop,
@@ -120,6 +121,18 @@ async def test_an_intruder_moves_nothing_and_is_recorded(platform: Settings, wor
         assert all(letter.source_topic == f"observe:{cluster.host_id}" for letter in mine)
         reasons = " ".join(letter.reason for letter in mine)
         assert "VRRPv2 advert (VRID" in reasons and "gratuitous ARP" in reasons and "not attached" in reasons
+
+
+async def test_use_vmac_works_because_the_port_decides(platform: Settings, workdir: Path) -> None:
+    # keepalived sends from 00:00:5e:00:01:VRID on a macvlan of its own: the frame's MAC is nobody's
+    # in the inventory, and it does not matter. The port the frame arrived on says who sent it.
+    options = NodeOptions(extra_instance="use_vmac")
+    async with new_cluster(platform, workdir, with_agents=False, observed=True, options=options) as cluster:
+        await both_start(cluster)
+        killed = await keepalived_killed(cluster)
+        print(f"\nuse_vmac: {killed.describe()}")
+        assert cluster.watch.current == cluster.instance_of("n2")
+        await assert_owners(cluster, ["n1", "n2"], releases=0)
 
 
 async def test_agent_and_observer_together_change_nothing_more(platform: Settings, workdir: Path) -> None:
