@@ -18,6 +18,7 @@ from ipaddress import IPv4Address
 _ETH_HEADER = 14
 _ETHERTYPE_IPV4 = 0x0800
 _ETHERTYPE_ARP = 0x0806
+_BROADCAST = b"\xff" * 6
 _ETHERTYPE_VLAN = 0x8100  # IEEE 802.1Q: a 4-byte tag (TPID, TCI) before the real ethertype
 _IPPROTO_VRRP = 112  # RFC 3768 §5.2.4, RFC 5798 §5.1.1.4
 _VRRP_ADVERTISEMENT = 1  # the only VRRP type (RFC 3768 §5.3.2, RFC 5798 §5.2.2)
@@ -74,13 +75,13 @@ def read_frame(frame: bytes) -> Observation | None:
         (ethertype,) = struct.unpack_from("!H", frame, 16)
         offset += 4
     if ethertype == _ETHERTYPE_ARP:
-        return _read_arp(frame[offset:])
+        return _read_arp(frame[offset:], broadcast=frame[:6] == _BROADCAST)
     if ethertype == _ETHERTYPE_IPV4:
         return _read_ipv4(frame[offset:])
     return None
 
 
-def _read_arp(packet: bytes) -> GratuitousArp | None:
+def _read_arp(packet: bytes, *, broadcast: bool) -> GratuitousArp | None:
     if len(packet) < 8:
         raise MalformedFrame("truncated ARP header")
     htype, ptype, hlen, plen, operation = struct.unpack_from("!HHBBH", packet)
@@ -93,6 +94,12 @@ def _read_arp(packet: bytes) -> GratuitousArp | None:
     # RFC 5227 §2.3 / RFC 5944 §4.6: gratuitous means sender == target, as request or reply alike.
     # 0.0.0.0 is an address probe (RFC 5227 §2.1.1), never an announcement.
     if sender != target or sender.is_unspecified:
+        return None
+    # An announcement is sent to everyone. A reply sent to one station is an answer: a node whose
+    # keepalived was killed still holds the VIP and answers the new master's announcement ("who
+    # has the VIP, tell the VIP") with a reply whose sender and target are both the VIP, unicast
+    # to the new master. Taken for an announcement, it would hand the VIP back to the dead node.
+    if operation == 2 and not broadcast:
         return None
     return GratuitousArp(address=sender)
 

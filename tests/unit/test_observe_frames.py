@@ -205,6 +205,17 @@ def test_gratuitous_arp_request_and_reply(operation: int) -> None:
     assert read_frame(frame) == GratuitousArp(address=IPv4Address("198.51.100.7"))
 
 
+def test_a_gratuitous_request_counts_whoever_it_is_sent_to() -> None:
+    frame = ethernet(arp(1, "198.51.100.7", "198.51.100.7"), 0x0806, dst=NODE_MAC)
+    assert read_frame(frame) == GratuitousArp(address=IPv4Address("198.51.100.7"))
+
+
+def test_a_reply_to_one_station_is_an_answer_not_an_announcement() -> None:
+    # A killed keepalived's node still holds the VIP and answers the new master's announcement.
+    frame = ethernet(arp(2, "198.51.100.7", "198.51.100.7"), 0x0806, dst=NODE_MAC)
+    assert read_frame(frame) is None
+
+
 def test_gratuitous_arp_with_padding() -> None:
     frame = ethernet(arp(1, "198.51.100.7", "198.51.100.7"), 0x0806, dst=BROADCAST) + bytes(18)
     assert read_frame(frame) == GratuitousArp(address=IPv4Address("198.51.100.7"))
