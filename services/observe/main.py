@@ -20,6 +20,7 @@ from services.runtime.health import Health, health_app, serve_http
 from services.runtime.kafka import new_producer, wait_for_broker
 from services.runtime.logs import setup_logging
 from services.runtime.settings import Settings
+from services.runtime.tasks import until_one_ends
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +57,17 @@ async def observe(settings: Settings, stop: asyncio.Event) -> None:
         health.add_check("feed", feed.not_caught_up)
         health.add_note("ports", observer.missing_ports)
         log.info("observing the ports of host %s", settings.observe_host_id)
-        tasks = [
-            asyncio.create_task(feed.run(), name="observe feed"),
-            asyncio.create_task(observer.run(), name="observe"),
-            asyncio.create_task(stop.wait(), name="stop"),
-        ]
-        try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await until_one_ends({"observe feed": feed.run(), "observe": observer.run(), "stop": _stopped(stop)})
     finally:
         with contextlib.suppress(Exception):
             await producer.stop()
         server.cancel()
         await asyncio.gather(server, return_exceptions=True)
         await health.stop()
+
+
+async def _stopped(stop: asyncio.Event) -> None:
+    await stop.wait()
 
 
 async def _main(settings: Settings) -> None:

@@ -42,6 +42,7 @@ from services.observe.outbox import RETRY_SECONDS, SEND_FAILURES, ReportOutbox
 from services.runtime.deadletters import DeadLetters
 from services.runtime.kafka import topic_name
 from services.runtime.settings import Settings
+from services.runtime.tasks import until_one_ends
 from services.runtime.transient import BROKER_UNAVAILABLE
 
 log = logging.getLogger(__name__)
@@ -96,21 +97,17 @@ class Observer:
         return f"{len(self._missing)} ports not watched ({shown})"
 
     async def run(self) -> None:
-        tasks = [
-            asyncio.create_task(self._watch_ports(), name="observe ports"),
-            asyncio.create_task(self._outbox.run(), name="observe publish"),
-            asyncio.create_task(self._lapse(), name="observe lapses"),
-            asyncio.create_task(self._renew(), name="observe renewals"),
-            asyncio.create_task(self._letter(), name="observe unexpected claimants"),
-        ]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
+            await until_one_ends(
+                {
+                    "observe ports": self._watch_ports(),
+                    "observe publish": self._outbox.run(),
+                    "observe lapses": self._lapse(),
+                    "observe renewals": self._renew(),
+                    "observe unexpected claimants": self._letter(),
+                }
+            )
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             for name in list(self._sockets):
                 self._close(name)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
 
 # How long to wait for a cancelled task before cancelling it again.
 RECANCEL_SECONDS = 0.5
@@ -23,3 +26,20 @@ async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
         await asyncio.wait({task}, timeout=RECANCEL_SECONDS)
     if not task.cancelled():
         task.result()
+
+
+async def until_one_ends(coroutines: dict[str, Coroutine[Any, Any, None]]) -> None:
+    """Run these as tasks (named by their keys) until one of them ends; then stop the others.
+
+    What the first one raised is raised here; the rest are cancelled and waited for, so nothing
+    they use is closed under them.
+    """
+    tasks = [asyncio.create_task(coroutine, name=name) for name, coroutine in coroutines.items()]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            with contextlib.suppress(Exception):  # the first one's failure is the one raised
+                await cancel_and_wait(task)
