@@ -112,9 +112,9 @@ async def _bench(
         for round_ in range(rounds):
             await _two_node_round(two, round_, results)
         history = await two.owner_history()
-        # Per round: SIGKILL, preemption, graceful stop (and maybe a release to nobody), preemption,
-        # node SIGKILL, return; plus the start.
-        expected = 1 + 5 * rounds
+        # Per round six owner changes: SIGKILL, preemption, graceful stop (and maybe first a release
+        # to nobody), preemption, node SIGKILL, return; none in the split brain; plus the start.
+        expected = 1 + 6 * rounds
         results.check(
             0, "each failover once in the history", expected <= len(history) <= expected + rounds, f"{len(history)}"
         )
