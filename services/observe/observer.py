@@ -14,10 +14,9 @@ import asyncio
 import contextlib
 import functools
 import logging
-import socket
 import time
 from collections import defaultdict
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -39,6 +38,7 @@ from services.observe.claims import ClaimBook, ClaimKey, Observed
 from services.observe.frames import GratuitousArp, MalformedFrame, VrrpAdvert, read_frame
 from services.observe.hostview import HostView, Port, Standing
 from services.observe.outbox import RETRY_SECONDS, SEND_FAILURES, ReportOutbox
+from services.observe.reader import PortReader
 from services.runtime.deadletters import DeadLetters
 from services.runtime.kafka import topic_name
 from services.runtime.settings import Settings
@@ -62,7 +62,6 @@ PORT_LOOK_SECONDS = 1.0
 # An unexpected claimant advertises every second: the first advert and the first GARP of each
 # (port, address) are dead-lettered once a minute, the metric counts them all.
 UNEXPECTED_LETTER_EVERY = 60.0
-FRAMES_PER_WAKEUP = 256
 
 
 class Observer:
@@ -75,9 +74,9 @@ class Observer:
         self._dead_letters = dead_letters
         self._book = ClaimBook()
         self._vrrp_topic = topic_name(settings, topics.VRRP)
-        self._sockets: dict[str, socket.socket] = {}
         self._missing: dict[str, str] = {}
         self._outbox = ReportOutbox(producer, self._vrrp_topic)
+        self._reader = PortReader(self._frames, self._port_lost)
         self._letters: asyncio.Queue[tuple[Port, str, bytes, str]] = asyncio.Queue()
         self._lettered_at: dict[tuple[str, str, str], float] = {}
         self._seq = 0
@@ -97,6 +96,7 @@ class Observer:
         return f"{len(self._missing)} ports not watched ({shown})"
 
     async def run(self) -> None:
+        self._reader.start(asyncio.get_running_loop())
         try:
             await until_one_ends(
                 {
@@ -108,29 +108,25 @@ class Observer:
                 }
             )
         finally:
-            for name in list(self._sockets):
-                self._close(name)
+            self._reader.stop()
 
     # --- frames ---------------------------------------------------------------------
 
-    def _readable(self, port_name: str) -> None:
-        sock = self._sockets.get(port_name)
-        if sock is None:
-            return
-        try:
-            frames = capture.receive(sock, FRAMES_PER_WAKEUP)
-        except OSError as exc:
-            # The port went away (its instance stopped or moved): look for it again later.
-            log.warning("port %s stopped answering (%s); watching it again once it is back", port_name, exc)
-            self._close(port_name)
-            self._missing[port_name] = str(exc)
-            return
-        port = self._view.ports().get(port_name)
-        if port is None:
-            return
-        now, at = time.monotonic(), utcnow()
-        for frame in frames:
-            self.on_frame(port, frame, now, at)
+    def _frames(self, frames: list[tuple[str, bytes]], read_at: float) -> None:
+        """What the port reader read in one go (services/observe/reader.py), in order."""
+        ports = self._view.ports()
+        # Monotonic for the claims' timers, the wall clock for what is published: both as of the read.
+        now = time.monotonic() - max(0.0, time.time() - read_at)
+        at = datetime.fromtimestamp(read_at, UTC)
+        for name, frame in frames:
+            port = ports.get(name)
+            if port is not None:
+                self.on_frame(port, frame, now, at)
+
+    def _port_lost(self, name: str, exc: OSError) -> None:
+        # The port went away (its instance stopped or moved): look for it again later.
+        log.warning("port %s stopped answering (%s); watching it again once it is back", name, exc)
+        self._missing[name] = str(exc)
 
     def on_frame(self, port: Port, frame: bytes, now: float, at: datetime) -> None:
         """One frame that arrived on `port`: whatever it claims is the claim of the port's instance."""
@@ -303,14 +299,14 @@ class Observer:
 
     def _sync_ports(self) -> None:
         wanted = self._view.ports()
-        for name in [name for name in self._sockets if name not in wanted]:
-            self._close(name)
+        watching = self._reader.watching()
+        for name in watching - set(wanted):
+            self._reader.remove(name)
         for name in [name for name in self._missing if name not in wanted]:
             del self._missing[name]
         netns = self._settings.observe_netns or None
-        loop = asyncio.get_running_loop()
         for name in wanted:
-            if name in self._sockets:
+            if name in watching:
                 continue
             try:
                 sock = capture.open_port(name, netns)
@@ -320,19 +316,10 @@ class Observer:
                 self._missing[name] = str(exc)
                 continue
             self._missing.pop(name, None)
-            self._sockets[name] = sock
-            loop.add_reader(sock.fileno(), self._readable, name)
+            self._reader.add(name, sock)
             log.info("watching port %s of %s", name, wanted[name].instance_id)
-        PORTS.labels("watched").set(len(self._sockets))
+        PORTS.labels("watched").set(len(self._reader.watching()))
         PORTS.labels("missing").set(len(self._missing))
-
-    def _close(self, name: str) -> None:
-        sock = self._sockets.pop(name, None)
-        if sock is None:
-            return
-        with contextlib.suppress(ValueError, OSError):
-            asyncio.get_running_loop().remove_reader(sock.fileno())
-        sock.close()
 
     def _forget_letters(self) -> None:
         cutoff = time.monotonic() - UNEXPECTED_LETTER_EVERY
