@@ -4,7 +4,7 @@ A `FailoverCluster` puts the lab's nodes on the platform: the inventory names
 one instance per node (its address is the node's), a HAVIP on the lab's VIP
 has both attached, each node runs `havip agent` (as a process, in the root
 namespace, reading the node's notify FIFO and posting to the gateway), and a
-`RouteWatch` polls the forwarder to record, to the millisecond, every change
+`RouteWatch` follows the forwarder's watch stream to record, to the millisecond, every change
 of its answer. Delays are measured from the agent's log line for the FIFO line
 that announced the transition (keepalived's notify) to the forwarder's answer.
 """
@@ -31,6 +31,7 @@ from schemas import topics
 from schemas.messages import InstanceChanged, InstanceStatus, VSwitchChanged
 from services.dev.keepalived_lab import INSTANCE, KeepalivedLab, Node, NodeOptions
 from services.dev.observe_lab import ObserverProcess
+from services.dev.owner_watch import OwnerWatch
 from services.dev.processes import spawn_havip
 from services.dev.walkthrough import Tenant
 from services.gateway.tokens import Principal, store_token
@@ -49,57 +50,39 @@ class RouteChange:
 
 
 class RouteWatch:
-    """Follows the forwarder's answer for the HAVIP on its watch stream; keeps every change, timed on arrival.
+    """The forwarder's answer for the HAVIP, followed on its watch stream (`OwnerWatch`), timed on arrival.
 
     The forwarder pushes each change the moment it applies it (`GET /v1/routes:watch`), so the time
     a change arrived is the time the forwarder began answering it, give or take the loopback: no
-    polling interval in the figure, and no core spent asking on a two-core machine.
+    polling interval in the figure, and no core spent asking on a two-core machine. Times are wall
+    clock, like the agents' and the observer's.
     """
 
     def __init__(self, forwarder_url: str, vpc_id: str, ip: str) -> None:
         self._client = httpx.AsyncClient(base_url=forwarder_url, timeout=5)
-        self._vpc_id = vpc_id
+        self._watch = OwnerWatch(self._client, vpc_id, clock=time.time)
         self._ip = ip
-        self.changes: list[RouteChange] = []
-        self._synced = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def changes(self) -> list[RouteChange]:
+        """Every change of the answer (a repeat of the same owner is none), oldest first."""
+        changes: list[RouteChange] = []
+        for owner, at in self._watch.history(self._ip):
+            if not changes or changes[-1].instance_id != owner:
+                changes.append(RouteChange(at, owner))
+        return changes
 
     @property
     def current(self) -> str | None:
-        return self.changes[-1].instance_id if self.changes else None
+        changes = self.changes
+        return changes[-1].instance_id if changes else None
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._follow())
-        await asyncio.wait_for(self._synced.wait(), 30)
+        await self._watch.__aenter__()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._watch.__aexit__()
         await self._client.aclose()
-
-    async def _follow(self) -> None:
-        while True:  # a stream that ends (the forwarder restarted) is opened again
-            with contextlib.suppress(httpx.HTTPError):
-                params = {"vpc_id": self._vpc_id}
-                async with self._client.stream("GET", "/v1/routes:watch", params=params, timeout=None) as answer:
-                    async for line in answer.aiter_lines():
-                        if line:
-                            self._saw(json.loads(line), time.time())
-            await asyncio.sleep(0.2)
-
-    def _saw(self, line: dict[str, object], now: float) -> None:
-        kind = line.get("type")
-        if kind == "synced":
-            self._synced.set()
-            return
-        if kind not in ("route", "removed") or line.get("ip") != self._ip:
-            return
-        owner = line.get("instance_id") if kind == "route" else None
-        owner = owner if isinstance(owner, str) else None
-        if not self.changes or self.changes[-1].instance_id != owner:
-            self.changes.append(RouteChange(now, owner))
 
     async def wait_for(self, instance_id: str | None, timeout: float, since: float = 0.0) -> float:
         """When the forwarder first answered `instance_id` at or after `since` (wall clock)."""

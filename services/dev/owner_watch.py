@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,10 +23,13 @@ from services.runtime.tasks import cancel_and_wait
 
 
 class OwnerWatch:
-    def __init__(self, forwarder: httpx.AsyncClient, vpc_id: str) -> None:
+    def __init__(
+        self, forwarder: httpx.AsyncClient, vpc_id: str, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self._forwarder = forwarder
         self._vpc_id = vpc_id
-        # Per address, every owner it was said to have, with when the line arrived (perf_counter).
+        self._clock = clock
+        # Per address, every owner it was said to have, with when the line arrived (`clock`).
         self._changes: dict[str, list[tuple[str | None, float]]] = {}
         self._changed = asyncio.Condition()
         self._synced = asyncio.Event()
@@ -39,8 +43,12 @@ class OwnerWatch:
     async def __aexit__(self, *exc: object) -> None:
         await cancel_and_wait(self._task)
 
+    def history(self, ip: str) -> list[tuple[str | None, float]]:
+        """The latest owners the forwarder said `ip` has, oldest first, each with when it said so."""
+        return list(self._changes.get(ip, []))
+
     async def wait_owner(self, ip: str, instance_id: str | None, after: float, timeout: float) -> float:
-        """When the forwarder first said `instance_id` owns `ip` at or after `after` (perf_counter)."""
+        """When the forwarder first said `instance_id` owns `ip` at or after `after` (`clock`)."""
         deadline = time.perf_counter() + timeout
         async with self._changed:
             while True:
@@ -76,7 +84,7 @@ class OwnerWatch:
             return
         owner = line.get("instance_id") if kind == "route" else None
         async with self._changed:
-            self._changes.setdefault(ip, []).append((owner, time.perf_counter()))
+            self._changes.setdefault(ip, []).append((owner, self._clock()))
             del self._changes[ip][:-64]  # only the latest matter
             self._changed.notify_all()
 
