@@ -112,11 +112,10 @@ class Observer:
 
     # --- frames ---------------------------------------------------------------------
 
-    def _frames(self, frames: list[tuple[str, bytes]], read_at: float) -> None:
-        """What the port reader read in one go (services/observe/reader.py), in order."""
+    def _frames(self, frames: list[tuple[str, bytes]], now: float, read_at: float) -> None:
+        """What the port reader read in one go (services/observe/reader.py), in order: `now` on the
+        monotonic clock for the claims' timers, `read_at` on the wall clock for what is published."""
         ports = self._view.ports()
-        # Monotonic for the claims' timers, the wall clock for what is published: both as of the read.
-        now = time.monotonic() - max(0.0, time.time() - read_at)
         at = datetime.fromtimestamp(read_at, UTC)
         for name, frame in frames:
             port = ports.get(name)
@@ -148,7 +147,7 @@ class Observer:
             if judgement.standing is Standing.NOT_A_HAVIP:
                 continue
             if judgement.standing is Standing.UNEXPECTED:
-                self._unexpected(port, str(address), kind, frame, _describe(seen, judgement.reason))
+                self._unexpected(port, str(address), kind, frame, seen, judgement.reason)
                 continue
             assert judgement.havip is not None
             key = ClaimKey(judgement.havip.havip_id, port.instance_id, port.tenant_id)
@@ -159,13 +158,16 @@ class Observer:
             if change is not None:
                 self._report(change)
 
-    def _unexpected(self, port: Port, address: str, kind: str, frame: bytes, reason: str) -> None:
+    def _unexpected(
+        self, port: Port, address: str, kind: str, frame: bytes, seen: VrrpAdvert | GratuitousArp, why: str
+    ) -> None:
         UNEXPECTED.labels(kind).inc()
         now = time.monotonic()
         last = self._lettered_at.get((port.name, address, kind))
         if last is not None and now - last < UNEXPECTED_LETTER_EVERY:
             return
         self._lettered_at[(port.name, address, kind)] = now
+        reason = _describe(seen, why)  # only for what is lettered: an intruder sends one a second
         log.warning(
             "unexpected claimant port=%s instance=%s address=%s: %s", port.name, port.instance_id, address, reason
         )

@@ -26,8 +26,8 @@ from services.observe import capture
 
 log = logging.getLogger(__name__)
 
-# (port name, frame) in the order read, and the wall clock when they were read.
-Deliver = Callable[[list[tuple[str, bytes]], float], None]
+# (port name, frame) in the order read; when they were read, on the monotonic and the wall clock.
+Deliver = Callable[[list[tuple[str, bytes]], float, float], None]
 # A port whose socket failed (the interface went away), and why.
 Lost = Callable[[str, OSError], None]
 
@@ -104,7 +104,7 @@ class PortReader:
                         sock.close()
                         self._hand_over(self._lost, name, exc)
             if frames:
-                self._hand_over(self._deliver, frames, time.time())
+                self._hand_over(self._deliver, frames, time.monotonic(), time.time())
             # Let the next frames gather: one hand-over for all that arrive meanwhile.
             self._stopping.wait(self._window)
 
