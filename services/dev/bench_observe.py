@@ -72,7 +72,14 @@ from schemas.messages import (
 )
 from services.dev.benchkit import Progress, format_table, plot_rates, spread, write_json
 from services.dev.embedded import EmbeddedBroker, exit_with_parent
-from services.dev.keepalived_lab import NAMESPACE_PREFIX, _destroy_namespace, _ip, _which, remove_stale_labs
+from services.dev.keepalived_lab import (
+    NAMESPACE_PREFIX,
+    _destroy_namespace,
+    _ip,
+    _which,
+    namespaces_unavailable_reason,
+    remove_stale_labs,
+)
 from services.dev.observe_lab import ObserverProcess
 from services.observe.frames import internet_checksum
 from services.runtime.kafka import ensure_topics, new_producer, topic_name, wait_for_broker
@@ -381,14 +388,6 @@ _NO_IPV6 = (
 )
 
 
-def unavailable_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, raw sockets)"
-    if _which("ip") is None:
-        return "`ip` not found (install iproute2)"
-    return None
-
-
 # --- the generator: its own process, in the guests namespace ------------------------------------
 
 
@@ -554,7 +553,7 @@ def run_observe_bench(
         raise SystemExit(str(exc)) from None
     if seconds <= 0 or warmup < 0:
         raise SystemExit("--seconds must be positive, --warmup not negative")
-    unavailable = unavailable_reason()
+    unavailable = namespaces_unavailable_reason()
     if unavailable is not None:
         print(f"cannot run the observe bench here: {unavailable}")
         return 2

@@ -121,6 +121,15 @@ def remove_stale_labs() -> list[str]:
     return removed
 
 
+def namespaces_unavailable_reason() -> str | None:
+    """Why network namespaces and raw sockets cannot be used here (no keepalived needed), or None."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, raw sockets)"
+    if _which("ip") is None:
+        return "`ip` not found (install iproute2)"
+    return None
+
+
 def lab_unavailable_reason() -> str | None:
     """Why a lab cannot run on this machine, or None when it can (for test skips)."""
     if os.geteuid() != 0:

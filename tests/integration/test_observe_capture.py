@@ -22,7 +22,13 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from services.dev.keepalived_lab import NAMESPACE_PREFIX, _destroy_namespace, _ip, _which, wait_until
+from services.dev.keepalived_lab import (
+    NAMESPACE_PREFIX,
+    _destroy_namespace,
+    _ip,
+    namespaces_unavailable_reason,
+    wait_until,
+)
 from services.observe import capture
 from services.observe.capture import PortUnavailable, open_port, receive
 from services.observe.frames import GratuitousArp, VrrpAdvert, internet_checksum, read_frame
@@ -37,15 +43,7 @@ HOST_SIDE_IP = "192.0.2.1"  # not configured anywhere: the node has a static nei
 TIMEOUT = 5.0
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, raw sockets)"
-    if _which("ip") is None:
-        return "`ip` not found (install iproute2)"
-    return None
-
-
-_UNAVAILABLE = _unavailable()
+_UNAVAILABLE = namespaces_unavailable_reason()
 # CI runs as root with iproute2: there a missing prerequisite is a failure, never a silent skip.
 if _UNAVAILABLE is not None and os.environ.get("CI") != "true":
     pytest.skip(_UNAVAILABLE, allow_module_level=True)
