@@ -1,14 +1,13 @@
 """Fixtures for all three test levels.
 
-The broker and database are chosen as DESIGN.md says, once per session:
-`HAVIP_TEST_KAFKA` / `HAVIP_TEST_DATABASE_URL` when set, else testcontainers
-when a Docker engine answers, else the embedded pair (Tansu + PostgreSQL
-wheels). Each test then gets its own database and its own topic prefix, so
-tests never see each other's messages or rows.
+The broker and database are chosen once per session, by HAVIP_TEST_BACKEND (tests/container_tools.py
+says how `auto` decides), and the choice is printed before the first test runs. Each test then
+gets its own database and its own topic prefix, so tests never see each other's messages or rows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -23,25 +22,40 @@ import pytest
 from services.dev.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from services.dev.processes import ServiceProcess
 from services.runtime.db import connect_pool, migrate
-from services.runtime.kafka import ensure_topics
+from services.runtime.kafka import ensure_topics, wait_for_broker
 from services.runtime.settings import Settings
+from tests import container_tools
+from tests.container_tools import Backend, BrokerKind, Choice, Unavailable
+
+_CHOICE = pytest.StashKey[Choice]()
 
 
 @dataclass(frozen=True)
 class Infra:
     kafka_bootstrap: str
     admin_dsn: str  # a database we may CREATE DATABASE from
-    kind: str
+    backend: Backend
+    broker: BrokerKind
 
 
-def _docker_answers() -> bool:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Chosen only when a collected test needs a broker and a database, before any test runs: an
+    # engine to ping or an image to pull is not the business of a unit-test run.
+    if not any("infra" in getattr(item, "fixturenames", ()) for item in items):
+        return
     try:
-        import docker
+        choice = container_tools.choose(os.environ)
+    except Unavailable as why:
+        pytest.exit(f"test backend: {why}", returncode=pytest.ExitCode.USAGE_ERROR)
+    config.stash[_CHOICE] = choice
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(choice.describe())
 
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:
-        return False
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if _CHOICE in config.stash:
+        terminalreporter.write_line(config.stash[_CHOICE].describe())
 
 
 @pytest.fixture(scope="session")
@@ -50,33 +64,30 @@ def workdir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def infra(workdir: Path) -> Iterator[Infra]:
+def infra(workdir: Path, pytestconfig: pytest.Config) -> Iterator[Infra]:
+    choice = pytestconfig.stash.get(_CHOICE, None) or container_tools.choose(os.environ)
     with contextlib.ExitStack() as stack:
-        kafka = os.environ.get("HAVIP_TEST_KAFKA")
-        dsn = os.environ.get("HAVIP_TEST_DATABASE_URL")
-        kind = "environment"
-        if (kafka is None or dsn is None) and _docker_answers():
-            kind = "testcontainers"
-            if kafka is None:
-                from testcontainers.kafka import KafkaContainer
+        if choice.backend is Backend.ENV:
+            kafka, dsn = os.environ["HAVIP_TEST_KAFKA"], os.environ["HAVIP_TEST_DATABASE_URL"]
+        elif choice.backend is Backend.CONTAINERS:
+            kafka, dsn = _containers(stack, choice)
+        else:
+            kafka = stack.enter_context(EmbeddedBroker(workdir)).bootstrap
+            dsn = stack.enter_context(EmbeddedPostgres(workdir)).dsn()
+        yield Infra(kafka_bootstrap=kafka, admin_dsn=dsn, backend=choice.backend, broker=choice.broker)
 
-                # Stream workers' sessions are shorter than Kafka's default minimum of 6 s.
-                container = KafkaContainer().with_kraft().with_env("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", "500")
-                kafka = stack.enter_context(container).get_bootstrap_server()
-            if dsn is None:
-                try:  # newer testcontainers releases move community modules
-                    from testcontainers.community.postgres import PostgresContainer
-                except ImportError:
-                    from testcontainers.postgres import PostgresContainer
 
-                dsn = stack.enter_context(PostgresContainer("postgres:16")).get_connection_url(driver=None)
-        if kafka is None or dsn is None:
-            kind = "embedded"
-            if kafka is None:
-                kafka = stack.enter_context(EmbeddedBroker(workdir)).bootstrap
-            if dsn is None:
-                dsn = stack.enter_context(EmbeddedPostgres(workdir)).dsn()
-        yield Infra(kafka_bootstrap=kafka, admin_dsn=dsn, kind=kind)
+def _containers(stack: contextlib.ExitStack, choice: Choice) -> tuple[str, str]:
+    client = container_tools.engine(os.environ)
+    stack.callback(client.close)
+    container_tools.remove_leftovers(client)
+    postgres = stack.enter_context(container_tools.postgres_container(choice.postgres_image))
+    port = free_port()
+    stack.enter_context(container_tools.broker_container(choice.kafka_image, choice.broker, host_port=port))
+    kafka = f"127.0.0.1:{port}"
+    # Published ports accept before the broker inside does: ready is when it answers metadata.
+    asyncio.run(wait_for_broker(Settings(kafka_bootstrap=kafka)))
+    return kafka, postgres.get_connection_url(driver=None)
 
 
 def _database_dsn(admin_dsn: str, database: str) -> str:
