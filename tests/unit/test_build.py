@@ -220,5 +220,6 @@ def test_the_build_context_holds_what_the_image_copies_and_nothing_else() -> Non
         "deploy/k8s/base/kustomization.yaml",
         "bench-results/x/results.json",
         "services/runtime/__pycache__/kafka.cpython-311.pyc",
+        "services/dev/stack.py",
     ):
         assert _docker_ignores(left_out, patterns), left_out
