@@ -198,7 +198,28 @@ class EmbeddedPostgres:
                 start_new_session=True,
             )
         wait_for_port(self.host, self.port, self._process, 60, self.log)
+        self._wait_accepting(bin_dir, timeout=60)
         return self
+
+    def _wait_accepting(self, bin_dir: Path, timeout: float) -> None:
+        # Listening is not accepting: while it starts up (crash recovery after a killed run, or a
+        # busy machine) PostgreSQL answers connections with "the database system is starting up".
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = subprocess.run(
+                [str(bin_dir / "pg_isready"), "-q", "-h", self.host, "-p", str(self.port), "-t", "1"],
+                stdin=subprocess.DEVNULL,
+            )
+            if ready.returncode == 0:
+                return
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"PostgreSQL exited with {self._process.returncode}; see {self.log}:\n{_tail(self.log)}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"PostgreSQL not accepting connections after {timeout}s; see {self.log}")
+            time.sleep(0.1)
 
     def _initdb(self, bin_dir: Path) -> None:
         # A half-made cluster (initdb killed midway) would never start: begin again.
