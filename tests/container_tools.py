@@ -72,7 +72,8 @@ def engine(environ: Mapping[str, str]) -> docker.DockerClient:
         client = docker.from_env(environment=dict(environ), timeout=5)
         client.ping()
     except DockerException as error:
-        raise Unavailable(f"no Docker engine answers ({_first_line(error)})") from error
+        where = environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        raise Unavailable(f"no Docker engine answers at {where}") from error
     return client
 
 
