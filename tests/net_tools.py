@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlsplit, urlunsplit
 
 from services.dev.embedded import free_port
 
 
 class TcpProxy:
     """Forwards 127.0.0.1:port to (host, target_port) until `cut()`; `restore()` listens again."""
+
+    @classmethod
+    def before(cls, url: str) -> tuple[TcpProxy, str]:
+        """A proxy in front of the server of a URL (a database's), and the URL through it, credentials kept."""
+        address = urlsplit(url)
+        assert address.hostname is not None and address.port is not None
+        proxy = cls(address.hostname, address.port)
+        credentials = address.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
+        return proxy, urlunsplit(address._replace(netloc=netloc))
 
     def __init__(self, host: str, target_port: int) -> None:
         self.host = host

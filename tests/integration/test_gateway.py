@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -836,13 +835,9 @@ async def test_while_postgres_is_away_tenant_calls_answer_503_with_retry_after(
 ) -> None:
     """An outage is not a bug: 503 with Retry-After (never 500), and the service recovers by itself."""
     await store_token(db, TENANT_TOKEN, Principal("tenant", TENANT))
-    address = urlsplit(settings.database_url)
-    assert address.hostname is not None and address.port is not None
-    proxy = TcpProxy(address.hostname, address.port)
+    proxy, database_url = TcpProxy.before(settings.database_url)
     await proxy.restore()
-    proxied = settings.model_copy(
-        update={"database_url": urlunsplit(address._replace(netloc=f"{address.username}@127.0.0.1:{proxy.port}"))}
-    )
+    proxied = settings.model_copy(update={"database_url": database_url})
     async with running_gateway(proxied) as gateway:
         assert (await gateway.get("/v1/havips", headers=TENANT_AUTH)).status_code == 200
         await proxy.cut()

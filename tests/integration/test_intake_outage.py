@@ -15,7 +15,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -40,14 +39,10 @@ REPLICA_BOUND_SECONDS = 10.0
 
 @contextlib.asynccontextmanager
 async def proxied_database(settings: Settings) -> AsyncIterator[tuple[TcpProxy, str]]:
-    address = urlsplit(settings.database_url)
-    assert address.hostname is not None and address.port is not None
-    proxy = TcpProxy(address.hostname, address.port)
+    proxy, proxied = TcpProxy.before(settings.database_url)
     await proxy.restore()
-    credentials = address.netloc.rpartition("@")[0]
-    netloc = f"{credentials}@127.0.0.1:{proxy.port}" if credentials else f"127.0.0.1:{proxy.port}"
     try:
-        yield proxy, urlunsplit(address._replace(netloc=netloc))
+        yield proxy, proxied
     finally:
         await proxy.cut()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -90,11 +89,8 @@ async def test_with_postgres_away_renewals_go_on_the_log(settings: Settings, db:
     await store_token(db, AGENT_TOKEN, Principal("agent", "tenant-a", "i-web1"))
     await seed_havip(db, "havip-1")
     await attach_in_db(db, "havip-1", "i-web1")
-    address = urlsplit(settings.database_url)
-    assert address.hostname is not None and address.port is not None
-    proxy = TcpProxy(address.hostname, address.port)
+    proxy, proxied = TcpProxy.before(settings.database_url)
     await proxy.restore()
-    proxied = urlunsplit(address._replace(netloc=f"{address.username}@127.0.0.1:{proxy.port}"))
     agent = bearer(AGENT_TOKEN)
     quick = {"database_url": proxied, "database_timeout_seconds": 1.0}
     async with running_gateway(settings.model_copy(update=quick)) as gateway:

@@ -14,7 +14,6 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -57,11 +56,8 @@ async def test_a_service_is_unready_while_postgres_is_away_and_ready_again_after
     service: str,
     fault: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    address = urlsplit(settings.database_url)
-    assert address.hostname is not None and address.port is not None
-    proxy = TcpProxy(address.hostname, address.port)
+    proxy, proxied = TcpProxy.before(settings.database_url)
     await proxy.restore()
-    proxied = urlunsplit(address._replace(netloc=f"{address.username}@127.0.0.1:{proxy.port}"))
     worker = await asyncio.to_thread(start_service, service, database_url=proxied)
     assert (await readiness(worker.url))[0] == 200
 
