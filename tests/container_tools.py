@@ -56,6 +56,8 @@ class ImageSetting:
 POSTGRES_IMAGE = ImageSetting("HAVIP_TEST_POSTGRES_IMAGE", "postgres:16")
 KAFKA_IMAGE = ImageSetting("HAVIP_TEST_KAFKA_IMAGE", "apache/kafka:3.9.1")
 IMAGES = (POSTGRES_IMAGE, KAFKA_IMAGE)
+# The image under test in tests/image: no default, the test skips without one.
+PROJECT_IMAGE = ImageSetting("HAVIP_TEST_PROJECT_IMAGE", "")
 
 # A throw-away cluster, as the embedded one: speed over durability, and connections for every
 # service, pool and test of a session.

@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import docker
 import httpx
 import pytest
 from testcontainers.core.container import DockerContainer
@@ -98,17 +97,16 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    image = os.environ.get("HAVIP_TEST_PROJECT_IMAGE")
-    if not image:
+    if not container_tools.PROJECT_IMAGE.image(os.environ):
         if os.environ.get("CI"):
             pytest.fail("HAVIP_TEST_PROJECT_IMAGE is not set: CI builds the image (tests/images/build.sh --project)")
         pytest.skip("HAVIP_TEST_PROJECT_IMAGE is not set (tests/images/build.sh --project TAG builds the image)")
     try:
         client = container_tools.engine(os.environ)
-        images = [container_tools.ensure_image(client, setting, os.environ) for setting in container_tools.IMAGES]
-        client.images.get(image)
+        settings = (*container_tools.IMAGES, container_tools.PROJECT_IMAGE)
+        images = [container_tools.ensure_image(client, setting, os.environ) for setting in settings]
         broker = container_tools.broker_kind(client, images[1])
-    except (Unavailable, docker.errors.ImageNotFound) as why:
+    except Unavailable as why:
         pytest.fail(f"the image test cannot run: {why}")
     with contextlib.ExitStack() as stack:
         stack.callback(client.close)
@@ -117,7 +115,7 @@ def deployment() -> Iterator[Deployment]:
         stack.enter_context(container_tools.broker_container(images[1], broker, network=network))
         dsn = f"postgresql://{postgres.username}:{postgres.password}@postgres:5432/{postgres.dbname}"
         env = {"HAVIP_DATABASE_URL": dsn, "HAVIP_KAFKA_BOOTSTRAP": "broker:9092", "HAVIP_LOG_LEVEL": "INFO"}
-        yield Deployment(image, network, env)
+        yield Deployment(images[2], network, env)
 
 
 def _ready(container: DockerContainer, port: int, deadline: float) -> str:
