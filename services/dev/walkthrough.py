@@ -121,6 +121,18 @@ class Tenant:
             await asyncio.sleep(0.0005)
 
 
+async def master_then_failover(tenant: Tenant, havip_id: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The README's steps 3 to 6 on the demo HAVIP (192.168.1.100 in vpc-demo): web1 becomes MASTER,
+    then fails and web2 takes over. The forwarder's answer while web1 owned it, and the HAVIP after."""
+    await tenant.report(havip_id, "i-demo-web1", "MASTER", priority=150)
+    await tenant.wait_owner("vpc-demo", "192.168.1.100", "i-demo-web1")
+    route = await tenant.route("vpc-demo", "192.168.1.100")
+    await tenant.report(havip_id, "i-demo-web1", "FAULT", priority=150)
+    await tenant.report(havip_id, "i-demo-web2", "MASTER", priority=100)
+    await tenant.wait_owner("vpc-demo", "192.168.1.100", "i-demo-web2")
+    return route, await tenant.havip(havip_id)
+
+
 async def measure_failovers(tenant: Tenant, havip: dict[str, Any], a: str, b: str, rounds: int) -> list[float]:
     """Seconds from POSTing the new master's MASTER report to the forwarder answering it.
 

@@ -15,7 +15,7 @@ import pytest
 
 from services.dev.processes import settings_env
 from services.dev.stack import DEMO_TENANT_TOKEN, demo_agent_tokens
-from services.dev.walkthrough import Tenant, measure_failovers
+from services.dev.walkthrough import Tenant, master_then_failover, measure_failovers
 from services.runtime.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -78,16 +78,9 @@ async def test_readme_walkthrough_with_failover(settings: Settings, dev_up) -> N
             "private_ip": None,
             "host_id": None,
         }
-        await tenant.report(havip["havip_id"], "i-demo-web1", "MASTER", priority=150)
-        await tenant.wait_owner("vpc-demo", "192.168.1.100", "i-demo-web1")
-        route = await tenant.route("vpc-demo", "192.168.1.100")
+        # web1 becomes MASTER; then it fails, web2 takes over, and the forwarder follows.
+        route, shown = await master_then_failover(tenant, havip["havip_id"])
         assert route is not None and (route["private_ip"], route["host_id"]) == ("192.168.1.11", "host-a")
-
-        # Failover: web1 steps down, web2 takes over; the forwarder follows.
-        await tenant.report(havip["havip_id"], "i-demo-web1", "FAULT", priority=150)
-        await tenant.report(havip["havip_id"], "i-demo-web2", "MASTER", priority=100)
-        await tenant.wait_owner("vpc-demo", "192.168.1.100", "i-demo-web2")
-        shown = await tenant.havip(havip["havip_id"])
         assert shown["status"] == "InUse" and shown["owner"]["instance_id"] == "i-demo-web2"
         assert {a["instance_id"] for a in shown["attachments"]} == {"i-demo-web1", "i-demo-web2", "i-demo-stopped"}
 

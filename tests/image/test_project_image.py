@@ -27,7 +27,7 @@ from testcontainers.core.network import Network
 
 from schemas import topics
 from services.dev.stack import DEMO_TENANT, demo_inventory
-from services.dev.walkthrough import Tenant
+from services.dev.walkthrough import Tenant, master_then_failover
 from services.runtime.kafka import topic_name
 from services.runtime.settings import Settings
 from tests import container_tools
@@ -189,15 +189,8 @@ async def test_the_image_runs_the_walkthrough_read_only_as_uid_10001(deployment:
             assert havip["status"] == "Available", havip
             for instance in agents:
                 assert (await tenant.attach(havip["havip_id"], instance))["status"] == "Succeeded"
-            await tenant.report(havip["havip_id"], "i-demo-web1", "MASTER", priority=150)
-            await tenant.wait_owner("vpc-demo", "192.168.1.100", "i-demo-web1")
-            route = await tenant.route("vpc-demo", "192.168.1.100")
+            route, shown = await master_then_failover(tenant, havip["havip_id"])
             assert route is not None and (route["private_ip"], route["host_id"]) == ("192.168.1.11", "host-a")
-
-            await tenant.report(havip["havip_id"], "i-demo-web1", "FAULT", priority=150)
-            await tenant.report(havip["havip_id"], "i-demo-web2", "MASTER", priority=100)
-            await tenant.wait_owner("vpc-demo", "192.168.1.100", "i-demo-web2")
-            shown = await tenant.havip(havip["havip_id"])
             assert shown["status"] == "InUse" and shown["owner"]["instance_id"] == "i-demo-web2"
 
             # SIGTERM: the stream workers finish, commit and leave; the forwarder stops answering.
