@@ -30,7 +30,7 @@ Action = Callable[[Gateway, argparse.Namespace], int]
 STATUSES = ("Creating", "Available", "InUse", "Deleting", "Deleted")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `havips` and its commands to the `havip` parser's subcommands."""
     common = _common_options()
     havips = sub.add_parser("havips", help="manage your HAVIPs (tenant API)", description="Manage your HAVIPs.")

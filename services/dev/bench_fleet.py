@@ -160,6 +160,7 @@ async def run_fleet(
     workers = [loop.create_task(agent_connection()) for _ in range(connections)]
     started = last_said = time.monotonic()
     total = Answers()
+    lease: float | None  # a renewal's lease, or a report's (none for a state change)
     try:
         while not stop.is_set():
             elapsed = time.monotonic() - started

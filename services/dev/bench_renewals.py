@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from services.dev.stack import dev_stack
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
+
+# The n-th report of a run.
+MakeReport = Callable[[int], VrrpReported]
 
 
 def run_renewal_bench(settings: Settings, havips: int, renewals: int, changes: int) -> int:
@@ -87,7 +91,9 @@ def _report(havip: int, instance: str, state: VrrpState, seq: int, lease: float)
     )
 
 
-async def _drain(settings: Settings, pool: asyncpg.Pool, workdir: Path, count: int, make, label: str) -> float:  # type: ignore[no-untyped-def]
+async def _drain(
+    settings: Settings, pool: asyncpg.Pool, workdir: Path, count: int, make: MakeReport, label: str
+) -> float:
     """Queue `count` reports with no worker running, then time one worker through them."""
     before = await pool.fetchval("SELECT coalesce(sum(seq), 0) FROM vrrp_reports")
     producer = new_producer(settings)
@@ -116,7 +122,7 @@ async def _drain(settings: Settings, pool: asyncpg.Pool, workdir: Path, count: i
     return count / elapsed
 
 
-async def _expected_seq_sum(pool: asyncpg.Pool, before: int, count: int, make) -> int:  # type: ignore[no-untyped-def]
+async def _expected_seq_sum(pool: asyncpg.Pool, before: int, count: int, make: MakeReport) -> int:
     # The last report per (HAVIP, instance) wins; the sum of stored seqs tells when all are in.
     last: dict[tuple[str, str], int] = {}
     for n in range(count):
@@ -128,7 +134,7 @@ async def _expected_seq_sum(pool: asyncpg.Pool, before: int, count: int, make) -
     return sum(stored.values())
 
 
-async def _wait(pool: asyncpg.Pool, done, timeout: float) -> float:  # type: ignore[no-untyped-def]
+async def _wait(pool: asyncpg.Pool, done: Callable[[int], bool], timeout: float) -> float:
     deadline = time.perf_counter() + timeout
     while True:
         total = await pool.fetchval("SELECT coalesce(sum(seq), 0) FROM vrrp_reports")

@@ -342,7 +342,7 @@ def _targets(soak: Soak, renewing: int, changes_per_second: float) -> list[list[
     end = soak.windows[-1].backlog if soak.windows else {}
     backlog = sum(v for v in end.values() if v is not None)
     one_second = renewing + changes_per_second + 2
-    broker = [sample.get("broker") for _, sample in soak.memory if sample.get("broker") is not None]
+    broker = [size for _, sample in soak.memory if (size := sample.get("broker")) is not None]
     growth = broker[-1] - broker[0] if len(broker) > 1 else None
     missed = sum(w.missed for w in soak.windows)
     return [

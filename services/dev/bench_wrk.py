@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from services.dev.benchkit import Progress, Spread
 
@@ -148,7 +149,7 @@ def ensure_wrk() -> str:
     if os.geteuid() != 0:
         raise SystemExit("havip bench needs wrk for HTTP load: install it (apt-get install wrk) and run again")
     print("wrk is missing: installing it with apt-get ...", flush=True)
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT}
+    quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT}
     if subprocess.run(["apt-get", "install", "-y", "wrk"], check=False, **quiet).returncode != 0:
         subprocess.run(["apt-get", "update"], check=False, **quiet)
         subprocess.run(["apt-get", "install", "-y", "wrk"], check=True, **quiet)

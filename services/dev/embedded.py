@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
@@ -251,7 +252,7 @@ class EmbeddedPostgres:
         """Written once initdb finished: a data directory without it is half made."""
         return self.root / "initdb.done"
 
-    def _as_user(self) -> dict[str, object]:
+    def _as_user(self) -> dict[str, Any]:
         # The group matters too: a root group would meet 0700 parents' group bits.
         if self._user is None:
             return {}

@@ -363,12 +363,12 @@ class FailoverCluster:
             await self.observer.wait_ready()
         if not self.with_agents:
             return
-        gateway = httpx.URL(self.gateway_url)
+        gateway_address = httpx.URL(self.gateway_url)
         for node in self.lab.nodes:
             node.make_fifo()  # the agent's, kept across keepalived restarts
             url = self.gateway_url
             if node.name in self.linked:
-                link = GatewayLink(gateway.host, gateway.port or 80)
+                link = GatewayLink(gateway_address.host, gateway_address.port or 80)
                 await link.restore()
                 self.links[node.name] = link
                 url = link.url

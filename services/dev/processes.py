@@ -125,6 +125,12 @@ class ServiceProcess:
             self.process.send_signal(signal.SIGTERM)
             self._stop_requested = True
 
+    def wait_exit(self, timeout: float) -> int:
+        """Its exit status, once it has exited (subprocess.TimeoutExpired after `timeout`)."""
+        if self.process is None:
+            raise RuntimeError(f"{self.service} was never started")
+        return self.process.wait(timeout)
+
     def stop(self, timeout: float = 15.0) -> None:
         if self.process is None or self.process.poll() is not None:
             return

@@ -13,7 +13,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -145,6 +145,10 @@ async def _migrate(dsn: str) -> None:
         await pool.close()
 
 
+def _returncode_of(process: ServiceProcess) -> Callable[[], int | None]:
+    return lambda: process.returncode
+
+
 # Two mapping workers: with a standby in the group, a worker that dies hands its partitions on
 # in about 3 s, however long its own restart takes (`havip bench rebalance`; README "A worker that dies").
 DEV_SERVICES = ("quota", "mapping", "mapping", "forwarder", "gateway")
@@ -209,8 +213,8 @@ class DevStack:
             self.settings = self.settings.model_copy(update={"database_url": self._postgres.dsn("havip")})
         asyncio.run(_migrate(self.settings.database_url))
         asyncio.run(seed(self.settings))
-        for service in self._wanted:
-            self.services.append(self._process(service).start())
+        for name in self._wanted:
+            self.services.append(self._process(name).start())
         for service in self.services:
             service.wait_ready()
 
@@ -245,7 +249,7 @@ class DevStack:
             postgres = self._postgres
             yield Child("postgres", lambda: postgres.returncode, postgres.start)
         for service in self.services:
-            yield Child(service.name, lambda s=service: s.returncode, service.start, service.ready)
+            yield Child(service.name, _returncode_of(service), service.start, service.ready)
 
     def _restart_broker(self) -> None:
         assert self._broker is not None

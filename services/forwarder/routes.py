@@ -34,7 +34,7 @@ from schemas.messages import HaVipMappingChanged, HaVipStatus, Route
 PrivateKey = tuple[str, str]  # (vpc_id, canonical IPv4 text)
 
 # The C string encoder json.dumps uses; without ensure_ascii, as Starlette's JSONResponse encodes.
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 class RouteState(NamedTuple):

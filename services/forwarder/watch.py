@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from services.forwarder.routes import HeldRoute, RouteChange, RouteTable
 
-_quote: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 class WatchFilter(NamedTuple):

@@ -76,7 +76,7 @@ def operation_view(operation: Operation) -> OperationView:
         operation_id=operation.operation_id,
         kind=operation.kind,
         havip_id=operation.havip_id,
-        status=operation.status,  # type: ignore[arg-type]
+        status=operation.status,
         error=error,
         created_at=operation.created_at,
         updated_at=operation.updated_at,

@@ -65,7 +65,7 @@ class Refusal:
     """A report that cannot count: dead-lettered with this code (`index` into the batch)."""
 
     index: int
-    code: str
+    code: ErrorCode
     message: str
 
 

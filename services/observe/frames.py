@@ -56,7 +56,7 @@ def internet_checksum(data: bytes) -> int:
     """
     if len(data) % 2:
         data += b"\x00"  # RFC 1071: an odd last byte is summed as if padded with zero
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total > 0xFFFF:
         total = (total & 0xFFFF) + (total >> 16)  # end-around carry
     return ~total & 0xFFFF

@@ -20,6 +20,7 @@ import asyncpg
 from schemas.errors import ErrorCode, HaVipError, InventoryMiss
 from schemas.ipv4 import parse_ipv4
 from schemas.messages import (
+    Accepted,
     AssociateEip,
     AttachHaVip,
     AttachmentAccepted,
@@ -35,7 +36,6 @@ from schemas.messages import (
 )
 from services.quota import rules
 from services.quota.decisions import (
-    Accepted,
     Command,
     Decision,
     command_digest,

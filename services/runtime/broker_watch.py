@@ -34,8 +34,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -228,7 +229,7 @@ class BrokerWatch:
                 await self._in_database(lambda: self._save_marks(marks))
         return check
 
-    async def _in_database(self, work: Callable[[], Awaitable[None]]) -> None:
+    async def _in_database(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Keeping marks and ids in PostgreSQL, without ever holding up a look at the broker.
 
         One piece at a time, in the background, waited for up to a second and never cancelled

@@ -183,7 +183,7 @@ class Kernel:
         started = time.perf_counter()
         if not route.batched:
             delivery, message = run[0]
-            await self._apply_one(route.handler, delivery, message)
+            await self._apply_one(typing.cast(Handler, route.handler), delivery, message)
             return
         handler = typing.cast(BatchHandler, route.handler)
         try:

@@ -98,7 +98,7 @@ class Lane:
         return self._queued
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, group: GroupConsumer) -> None:
         self._group = group
 

@@ -120,6 +120,8 @@ def health_app(health: Health) -> FastAPI:
 async def serve_http(app: FastAPI, host: str, port: int) -> None:
     """Run an ASGI app in the current event loop until cancelled."""
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    await server.serve()
+    # uvicorn has no install_signal_handlers to turn off any more (setting it did nothing): in the
+    # main thread it listens for SIGINT and SIGTERM itself while it serves, stops serving on one,
+    # then raises it again to the handlers it found, the service's own, which drain (the
+    # graceful-stop tests).
+    await uvicorn.Server(config).serve()

@@ -23,6 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -92,7 +93,7 @@ _MADE_UP_IDS = _made_up_ids()
 # FastAPI 0.142+ traces every request through OpenTelemetry when a provider is configured, and
 # asks whether one is on every request (8% of a forwarder lookup). Our services report through
 # Prometheus (/metrics) and set no provider, so it stays off and is not asked.
-NO_NATIVE_TELEMETRY: dict[str, Any] = {"tracing": False, "metrics": False, "logs": False}
+NO_NATIVE_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 class RequestContext:

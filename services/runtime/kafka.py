@@ -60,7 +60,7 @@ def client_ssl_context(settings: Settings) -> ssl.SSLContext:
 def new_producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
-        **security_options(settings),  # type: ignore[arg-type]
+        **security_options(settings),
         acks="all",
         enable_idempotence=False,
         linger_ms=0,

@@ -11,7 +11,7 @@ from typing import Any
 RECANCEL_SECONDS = 0.5
 
 
-async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel `task` and return once it has ended (re-raising what it failed with, if not cancelled).
 
     The cancellation is repeated until the task ends: on Python 3.11, `asyncio.wait_for` loses

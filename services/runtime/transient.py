@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncpg
 from aiokafka.errors import KafkaError
 
-DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,

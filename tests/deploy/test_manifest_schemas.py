@@ -5,6 +5,7 @@ CloudNativePG objects against what those operators require (operator_schemas.py)
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import jsonschema
 import kubernetes_validate
@@ -60,7 +61,7 @@ def test_every_operator_object_has_what_its_operator_requires(overlay: tuple[str
     ],
 )
 def test_the_operator_checks_reject_a_broken_object(
-    rendered: dict[str, list[Manifest]], kind: str, path: tuple[object, ...], value: object
+    rendered: dict[str, list[Manifest]], kind: str, path: tuple[Any, ...], value: object
 ) -> None:
     (obj,) = [copy.deepcopy(o) for o in rendered["prod"] if o["kind"] == kind][:1]
     target = obj

@@ -312,7 +312,9 @@ def test_the_namespace_enforces_the_strictest_pod_security_level_our_pods_allow(
     _, objects = overlay
     levels = {}
     for workload in workloads(objects):
-        level, reasons = policy.pod_security(policy.pod_spec(workload))
+        spec = policy.pod_spec(workload)
+        assert spec is not None, workload
+        level, reasons = policy.pod_security(spec)
         levels[workload["metadata"]["name"]] = level
         if workload["metadata"]["name"] == OBSERVE:
             assert (level, sorted(reasons)) == (

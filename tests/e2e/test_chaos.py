@@ -216,7 +216,7 @@ async def test_the_stack_survives_every_part_of_it_killed_in_turn(workdir: Path)
             for name in ("quota", "mapping", "forwarder", "gateway"):
                 await kill(name, lambda n=name: services[n].process)
             assert stack._postgres is not None
-            await kill("postgres", lambda: stack._postgres._process)  # type: ignore[union-attr]
+            await kill("postgres", lambda: stack._postgres._process)
 
             # Nothing the agents had accepted may be lost to a dead service or database.
             stop.set()
@@ -228,7 +228,7 @@ async def test_the_stack_survives_every_part_of_it_killed_in_turn(workdir: Path)
             stop = asyncio.Event()
             work = [asyncio.create_task(agents.run(stop)), asyncio.create_task(tenant.run(stop))]
             assert stack._broker is not None
-            await kill("broker", lambda: stack._broker._process)  # type: ignore[union-attr]
+            await kill("broker", lambda: stack._broker._process)
             await asyncio.sleep(2)
             stop.set()
             await asyncio.gather(*work)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,9 +21,12 @@ from services.runtime.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
+# The `havip dev up` process, its log, and its children (the services).
+DevUp = tuple[subprocess.Popen[bytes], Path, list[psutil.Process]]
+
 
 @pytest.fixture
-def dev_up(settings: Settings, workdir: Path):  # type: ignore[no-untyped-def]
+def dev_up(settings: Settings, workdir: Path) -> Iterator[DevUp]:
     """`havip dev up` on the test broker and a fresh database; stopped with SIGTERM like Ctrl-C would."""
     log = workdir / f"dev-up-{settings.topic_prefix}log"
     with open(log, "wb") as out:
@@ -44,7 +48,7 @@ def dev_up(settings: Settings, workdir: Path):  # type: ignore[no-untyped-def]
         process.kill()
 
 
-async def test_readme_walkthrough_with_failover(settings: Settings, dev_up) -> None:  # type: ignore[no-untyped-def]
+async def test_readme_walkthrough_with_failover(settings: Settings, dev_up: DevUp) -> None:
     process, log, children = dev_up
     assert len(children) >= 4, "four services as child processes"
     async with (

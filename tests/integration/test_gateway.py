@@ -469,6 +469,7 @@ async def test_a_vrrp_report_is_published_with_the_tokens_instance(
     assert reports[1].lease_seconds is None  # a notify script: live until superseded
 
     day_ahead_us = int((time.time() + 2 * 86400) * 1_000_000)
+    bad: object
     for bad in (
         {"havip_id": "havip-1", "state": "LEADER", "priority": 1, "seq": 1},
         {"havip_id": "havip-1", "state": "MASTER", "priority": 256, "seq": 1},

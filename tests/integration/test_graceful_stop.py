@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 
 import asyncpg
 import httpx
 from aiokafka import TopicPartition
 
 from schemas import topics
+from services.dev.processes import ServiceProcess
 from services.gateway.tokens import Principal, store_token
 from services.runtime.kafka import new_admin, new_consumer, topic_name
 from services.runtime.settings import Settings
@@ -68,7 +70,7 @@ async def test_stream_workers_commit_and_leave_their_group_on_sigterm(
     infra: Infra,
     settings: Settings,
     db: asyncpg.Pool,
-    start_service,  # type: ignore[no-untyped-def]
+    start_service: Callable[..., ServiceProcess],
 ) -> None:
     services = ["quota", "mapping"]
     # On Tansu, where leaving is not checked, the usual short session starts faster.
@@ -88,7 +90,7 @@ async def test_stream_workers_commit_and_leave_their_group_on_sigterm(
     started = time.monotonic()
     for worker in workers:
         worker.request_stop()  # SIGTERM, as the kubelet sends it
-    codes = await asyncio.gather(*(asyncio.to_thread(w.process.wait, STOP_WITHIN_SECONDS + 30) for w in workers))
+    codes = await asyncio.gather(*(asyncio.to_thread(w.wait_exit, STOP_WITHIN_SECONDS + 30) for w in workers))
     took = time.monotonic() - started
     print(f"\nquota and mapping stopped {took:.1f} s after SIGTERM")
     assert took < STOP_WITHIN_SECONDS, [w.tail() for w in workers]
@@ -113,7 +115,7 @@ async def test_stream_workers_commit_and_leave_their_group_on_sigterm(
 
 async def test_the_gateway_answers_a_request_in_flight_when_sigterm_arrives(
     db: asyncpg.Pool,
-    start_service,  # type: ignore[no-untyped-def]
+    start_service: Callable[..., ServiceProcess],
 ) -> None:
     await store_token(db, "tok-drain", Principal("tenant", "tenant-drain"))
     auth = {"Authorization": "Bearer tok-drain"}
@@ -131,6 +133,6 @@ async def test_the_gateway_answers_a_request_in_flight_when_sigterm_arrives(
         answer = await in_flight
     assert answer.status_code == 200 and answer.json()["status"] == "Pending", answer.text
     assert time.monotonic() - stopped_at > 2, "answered early: the read was cut short, not drained"
-    code = await asyncio.to_thread(gateway.process.wait, STOP_WITHIN_SECONDS)
+    code = await asyncio.to_thread(gateway.wait_exit, STOP_WITHIN_SECONDS)
     assert code in (0, -signal.SIGTERM), gateway.tail()
     assert "Traceback" not in gateway.tail(200)

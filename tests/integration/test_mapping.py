@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
+import asyncpg
 import httpx
 import pytest
 
 from schemas import topics
 from schemas.errors import ErrorCode
 from schemas.messages import DetachHaVip, InstanceStatus, VrrpState
+from services.dev.processes import ServiceProcess
 from services.readmodel.mappings import load_mappings
+from services.runtime.settings import Settings
 from tests.inventory_tools import TENANT, Publisher, instance
 from tests.kafka_tools import read_topic
 from tests.mapping_tools import build_havips, member, report, route
@@ -18,7 +22,9 @@ from tests.mapping_tools import build_havips, member, report, route
 pytestmark = pytest.mark.integration
 
 
-async def test_sigkill_mid_stream_leaves_postgres_and_forwarder_agreeing(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_sigkill_mid_stream_leaves_postgres_and_forwarder_agreeing(
+    settings: Settings, db: asyncpg.Pool, start_service: Callable[..., ServiceProcess]
+) -> None:
     havips, per_havip, rounds = 8, 2, 30
     start_service("quota")
     mapping = start_service("mapping")
@@ -63,7 +69,9 @@ async def test_sigkill_mid_stream_leaves_postgres_and_forwarder_agreeing(setting
     assert causes == {"MasterReported", "OwnerReleased"}
 
 
-async def test_reports_follow_the_owner_rules_end_to_end(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_reports_follow_the_owner_rules_end_to_end(
+    settings: Settings, db: asyncpg.Pool, start_service: Callable[..., ServiceProcess]
+) -> None:
     start_service("quota")
     start_service("mapping")
     async with Publisher(settings) as publish:
@@ -111,7 +119,9 @@ async def test_reports_follow_the_owner_rules_end_to_end(settings, db, start_ser
     assert all(s.report_received_at is None for s in states[:3])
 
 
-async def test_stopped_moved_and_detached_owners(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_stopped_moved_and_detached_owners(
+    settings: Settings, db: asyncpg.Pool, start_service: Callable[..., ServiceProcess]
+) -> None:
     """Ownership also follows the platform: a stopped owner loses the HAVIP, a moved one moves its route."""
     start_service("quota")
     start_service("mapping")
@@ -157,18 +167,18 @@ async def test_stopped_moved_and_detached_owners(settings, db, start_service) ->
     assert all(m.owner is None or m.owner.host_id != "host-old" for m in published)
 
 
-async def _history(db) -> list[tuple[str | None, str | None, str, str]]:  # type: ignore[no-untyped-def]
+async def _history(db: asyncpg.Pool) -> list[tuple[str | None, str | None, str, str]]:
     rows = await db.fetch(
         "SELECT previous_instance_id, instance_id, cause, trigger_kind FROM owner_changes ORDER BY id"
     )
     return [tuple(row) for row in rows]
 
 
-async def _changed(db) -> bool:  # type: ignore[no-untyped-def]
+async def _changed(db: asyncpg.Pool) -> bool:
     return bool(await db.fetchval("SELECT count(*) > 1 FROM owner_changes"))
 
 
-async def _eventually(check, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+async def _eventually(check: Callable[[], Awaitable[object]], timeout: float = 30.0) -> object:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         found = await check()
@@ -177,7 +187,9 @@ async def _eventually(check, timeout: float = 30.0):  # type: ignore[no-untyped-
         await asyncio.sleep(0.05)
 
 
-async def test_renewals_change_nothing_and_a_lapsed_owner_hands_over_at_once(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_renewals_change_nothing_and_a_lapsed_owner_hands_over_at_once(
+    settings: Settings, db: asyncpg.Pool, start_service: Callable[..., ServiceProcess]
+) -> None:
     start_service("quota")
     start_service("mapping")
     lease = 2.5
@@ -216,7 +228,9 @@ async def test_renewals_change_nothing_and_a_lapsed_owner_hands_over_at_once(set
     assert owners[-2:] == ["i-0", "i-1"] and len(owners) == 5, owners
 
 
-async def test_a_mapping_worker_killed_mid_split_brain_loses_no_lease(settings, db, start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_mapping_worker_killed_mid_split_brain_loses_no_lease(
+    settings: Settings, db: asyncpg.Pool, start_service: Callable[..., ServiceProcess]
+) -> None:
     start_service("quota")
     mapping = start_service("mapping")
     lease = 2.5

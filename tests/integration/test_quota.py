@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -11,9 +12,11 @@ import pytest
 from schemas import topics
 from schemas.errors import ErrorCode
 from schemas.messages import AttachHaVip, AttachmentAccepted, CommandRejected, CreateHaVip, HaVipCreationAccepted
+from services.dev.processes import ServiceProcess
 from services.quota.ledger import QuotaLedger
 from services.quota.rules import Limits
 from services.runtime.inventory import record_inventory
+from services.runtime.settings import Settings
 from tests.inventory_tools import TENANT, Publisher, inventory
 from tests.kafka_tools import read_topic
 
@@ -91,7 +94,9 @@ async def test_two_creates_never_get_the_same_address(db: asyncpg.Pool) -> None:
     assert not {"10.1.0.100", "10.1.0.101", "10.1.0.102", "10.1.0.0", "10.1.0.1"} & set(addresses)
 
 
-async def test_two_quota_workers_racing_attachments_for_one_instance(settings, start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_two_quota_workers_racing_attachments_for_one_instance(
+    settings: Settings, start_service: Callable[..., ServiceProcess]
+) -> None:
     """30 HAVIPs on all partitions, two worker processes: still exactly 5 attachments."""
     async with Publisher(settings) as publish:
         await publish.inventory(inventory(instances=1))
@@ -119,7 +124,9 @@ async def test_two_quota_workers_racing_attachments_for_one_instance(settings, s
     assert codes == {ErrorCode.QUOTA_INSTANCE_HAVIP: 25}
 
 
-async def test_a_command_for_an_instance_still_in_flight_is_not_refused(settings, start_service) -> None:  # type: ignore[no-untyped-def]
+async def test_a_command_for_an_instance_still_in_flight_is_not_refused(
+    settings: Settings, start_service: Callable[..., ServiceProcess]
+) -> None:
     async with Publisher(settings) as publish:
         start_service("quota")
         await publish.inventory(inventory(instances=0))

@@ -9,6 +9,7 @@ gateway carries renewals on the log instead, so an outage never costs a live cla
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
@@ -16,6 +17,7 @@ import pytest
 
 from schemas import topics
 from schemas.messages import VrrpReported
+from services.dev.processes import ServiceProcess
 from services.gateway.tokens import Principal, store_token
 from services.runtime.settings import Settings
 from tests.integration.test_gateway import AGENT_TOKEN, attach_in_db, bearer, running_gateway, seed_havip
@@ -40,7 +42,7 @@ async def until(check: object, timeout: float = 20.0) -> None:
 async def test_renewals_extend_the_claim_without_a_record_on_the_log(
     settings: Settings,
     db: asyncpg.Pool,
-    start_service,  # type: ignore[no-untyped-def]
+    start_service: Callable[..., ServiceProcess],
 ) -> None:
     await store_token(db, AGENT_TOKEN, Principal("agent", "tenant-a", "i-web1"))
     await seed_havip(db, "havip-1")

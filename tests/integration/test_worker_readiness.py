@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -33,7 +35,7 @@ from tests.pipeline_tools import SERVICES
 pytestmark = pytest.mark.integration
 
 
-async def readiness(url: str) -> tuple[int, dict[str, object]]:
+async def readiness(url: str) -> tuple[int, dict[str, Any]]:
     async with httpx.AsyncClient(timeout=5) as client:
         answer = await client.get(f"{url}/readyz")
     return answer.status_code, answer.json()
@@ -52,9 +54,9 @@ async def until(url: str, status: int, timeout: float = 30.0) -> float:
 @pytest.mark.parametrize("service", ["quota", "mapping", "forwarder", "gateway"])
 async def test_a_service_is_unready_while_postgres_is_away_and_ready_again_after(
     settings: Settings,
-    start_service,
+    start_service: Callable[..., ServiceProcess],
     service: str,
-    fault: str,  # type: ignore[no-untyped-def]
+    fault: str,
 ) -> None:
     proxy, proxied = TcpProxy.before(settings.database_url)
     await proxy.restore()
@@ -67,11 +69,11 @@ async def test_a_service_is_unready_while_postgres_is_away_and_ready_again_after
         proxy.freeze()
     went_unready = await until(worker.url, 503)
     status, body = await readiness(worker.url)
-    assert "database" in body["reasons"], body  # type: ignore[operator]
+    assert "database" in body["reasons"], body
     await asyncio.sleep(3)  # long enough for any other check to fail on the database's account
     status, body = await readiness(worker.url)
     # Only the database is named: the broker is fine, whatever the checks that also write to PostgreSQL.
-    assert status == 503 and not [r for r in body["reasons"] if "database" not in r], body  # type: ignore[union-attr]
+    assert status == 503 and not [r for r in body["reasons"] if "database" not in r], body
     if fault == "cut":
         await proxy.restore()
     else:
@@ -102,7 +104,7 @@ async def test_every_service_is_unready_while_the_broker_answers_nothing_and_rea
             for service in services:
                 went_unready = await until(service.url, 503)
                 body = (await readiness(service.url))[1]
-                assert "broker" in body["reasons"], body  # type: ignore[operator]
+                assert "broker" in body["reasons"], body
                 print(f"\n{service.service}: unready {went_unready:.1f} s after the broker froze (or the one before)")
         finally:
             broker._process.send_signal(signal.SIGCONT)
@@ -117,7 +119,7 @@ async def test_every_service_is_unready_while_the_broker_answers_nothing_and_rea
 async def test_a_mapping_worker_is_ready_only_once_it_applied_what_its_partitions_held(
     settings: Settings,
     db: asyncpg.Pool,
-    start_service,  # type: ignore[no-untyped-def]
+    start_service: Callable[..., ServiceProcess],
 ) -> None:
     havips, renewals = 40, 50
     await seed_live_masters(db, havips)

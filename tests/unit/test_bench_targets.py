@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -93,7 +94,7 @@ def test_notes_carry_refusals_and_the_size_of_a_run() -> None:
     )
 
 
-def _value(results: dict[str, Any]) -> Reading:
+def _value(results: Mapping[str, Any]) -> Reading:
     return Reading(results["v"])
 
 

@@ -38,7 +38,7 @@ async def until(condition: Callable[[], bool], tries: int = 1000) -> None:
 
 async def test_a_server_that_stops_answering_is_a_failure_until_it_answers_again() -> None:
     server = FakeServer()
-    probe = DatabaseProbe(server, every_seconds=0.01, timeout_seconds=0.05)  # type: ignore[arg-type]
+    probe = DatabaseProbe(server, every_seconds=0.01, timeout_seconds=0.05)
     probe.start()
     try:
         await asyncio.sleep(0.05)
@@ -57,7 +57,7 @@ async def test_a_new_server_run_is_told_once() -> None:
     server = FakeServer()
     told: list[str] = []
     probe = DatabaseProbe(
-        server,  # type: ignore[arg-type]
+        server,
         every_seconds=0.01,
         incarnation=server.started_at,
         on_new_incarnation=told.append,

@@ -318,4 +318,4 @@ async def test_docs_replace_fastapis_even_when_created_without_them() -> None:
     async with client_for(app) as client:
         page = await client.get("/docs")
         assert page.status_code == 200 and "/docs/static/swagger-ui-bundle.js" in page.text
-    assert [route.path for route in app.router.routes].count("/docs") == 1
+    assert [getattr(route, "path", None) for route in app.router.routes].count("/docs") == 1

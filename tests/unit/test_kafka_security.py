@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import ssl
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cryptography import x509
@@ -66,7 +67,9 @@ def _without_context(options: dict[str, object]) -> dict[str, object]:
 def _trusts_only_our_ca(context: object) -> None:
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    subjects = [dict(part[0] for part in ca["subject"]) for ca in context.get_ca_certs()]
+    # A certificate's subject: relative distinguished names, each of (attribute, value) pairs.
+    names = [cast(tuple[tuple[tuple[str, str], ...], ...], ca["subject"]) for ca in context.get_ca_certs()]
+    subjects = [dict(part[0] for part in name) for name in names]
     assert {"commonName": CA_NAME} in subjects
 
 
@@ -103,7 +106,7 @@ def test_incomplete_credentials_are_refused_when_the_first_client_is_made(monkey
     settings = Settings()  # `havip migrate` needs no broker: the settings load without a password
     for build in (security_options, new_producer):
         with pytest.raises(ValueError, match="HAVIP_KAFKA_SASL_USERNAME and HAVIP_KAFKA_SASL_PASSWORD"):
-            build(settings)  # type: ignore[operator]
+            build(settings)
     monkeypatch.setenv("HAVIP_KAFKA_SASL_PASSWORD", "s3cret")
     with pytest.raises(ValueError, match="go together"):
         security_options(Settings(kafka_ssl_certfile="/etc/havip/kafka/user.crt"))

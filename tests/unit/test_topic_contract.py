@@ -177,7 +177,13 @@ def test_the_dead_letter_example_holds_what_it_says() -> None:
 # --- schema and parser agree --------------------------------------------------
 
 REFUSED, ACCEPTED = False, True
-WHOLE = [("empty object", {}), ("array", []), ("null", None), ("string", "CreateHaVip"), ("number", 1)]
+WHOLE: list[tuple[str, object]] = [
+    ("empty object", {}),
+    ("array", []),
+    ("null", None),
+    ("string", "CreateHaVip"),
+    ("number", 1),
+]
 BAD_IDS = ["-starts-with-a-dash", "has space", "", "x" * 129, "tab\there", "ünïcode"]
 BAD_TIMES: list[Any] = [
     "2025-06-02T08:13:04",  # naive

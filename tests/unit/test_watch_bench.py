@@ -120,7 +120,7 @@ def test_watchers_are_shared_evenly_over_the_processes() -> None:
 
 
 def test_receipts_of_every_process_merge_per_change() -> None:
-    merged = merge_receipts([[["havip-1", 3, [1.0, 2.0]]], [["havip-1", 3, [1.5]], ["havip-2", 3, [2.5]]]])
+    merged = merge_receipts([[("havip-1", 3, [1.0, 2.0])], [("havip-1", 3, [1.5]), ("havip-2", 3, [2.5])]])
     assert merged == {("havip-1", 3): [1.0, 2.0, 1.5], ("havip-2", 3): [2.5]}
 
 
