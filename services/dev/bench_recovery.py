@@ -28,6 +28,7 @@ import math
 import shutil
 import signal
 import statistics
+import subprocess
 import tempfile
 import time
 from collections import defaultdict
@@ -149,7 +150,9 @@ async def _postgres_freeze(stack: DevStack, figures: Figures) -> None:
         await _freeze(stack, "PostgreSQL frozen", lambda: postgres._process, figures)
 
 
-async def _freeze(stack: DevStack, what: str, process: Callable[[], object], figures: Figures) -> None:
+async def _freeze(
+    stack: DevStack, what: str, process: Callable[[], subprocess.Popen[bytes] | None], figures: Figures
+) -> None:
     """SIGSTOP to a process and all under it (connections stay open, nothing answers), then SIGCONT."""
     await _outage(
         stack.services,
@@ -279,21 +282,21 @@ async def _until_ready(services: list[ServiceProcess]) -> None:
         raise TimeoutError("not ready")
 
 
-async def _signal_tree(process: object, sig: signal.Signals) -> None:
+async def _signal_tree(process: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
     """To the process and every process under it: PostgreSQL's backends each lead a process
     group of their own, so stopping the postmaster's group would leave them answering."""
     assert process is not None
-    root = psutil.Process(process.pid)  # type: ignore[attr-defined]
+    root = psutil.Process(process.pid)
     for each in [root, *root.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
             each.send_signal(sig)
 
 
-async def _signal(process: object, sig: signal.Signals) -> None:
+async def _signal(process: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
     assert process is not None
-    process.send_signal(sig)  # type: ignore[attr-defined]
+    process.send_signal(sig)
     if sig == signal.SIGKILL:
-        await asyncio.to_thread(process.wait)  # type: ignore[attr-defined]
+        await asyncio.to_thread(process.wait)
 
 
 def _print_table(figures: Figures) -> None:

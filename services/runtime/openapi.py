@@ -76,6 +76,8 @@ def document_error_answers(app: FastAPI) -> None:
             app.openapi_schema = with_error_answers(generate())
         return app.openapi_schema
 
+    # FastAPI's documented way to serve another document: replace the method (mypy objects to
+    # assigning to a method).
     app.openapi = openapi  # type: ignore[method-assign]
 
 

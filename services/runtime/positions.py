@@ -28,11 +28,7 @@ def start_from(
     (a new group) starts where the group's reset policy says, since the saved position
     belongs to the same group and would only repeat that.
     """
-    return {
-        tp: offset
-        for tp, offset in saved.items()
-        if tp in committed and committed[tp] is not None and offset < committed[tp]  # type: ignore[operator]
-    }
+    return {tp: offset for tp, offset in saved.items() if (at := committed.get(tp)) is not None and offset < at}
 
 
 class AnotherDatabaseRun(Exception):

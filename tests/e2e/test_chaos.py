@@ -175,7 +175,7 @@ async def eventually_equal(what: str, actual: Any, expected: Any, timeout: float
 async def healed_stack(workdir: Path, name: str) -> AsyncIterator[tuple[DevStack, threading.Lock, asyncpg.Pool]]:
     """A stack of its own, healed as `havip dev up` heals it (the lock pauses that), and a pool on its database."""
     ports = {f"{service}_port": free_port() for service in ("gateway", "forwarder", "quota", "mapping")}
-    settings = Settings(**ports)  # type: ignore[arg-type]
+    settings = Settings(**ports)  # type: ignore[arg-type]  # only the *_port fields, all ints
     stack = DevStack(settings, workdir / f"{name}-{ports['gateway_port']}", embedded_kafka=True, embedded_postgres=True)
     await asyncio.to_thread(stack.__enter__)  # it runs event loops of its own
     with contextlib.ExitStack() as cleanup:

@@ -135,7 +135,9 @@ def test_restarts_back_off_and_settle() -> None:
     for _ in range(7):
         exit_code[0] = -9
         said = heal([child], restarts, now)
-        delays.append(restarts["quota"].due - now)  # type: ignore[operator]
+        due = restarts["quota"].due
+        assert due is not None
+        delays.append(due - now)
         assert said == [f"quota exited with -9; restarting in {delays[-1]:g}s (restart {len(delays)})"]
         assert heal([child], restarts, now + delays[-1] - 0.5) == []  # not yet: no start before its time
         now += delays[-1]

@@ -786,7 +786,7 @@ async def test_ready_at_once_with_the_results_consumer_a_note_until_it_joined(ga
 async def test_while_the_broker_is_away_a_recorded_command_waits_and_new_ones_get_503(
     gateway: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
-    app = gateway._transport.app  # type: ignore[attr-defined]
+    app = gateway._transport.app  # type: ignore[attr-defined]  # the app behind an ASGI transport
     await app.state.gateway.producer.stop()  # the broker is unreachable from now on
     # The first request finds out: its command is recorded, so it stays in the outbox for the relay.
     first = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=TENANT_AUTH)

@@ -201,7 +201,7 @@ async def test_a_revoked_agent_token_stops_at_once_here_and_within_the_bound_on_
     await seed_havip(db, "havip-1", tenant_id=TENANT)
     await attach_in_db(db, "havip-1", "i-1")
     async with running_gateway(settings) as here, running_gateway(settings) as there:
-        directories = [client._transport.app.state.gateway.directory for client in (here, there)]  # type: ignore[attr-defined]
+        directories = [client._transport.app.state.gateway.directory for client in (here, there)]  # type: ignore[attr-defined]  # the app behind an ASGI transport
         by_api = await here.post("/v1/instances/i-1/agent-tokens", headers=bearer(TENANT_TOKEN))
         assert by_api.status_code == 201, by_api.text
         by_cli = await here.post("/v1/instances/i-1/agent-tokens", headers=bearer(TENANT_TOKEN))
@@ -255,7 +255,7 @@ async def test_an_attachment_made_after_start_is_honoured_and_an_unknown_havip_w
         proxied_database(settings) as (proxy, proxied),
         running_gateway(settings.model_copy(update={"database_url": proxied})) as gateway,
     ):
-        directory = gateway._transport.app.state.gateway.directory  # type: ignore[attr-defined]
+        directory = gateway._transport.app.state.gateway.directory  # type: ignore[attr-defined]  # ASGI transport's app
         assert_error(
             await gateway.post("/v1/vrrp-events", json=report("havip-1", "MASTER", 1), headers=bearer(agent)),
             409,

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 async def _seed_inventory(db: asyncpg.Pool, instances: int) -> None:
     async with db.acquire() as conn:
         for change in inventory(instances):
-            await record_inventory(conn, change, "quota")  # type: ignore[arg-type]
+            await record_inventory(conn, change, "quota")  # type: ignore[arg-type]  # inventory(): records only
 
 
 async def _create(ledger: QuotaLedger, n: int) -> None:

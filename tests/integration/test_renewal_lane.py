@@ -9,7 +9,7 @@ gateway carries renewals on the log instead, so an outage never costs a live cla
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import asyncpg
@@ -32,9 +32,9 @@ def claim(seq: int, state: str = "MASTER") -> dict[str, object]:
     return {"havip_id": "havip-1", "state": state, "priority": 150, "seq": seq, **lease}
 
 
-async def until(check: object, timeout: float = 20.0) -> None:
+async def until(check: Callable[[], Awaitable[object]], timeout: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():  # type: ignore[operator]
+    while not await check():
         assert asyncio.get_running_loop().time() < deadline, "not within the time allowed"
         await asyncio.sleep(0.1)
 

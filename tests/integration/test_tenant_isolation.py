@@ -220,15 +220,15 @@ async def test_commands_produced_to_kafka_with_as_ids_fail_as_ones_naming_nothin
     real, made_up = commands(world.real, "real"), commands(world.made_up, "made-up")
     async with Publisher(world.pipeline.settings) as publisher:
         for command in (*real, *made_up):
-            await publisher.send(topics.COMMANDS, command.havip_id, command)  # type: ignore[attr-defined]
+            await publisher.send(topics.COMMANDS, command.havip_id, command)  # type: ignore[attr-defined]  # Message: a command here
     for for_real, for_nothing in zip(real, made_up, strict=True):
-        real_outcome = await wait_operation(world.gateway, B_TOKEN, for_real.command_id)  # type: ignore[attr-defined]
-        nothing_outcome = await wait_operation(world.gateway, B_TOKEN, for_nothing.command_id)  # type: ignore[attr-defined]
+        real_outcome = await wait_operation(world.gateway, B_TOKEN, for_real.command_id)  # type: ignore[attr-defined]  # Message: a command here
+        nothing_outcome = await wait_operation(world.gateway, B_TOKEN, for_nothing.command_id)  # type: ignore[attr-defined]  # Message: a command
         assert real_outcome["status"] == "Failed", real_outcome
         assert real_outcome["error"]["code"] == nothing_outcome["error"]["code"], (real_outcome, nothing_outcome)
         assert real_outcome["error"]["code"].startswith("NotFound."), real_outcome
         # A sees none of B's operations, even on its own HAVIP.
-        hidden = await world.gateway.get(f"/v1/operations/{for_real.command_id}", headers=auth(A_TOKEN))  # type: ignore[attr-defined]
+        hidden = await world.gateway.get(f"/v1/operations/{for_real.command_id}", headers=auth(A_TOKEN))  # type: ignore[attr-defined]  # a command
         assert hidden.status_code == 404
     havip = (await world.gateway.get(f"/v1/havips/{world.real['havip_id']}", headers=auth(A_TOKEN))).json()
     assert [a["target_id"] for a in havip["attachments"]] == ["i-1"] and havip["status"] == "InUse"

@@ -177,7 +177,8 @@ async def test_the_public_scenario_the_eip_follows_every_failover(platform: Plat
 
     assert (await tenant.release_eip(havip_id))["status"] == "Succeeded"
     await eventually(lambda: _route_gone(tenant, None, "203.0.113.10"))
-    assert (await tenant.route("vpc-t", "10.1.0.60"))["instance_id"] == "i-2"  # type: ignore[index]
+    route = await tenant.route("vpc-t", "10.1.0.60")
+    assert route is not None and route["instance_id"] == "i-2"
     nothing = await tenant.gateway.delete(f"/v1/havips/{havip_id}/eip", headers=platform.auth())
     assert nothing.status_code == 404 and nothing.json()["code"] == "NotFound.Eip"
     # Freed: another HAVIP may take it now.

@@ -63,7 +63,7 @@ def test_the_inventory_and_mappings_make_every_advert_a_claimants() -> None:
     plan = Plan(havips=1000, per_instance=5)
     view = HostView(HOST_ID)
     for _, record in plan.inventory(revision=1):
-        view.apply_inventory(record)  # type: ignore[arg-type]
+        view.apply_inventory(record)  # type: ignore[arg-type]  # Plan.inventory(): records only
     for j in range(plan.havips):
         view.apply_mapping(plan.mapping(j, version=1))
     ports = view.ports()

@@ -141,6 +141,8 @@ steps = st.one_of(
 
 
 def play(world: World, step: tuple[object, ...], counter: list[int]) -> None:
+    # A step is a tuple hypothesis drew (kind first): its items are typed by kind, which mypy
+    # cannot follow, hence the ignores below.
     kind = step[0]
     counter[0] += 1
     message: Message | None = None

@@ -100,7 +100,7 @@ def test_a_report_time_without_offset_means_utc() -> None:
 
 def test_validation_errors_read_as_sentences_naming_the_field() -> None:
     with pytest.raises(ValidationError) as caught:
-        CreateHaVipRequest(name="x" * 200)  # type: ignore[call-arg]
+        CreateHaVipRequest(name="x" * 200)  # type: ignore[call-arg]  # vswitch_id left out on purpose
     errors = [{**e, "loc": ("body", *e["loc"])} for e in caught.value.errors()]
     message = describe_validation_errors(errors)
     assert "vswitch_id: Field required" in message

@@ -202,7 +202,7 @@ def test_renewals_carried_apart_elect_what_one_report_at_a_time_would(script: li
         if report is not None:
             instance, state, priority, lease = report
             seqs[instance] = seqs.get(instance, 0) + 1
-            message = reported(instance, state, priority, seqs[instance], direct.now, lease)  # type: ignore[arg-type]
+            message = reported(instance, state, priority, seqs[instance], direct.now, lease)  # type: ignore[arg-type]  # drawn steps: loosely typed tuples
             last[instance] = seen(message)
             direct.arrive(message)
             carried.arrive(message)
