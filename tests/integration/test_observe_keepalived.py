@@ -45,17 +45,24 @@ __all__ = ["platform"]  # the module's fixture: the four services as processes
 
 async def owners(cluster: FailoverCluster) -> list[str | None]:
     """The owner after each change in the HAVIP's history, oldest first, as lab node names."""
+    return [node for node, _ in await _history(cluster)]
+
+
+async def _history(cluster: FailoverCluster) -> list[tuple[str | None, dict[str, object]]]:
     names = {instance: node for node, instance in cluster.instances.items()}
-    return [names.get(str(change["instance_id"])) for change in await cluster.owner_history()]
+    return [(names.get(str(change["instance_id"])), change) for change in await cluster.owner_history()]
 
 
 async def assert_owners(cluster: FailoverCluster, expected: list[str], releases: int) -> None:
     """The history went through `expected` owners in order, with no change in between but at most
     `releases` to nobody: a graceful stop releases at once, and the backup's claim follows a moment
     later (or came first, if its last advert was still recent enough to count)."""
-    history = await owners(cluster)
-    assert [owner for owner in history if owner is not None] == expected, history
-    assert len(history) - len(expected) <= releases, history
+    named = await _history(cluster)
+    history = [node for node, _ in named]
+    # The whole record when it fails: who, when, why and from which source, not names alone.
+    told = "\n".join(f"{node}: {change}" for node, change in named)
+    assert [owner for owner in history if owner is not None] == expected, told
+    assert len(history) - len(expected) <= releases, told
 
 
 async def test_the_six_failovers_on_keepalived_alone(platform: Settings, workdir: Path) -> None:
