@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 import docker
+import psutil
 from docker.errors import DockerException, ImageNotFound
 from testcontainers.community.postgres import PostgresContainer
 from testcontainers.core.config import testcontainers_config
@@ -186,15 +187,7 @@ def ours(container: Container, *, network: Network | None = None, alias: str | N
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid > 0 and psutil.pid_exists(pid)
 
 
 def _first_line(error: BaseException) -> str:

@@ -121,6 +121,23 @@ class Tenant:
             await asyncio.sleep(0.0005)
 
 
+async def read_held_open(
+    gateway: httpx.AsyncClient, headers: dict[str, str], vswitch_id: str, wait: str
+) -> asyncio.Task[httpx.Response]:
+    """A tenant request the gateway is still answering: with no quota worker running, a HAVIP's
+    creation stays Pending, and a read of its operation that waits `wait` holds until then.
+    Returned once under way (a second in, still unanswered), for a SIGTERM to arrive during it."""
+    created = await gateway.post("/v1/havips", json={"vswitch_id": vswitch_id}, headers=headers)
+    if created.status_code != 202:
+        raise WalkthroughError(f"POST /v1/havips: {created.status_code} {created.text}")
+    operation = created.json()["operation"]["operation_id"]
+    in_flight = asyncio.create_task(gateway.get(f"/v1/operations/{operation}?wait={wait}", headers=headers))
+    await asyncio.sleep(1.0)
+    if in_flight.done():
+        raise WalkthroughError(f"operation {operation} was answered before its wait: {in_flight.result().text}")
+    return in_flight
+
+
 async def master_then_failover(tenant: Tenant, havip_id: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The README's steps 3 to 6 on the demo HAVIP (192.168.1.100 in vpc-demo): web1 becomes MASTER,
     then fails and web2 takes over. The forwarder's answer while web1 owned it, and the HAVIP after."""

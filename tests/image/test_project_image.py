@@ -27,7 +27,7 @@ from testcontainers.core.network import Network
 
 from schemas import topics
 from services.dev.stack import DEMO_TENANT, demo_inventory
-from services.dev.walkthrough import Tenant, master_then_failover
+from services.dev.walkthrough import Tenant, master_then_failover, read_held_open
 from services.runtime.kafka import topic_name
 from services.runtime.settings import Settings
 from tests import container_tools
@@ -200,12 +200,7 @@ async def test_the_image_runs_the_walkthrough_read_only_as_uid_10001(deployment:
                     assert "finishing what is under way, committing it and leaving the group" in log, log
             # The gateway finishes a request in flight: with quota gone an operation stays Pending,
             # and a read that waits for it is under way when SIGTERM arrives.
-            pending = await gateway.post("/v1/havips", json={"vswitch_id": "vsw-demo-a"}, headers=auth)
-            assert pending.status_code == 202, pending.text
-            operation = pending.json()["operation"]["operation_id"]
-            in_flight = asyncio.create_task(gateway.get(f"/v1/operations/{operation}?wait=3s", headers=auth))
-            await asyncio.sleep(1.0)
-            assert not in_flight.done()
+            in_flight = await read_held_open(gateway, auth, "vsw-demo-a", wait="3s")
             await asyncio.to_thread(_stop, "gateway", running["gateway"])
             answer = await in_flight
             assert answer.status_code == 200 and answer.json()["status"] == "Pending", answer.text

@@ -19,6 +19,7 @@ from aiokafka import TopicPartition
 
 from schemas import topics
 from services.dev.processes import ServiceProcess
+from services.dev.walkthrough import read_held_open
 from services.gateway.tokens import Principal, store_token
 from services.runtime.kafka import new_admin, new_consumer, topic_name
 from services.runtime.settings import Settings
@@ -121,13 +122,8 @@ async def test_the_gateway_answers_a_request_in_flight_when_sigterm_arrives(
     auth = {"Authorization": "Bearer tok-drain"}
     gateway = await asyncio.to_thread(start_service, "gateway")
     async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
-        created = await client.post("/v1/havips", json={"vswitch_id": "vsw-1"}, headers=auth)
-        assert created.status_code == 202, created.text
-        operation = created.json()["operation"]["operation_id"]
         # No quota worker runs: the operation stays Pending, and this read holds for its whole wait.
-        in_flight = asyncio.create_task(client.get(f"/v1/operations/{operation}?wait=4s", headers=auth))
-        await asyncio.sleep(1.0)
-        assert not in_flight.done()
+        in_flight = await read_held_open(client, auth, "vsw-1", wait="4s")
         stopped_at = time.monotonic()
         gateway.request_stop()
         answer = await in_flight
