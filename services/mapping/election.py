@@ -145,13 +145,32 @@ class Contest:
         return candidate.eligible and report is not None and report.live_at(at)
 
 
-def judge_report(contest: Contest, report: Report) -> ReportVerdict:
+def judge_report(contest: Contest, report: Report, *, renewal: bool = False) -> ReportVerdict:
+    """How a report counts; `renewal`: it only repeats a MASTER claim its source made before."""
     last = contest.reports.get(report.instance_id)
     if last is not None and not report.newer_than(last):
+        return ReportVerdict.STALE
+    if renewal and last is not None and ended_by_other_source(last, report):
         return ReportVerdict.STALE
     if not any(c.instance_id == report.instance_id for c in contest.candidates):
         return ReportVerdict.NOT_ATTACHED
     return ReportVerdict.FRESH
+
+
+def ended_by_other_source(stored: Report, renewal: Report) -> bool:
+    """Whether the other source saw this claim end (a state other than MASTER), so that a renewal
+    from this one must not bring it back.
+
+    The agent learns of a state from keepalived's notify, the observer from the wire, and the one
+    that learns later still renews the claim for a moment: an agent renewal sent just before
+    keepalived's priority-0 advert reaches the gateway a few ms after the observer reported STOP.
+    Ordered by receive time it looks newer and would give the HAVIP back to a stopped node for up
+    to a lease. A claim that starts again is a state change from whichever source hears it (the
+    first MASTER after a STOP, BACKUP or FAULT, a new priority, a claim after a lapse), never a
+    renewal, so no real MASTER is missed. A lapse by silence is not an end: the other source's
+    renewals are what keep a claim live when one source goes quiet.
+    """
+    return stored.source is not renewal.source and stored.state is not VrrpState.MASTER
 
 
 def only_extends(stored: Report | None, renewal: Report) -> bool:

@@ -218,6 +218,7 @@ class OwnerTracker:
                             expires_at=claim.seen_at + lease,
                             source=ReportSource.OBSERVER,
                         ),
+                        renewal=True,
                     )
                 )
                 record_of.append(index)

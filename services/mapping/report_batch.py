@@ -58,6 +58,9 @@ class IncomingReport:
     tenant_id: str
     message_id: str
     report: Report
+    # A lease renewal (the gateways' claim_renewals, an observer's ObservedClaimsRenewed): it only
+    # repeats a claim, so it extends or revives one but never starts one the other source ended.
+    renewal: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def plan_reports(locked: Mapping[str, LockedHavip], incoming: Sequence[IncomingR
             continue
         before = contests[item.havip_id]
         report = item.report
-        verdict = judge_report(before, report)
+        verdict = judge_report(before, report, renewal=item.renewal)
         plan.verdicts[verdict] += 1
         key = (item.havip_id, report.instance_id)
         if verdict is ReportVerdict.NOT_ATTACHED:

@@ -299,6 +299,7 @@ async def take_renewals(
                 received_at=row["received_at"],
                 expires_at=row["received_at"] + timedelta(seconds=row["lease_seconds"]),
             ),
+            renewal=True,
         )
         for row in rows
     ]

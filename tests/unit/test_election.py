@@ -194,6 +194,31 @@ def test_across_sources_the_platforms_clock_decides_never_the_guests_numbers() -
     assert judge_report(contest(later_agent), seen) is ReportVerdict.STALE
 
 
+def test_a_renewal_never_revives_a_claim_the_other_source_saw_end() -> None:
+    # keepalived on i-a stops: the observer sees its priority-0 advert first; the agent's renewal,
+    # sent just before keepalived stopped, reaches the gateway a few ms later.
+    stopped = replace(report("i-a", VrrpState.STOP, seq=7, at=10.0), source=OBSERVER)
+    late_renewal = report("i-a", VrrpState.MASTER, seq=41, at=10.004)
+    assert judge_report(contest(stopped), late_renewal, renewal=True) is ReportVerdict.STALE
+    assert elect(contest(stopped), t(10.004)) is None, "nobody owns it until someone claims it anew"
+    # A claim that starts again is a state change, and it counts from either source.
+    assert judge_report(contest(stopped), late_renewal) is ReportVerdict.FRESH
+    # The observer's renewal of a claim the agent said ended (BACKUP after a preemption) is as late.
+    backup = report("i-a", VrrpState.BACKUP, seq=42, at=20.0)
+    still_seen = replace(report("i-a", VrrpState.MASTER, seq=8, at=20.1, lease=15.0), source=OBSERVER)
+    assert judge_report(contest(backup), still_seen, renewal=True) is ReportVerdict.STALE
+
+
+def test_a_renewal_revives_a_claim_that_only_went_quiet() -> None:
+    # The observer's claim lapsed (its lease ran out); the agent still renews: keepalived is MASTER.
+    lapsed = replace(report("i-a", VrrpState.MASTER, seq=7, at=0.0, lease=15.0), source=OBSERVER)
+    renewal = report("i-a", VrrpState.MASTER, seq=41, at=16.0)
+    assert judge_report(contest(lapsed), renewal, renewal=True) is ReportVerdict.FRESH
+    # ... and one source's renewal after its own word is ordered by that source's numbers alone.
+    own_stop = report("i-a", VrrpState.STOP, seq=40, at=15.0)
+    assert judge_report(contest(own_stop), renewal, renewal=True) is ReportVerdict.FRESH
+
+
 def test_an_instance_heard_by_both_sources_counts_once() -> None:
     both = contest(
         report("i-a", VrrpState.MASTER, priority=100, at=0.0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import ErrorCode
-from schemas.messages import HaVipStatus, InstanceStatus, VrrpState
+from schemas.messages import HaVipStatus, InstanceStatus, ReportSource, VrrpState
 from services.mapping.election import Candidate, Contest, OwnerCause, Report, ReportVerdict, TriggerKind
 from services.mapping.report_batch import IncomingReport, LockedHavip, ReportPlan, plan_reports
 
@@ -65,6 +66,23 @@ def test_a_renewal_arriving_after_the_owners_lease_ran_out_moves_the_owner() -> 
     assert result.publish == {"h-1"} and result.caused_at == {"h-1": t(2.6)}
     trigger = result.outcomes[0].trigger
     assert trigger.kind is TriggerKind.VRRP_REPORT and trigger.instance_id == "i-b" and trigger.seq == 2
+
+
+def test_a_late_renewal_of_a_stopped_master_does_not_take_the_havip_back() -> None:
+    # The lab's history once read n1, nobody, n1, nobody, n2: the observer saw n1's priority-0
+    # advert (nobody owns it), then n1's agent renewal, sent just before keepalived stopped,
+    # arrived and made n1 owner again until the agent's own STOP; then n2 claimed.
+    owned = havip("h-1", report("i-a", VrrpState.MASTER, 40, 0.0), owner="i-a")
+    seen_stop = replace(report("i-a", VrrpState.STOP, 7, 1.0), source=ReportSource.OBSERVER)
+    late_renewal = replace(incoming(report("i-a", VrrpState.MASTER, 41, 1.004)), renewal=True)
+    agent_stop = incoming(report("i-a", VrrpState.STOP, 42, 1.2))
+    claim = incoming(report("i-b", VrrpState.MASTER, 1, 3.0, priority=90))
+    result = plan([owned], [incoming(seen_stop), late_renewal, agent_stop, claim])
+    assert [(o.owner, o.change.cause) for o in result.outcomes] == [
+        (None, OwnerCause.OWNER_RELEASED),
+        (B, OwnerCause.MASTER_REPORTED),
+    ]
+    assert result.verdicts == {ReportVerdict.FRESH: 3, ReportVerdict.STALE: 1}
 
 
 def test_every_change_in_a_batch_gets_its_own_version_in_order() -> None:
