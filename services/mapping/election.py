@@ -220,6 +220,22 @@ def withdrawn(report: Report) -> Report:
     return replace(report, state=VrrpState.STOP, expires_at=None)
 
 
+def withdrawn_on_detach(contest: Contest, target_id: str) -> list[Report]:
+    """The reports withdrawn when `target_id` is detached: its instance's, unless the instance is
+    still attached another way (by itself and by an ENI).
+
+    A detached instance's old MASTER must not count if it is attached again later, and a
+    redelivered report from before the detach must stay stale: its place is kept, its claim goes.
+    """
+    detached = contest.candidate(target_id)
+    if detached is None:
+        return []
+    if any(c.instance_id == detached.instance_id for c in contest.candidates if c.target_id != target_id):
+        return []
+    report = contest.reports.get(detached.instance_id)
+    return [] if report is None else [withdrawn(report)]
+
+
 def rank(candidate: Candidate, report: Report) -> tuple[int, IPv4Address, str]:
     # RFC 5798 §6.4.3: higher priority, then higher primary address; the id only makes it total.
     return (report.priority, candidate.primary_ip, candidate.target_id)

@@ -10,9 +10,11 @@ import asyncpg
 from schemas import messages, topics
 from schemas.errors import Unappliable
 from schemas.messages import ObservedClaimsRenewed, VrrpReported
-from services.mapping import store
-from services.mapping.handlers import OwnerTracker
+from services.mapping import handlers
+from services.mapping.publishing import MappingContext
 from services.mapping.report_batch import IncomingReport, Refusal
+from services.mapping.store import PostgresMappingStore, restamp_versions
+from services.mapping.sweep import Sweep
 from services.runtime.broker_watch import LogCheck
 from services.runtime.consume import Delivery, Kernel, Registry
 from services.runtime.group import Lane
@@ -51,37 +53,41 @@ def build(resources: WorkerResources) -> Worker:
         delivery = Delivery(RENEWAL_LANE, -1, -1, item.havip_id.encode(), topics.encode(value))
         await kernel.dead_letter(delivery, refusal.code, refusal.message)
 
-    tracker = OwnerTracker(resources.pool, resources.publish_many, refuse_renewal)
+    context = MappingContext(PostgresMappingStore(resources.pool), resources.publish_many, refuse_renewal)
 
     async def republish_everything(_: LogCheck) -> None:
         # havip.mappings must hold every HAVIP's state (forwarders and data-plane agents start from it).
-        count = await store.forget_published(resources.pool)
+        count = await context.store.forget_published()
         log.warning("the broker lost its topics: %d HAVIP states will be published again", count)
 
     resources.on_broker_lost(republish_everything)
 
     async def restamp(conn: asyncpg.Connection) -> None:
-        count = await store.restamp_versions(conn)
+        count = await restamp_versions(conn)
         log.warning("a new run of the database: %d HAVIPs get newer versions and will be published again", count)
 
     resources.on_new_database(restamp)
 
+    async def apply_command(command: messages.AcceptedCommand) -> None:
+        await handlers.on_accepted(context, command)
+
     async def apply_reports(reports: Sequence[VrrpReported]) -> list[tuple[int, Unappliable]]:
-        refusals = await tracker.on_reports(reports)
-        return [(r.index, Unappliable(r.code, r.message)) for r in refusals]
+        return _unappliable(await handlers.on_reports(context, reports))
 
     async def apply_observed_renewals(records: Sequence[ObservedClaimsRenewed]) -> list[tuple[int, Unappliable]]:
-        refusals = await tracker.on_observed_renewals(records)
-        return [(r.index, Unappliable(r.code, r.message)) for r in refusals]
+        return _unappliable(await handlers.on_observed_renewals(context, records))
+
+    async def apply_inventory(change: messages.InventoryRecord) -> None:
+        await handlers.on_inventory(context, change)
 
     accepted, vrrp, inventory = (topic_name(settings, t) for t in (topics.ACCEPTED, topics.VRRP, topics.INVENTORY))
     registry.read(accepted, topics.ACCEPTED)
     registry.read(vrrp, topics.VRRP)
     registry.read(inventory, topics.INVENTORY)
-    registry.on(messages.AcceptedCommand, tracker.on_accepted)
+    registry.on(messages.AcceptedCommand, apply_command)
     registry.on_batch(VrrpReported, apply_reports)
     registry.on_batch(ObservedClaimsRenewed, apply_observed_renewals)
-    registry.on(messages.InventoryRecord, tracker.on_inventory)
+    registry.on(messages.InventoryRecord, apply_inventory)
     return Worker(
         lanes=[
             # Commands and reports for one HAVIP share its key; one lane applies both topics so
@@ -92,8 +98,12 @@ def build(resources: WorkerResources) -> Worker:
         ],
         # Renewals are in PostgreSQL, and a lapsed lease has no message of its own: every worker
         # looks on a timer (under the HAVIPs' row locks, so two workers never change one twice).
-        timers=[Timer("lease sweep", settings.lease_sweep_interval_seconds, tracker.sweep)],
+        timers=[Timer("lease sweep", settings.lease_sweep_interval_seconds, Sweep(context))],
     )
+
+
+def _unappliable(refusals: Sequence[Refusal]) -> list[tuple[int, Unappliable]]:
+    return [(r.index, Unappliable(r.code, r.message)) for r in refusals]
 
 
 def run(settings: Settings) -> None:

@@ -1,51 +1,39 @@
-"""The mapping tables: one HAVIP's contest for the election, and writing its outcome.
+"""The mapping tables in PostgreSQL: `tables.MappingStore` with the statements it takes.
 
 Every change to a HAVIP happens under `FOR UPDATE` on its `havips` row, so
 commands, VRRP reports, lease expiries and inventory changes for one HAVIP
 apply one at a time, whichever worker or agent handles them. A batch of VRRP
 reports locks all its HAVIPs at once, in havip_id order, as every statement
 that locks several does, so two of them never wait on each other in a cycle.
+Statements here only load and store; the rules are the callers'.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from ipaddress import IPv4Address
 
 import asyncpg
 
-from schemas.messages import InstanceStatus, ReportSource, VrrpState
-from services.mapping.election import Candidate, Contest, OwnerChange, Report, Trigger, renewed
-from services.mapping.report_batch import HavipAfter, IncomingReport, OwnerOutcome, havip_status
+from schemas.messages import (
+    AttachmentAccepted,
+    EipAssociationAccepted,
+    HaVipCreationAccepted,
+    HaVipMappingChanged,
+    HaVipStatus,
+    InstanceStatus,
+    ReportSource,
+    VrrpState,
+)
+from services.mapping.election import Candidate, Contest, Report
+from services.mapping.report_batch import HavipAfter, IncomingReport, LockedHavip, OwnerOutcome
+from services.mapping.tables import CannotHold, CommandAnswer, HavipRow
+from services.readmodel.mappings import load_mappings
+from services.runtime.inventory import InventoryChange, record_inventory
 
 _HAVIP_COLUMNS = "havip_id, tenant_id, owner_target_id, status, version, published_version"
-
-
-async def lock_havip(conn: asyncpg.Connection, havip_id: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(f"SELECT {_HAVIP_COLUMNS} FROM havips WHERE havip_id = $1 FOR UPDATE", havip_id)
-
-
-async def lock_havips(conn: asyncpg.Connection, havip_ids: Collection[str]) -> list[asyncpg.Record]:
-    # Sorted, so two transactions locking several HAVIPs take them in the same order.
-    return await conn.fetch(
-        f"SELECT {_HAVIP_COLUMNS} FROM havips WHERE havip_id = ANY($1::text[]) ORDER BY havip_id FOR UPDATE",
-        sorted(havip_ids),
-    )
-
-
-async def lock_havips_of_instance(conn: asyncpg.Connection, instance_id: str) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        f"SELECT {_HAVIP_COLUMNS} FROM havips"
-        " WHERE havip_id IN (SELECT havip_id FROM attachments WHERE instance_id = $1)"
-        " ORDER BY havip_id FOR UPDATE",
-        instance_id,
-    )
-
-
-async def load_contest(conn: asyncpg.Connection, havip_id: str, owner_target_id: str | None) -> Contest:
-    return (await load_contests(conn, {havip_id: owner_target_id}))[havip_id]
-
 
 _CANDIDATES = """
 SELECT a.havip_id, a.target_id, a.instance_id, coalesce(e.private_ip, i.private_ip) - '0.0.0.0'::inet AS ip,
@@ -54,32 +42,6 @@ SELECT a.havip_id, a.target_id, a.instance_id, coalesce(e.private_ip, i.private_
   LEFT JOIN enis e ON e.eni_id = a.eni_id
  WHERE a.havip_id = ANY($1::text[]) ORDER BY a.havip_id, a.target_id
 """
-
-
-async def load_contests(conn: asyncpg.Connection, owners: Mapping[str, str | None]) -> dict[str, Contest]:
-    """The contest of each HAVIP in `owners` (havip_id -> its owner_target_id): two queries for all."""
-    ids = list(owners)
-    candidates: dict[str, list[Candidate]] = {havip_id: [] for havip_id in ids}
-    for row in await conn.fetch(_CANDIDATES, ids, InstanceStatus.DELETED.value):
-        candidates[row["havip_id"]].append(
-            Candidate(
-                target_id=row["target_id"],
-                instance_id=row["instance_id"],
-                # As a number: the tables hold IPv4 only (the gateway parsed it), and building an
-                # address from its integer is a tenth of parsing its text, per candidate per batch.
-                primary_ip=IPv4Address(row["ip"] or 0),
-                instance_status=InstanceStatus(row["status"]),
-            )
-        )
-    reports: dict[str, dict[str, Report]] = {havip_id: {} for havip_id in ids}
-    for row in await conn.fetch("SELECT * FROM vrrp_reports WHERE havip_id = ANY($1::text[])", ids):
-        reports[row["havip_id"]][row["instance_id"]] = _report(row)
-    return {
-        havip_id: Contest(
-            owner_target_id=owner_target_id, candidates=tuple(candidates[havip_id]), reports=reports[havip_id]
-        )
-        for havip_id, owner_target_id in owners.items()
-    }
 
 
 # A batch's whole outcome in one statement (one round trip, however much changed): the last
@@ -108,15 +70,321 @@ SELECT * FROM unnest($14::text[], $15::bigint[], $16::text[], $17::text[], $18::
 """
 
 
-async def save_batch(
-    conn: asyncpg.Connection,
-    reports: Mapping[tuple[str, str], Report],
-    havips: Mapping[str, HavipAfter],
-    outcomes: Sequence[OwnerOutcome],
-) -> None:
-    """Store what a batch of reports decided (see `_SAVE_BATCH`); nothing when it decided nothing."""
-    if reports or havips or outcomes:
-        await conn.fetchval(_SAVE_BATCH, *_report_columns(reports), *_owner_columns(havips), *_change_columns(outcomes))
+class PostgresMappingStore:
+    """The mapping tables in PostgreSQL (a `tables.MappingStore`)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresMappingTransaction]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield PostgresMappingTransaction(conn)
+
+    async def states(self, havip_ids: Collection[str]) -> list[HaVipMappingChanged]:
+        return await load_mappings(self._pool, sorted(havip_ids)) if havip_ids else []
+
+    async def mark_published(self, versions: Mapping[str, int]) -> None:
+        if not versions:
+            return
+        await self._pool.execute(
+            "UPDATE havips h SET published_version = p.version"
+            " FROM unnest($1::text[], $2::bigint[]) AS p(havip_id, version)"
+            " WHERE h.havip_id = p.havip_id AND h.published_version < p.version",
+            list(versions),
+            list(versions.values()),
+        )
+
+    async def unpublished_havips(self, older_than: timedelta, limit: int) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT havip_id FROM havips WHERE published_version < version AND updated_at < now() - $1::interval"
+            " ORDER BY havip_id LIMIT $2",
+            older_than,
+            limit,
+        )
+        return [row["havip_id"] for row in rows]
+
+    async def forget_published(self) -> int:
+        status = await self._pool.execute("UPDATE havips SET published_version = 0 WHERE published_version > 0")
+        return int(status.split()[-1])
+
+    async def forget_renewals(self, older_than: timedelta) -> int:
+        status = await self._pool.execute(
+            "DELETE FROM claim_renewals WHERE taken AND received_at < now() - $1::interval", older_than
+        )
+        return int(status.split()[-1])
+
+    async def lapse_candidates(self, at: datetime, after: str, limit: int) -> list[str]:
+        rows = await self._pool.fetch(_LAPSE_CANDIDATES, at, after, limit)
+        return [row["havip_id"] for row in rows]
+
+
+# Where a lapse may be due (tables.MappingStore.lapse_candidates): times and states only.
+_LAPSE_CANDIDATES = """
+SELECT h.havip_id
+  FROM havips h
+  JOIN attachments a ON a.havip_id = h.havip_id AND a.target_id = h.owner_target_id
+  JOIN vrrp_reports o ON o.havip_id = h.havip_id AND o.instance_id = a.instance_id
+ WHERE h.havip_id > $2 AND o.state = 'MASTER' AND o.expires_at <= $1
+   AND EXISTS (
+        SELECT 1 FROM vrrp_reports c
+         WHERE c.havip_id = h.havip_id AND c.instance_id <> o.instance_id AND c.state = 'MASTER'
+           AND (c.expires_at IS NULL OR c.expires_at > $1))
+ ORDER BY h.havip_id
+ LIMIT $3
+"""
+
+
+class PostgresMappingTransaction:
+    """One transaction on one connection (a `tables.MappingTransaction`)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        try:
+            async with self._conn.transaction():
+                yield
+        except asyncpg.DataError as exc:
+            raise CannotHold(str(exc)) from exc
+
+    async def command_answer(self, command_id: str) -> CommandAnswer | None:
+        row = await self._conn.fetchrow(
+            "SELECT rejected_code, rejected_reason FROM applied_commands WHERE command_id = $1", command_id
+        )
+        return None if row is None else CommandAnswer(row["rejected_code"], row["rejected_reason"])
+
+    async def record_command(self, command_id: str, havip_id: str, answer: CommandAnswer) -> None:
+        await self._conn.execute(
+            "INSERT INTO applied_commands (command_id, havip_id, rejected_code, rejected_reason)"
+            " VALUES ($1, $2, $3, $4)",
+            command_id,
+            havip_id,
+            answer.code,
+            answer.reason,
+        )
+
+    async def create_havip(self, command: HaVipCreationAccepted) -> None:
+        await self._conn.execute(
+            "INSERT INTO havips (havip_id, tenant_id, vpc_id, vswitch_id, ip_address, name, description,"
+            " status, version) VALUES ($1, $2, $3, $4, $5::inet, $6, $7, $8, 1)"
+            " ON CONFLICT (havip_id) DO NOTHING",
+            command.havip_id,
+            command.tenant_id,
+            command.vpc_id,
+            command.vswitch_id,
+            command.ip_address,
+            command.name,
+            command.description,
+            HaVipStatus.AVAILABLE.value,
+        )
+
+    async def lock_havip(self, havip_id: str) -> HavipRow | None:
+        row = await self._conn.fetchrow(f"SELECT {_HAVIP_COLUMNS} FROM havips WHERE havip_id = $1 FOR UPDATE", havip_id)
+        return None if row is None else _havip_row(row)
+
+    async def lock_havips(self, havip_ids: Collection[str]) -> list[LockedHavip]:
+        # Sorted, so two transactions locking several HAVIPs take them in the same order.
+        rows = await self._conn.fetch(
+            f"SELECT {_HAVIP_COLUMNS} FROM havips WHERE havip_id = ANY($1::text[]) ORDER BY havip_id FOR UPDATE",
+            sorted(havip_ids),
+        )
+        contests = await self._load_contests({row["havip_id"]: row["owner_target_id"] for row in rows})
+        return [
+            LockedHavip(
+                havip_id=row["havip_id"],
+                tenant_id=row["tenant_id"],
+                version=row["version"],
+                published_version=row["published_version"],
+                contest=contests[row["havip_id"]],
+            )
+            for row in rows
+        ]
+
+    async def lock_havips_of_instance(self, instance_id: str) -> list[HavipRow]:
+        rows = await self._conn.fetch(
+            f"SELECT {_HAVIP_COLUMNS} FROM havips"
+            " WHERE havip_id IN (SELECT havip_id FROM attachments WHERE instance_id = $1)"
+            " ORDER BY havip_id FOR UPDATE",
+            instance_id,
+        )
+        return [_havip_row(row) for row in rows]
+
+    async def load_contest(self, havip_id: str, owner_target_id: str | None) -> Contest:
+        return (await self._load_contests({havip_id: owner_target_id}))[havip_id]
+
+    async def _load_contests(self, owners: Mapping[str, str | None]) -> dict[str, Contest]:
+        """The contest of each HAVIP in `owners` (havip_id -> its owner_target_id): two queries for all."""
+        ids = list(owners)
+        candidates: dict[str, list[Candidate]] = {havip_id: [] for havip_id in ids}
+        for row in await self._conn.fetch(_CANDIDATES, ids, InstanceStatus.DELETED.value):
+            candidates[row["havip_id"]].append(
+                Candidate(
+                    target_id=row["target_id"],
+                    instance_id=row["instance_id"],
+                    # As a number: the tables hold IPv4 only (the gateway parsed it), and building an
+                    # address from its integer is a tenth of parsing its text, per candidate per batch.
+                    primary_ip=IPv4Address(row["ip"] or 0),
+                    instance_status=InstanceStatus(row["status"]),
+                )
+            )
+        reports: dict[str, dict[str, Report]] = {havip_id: {} for havip_id in ids}
+        for row in await self._conn.fetch("SELECT * FROM vrrp_reports WHERE havip_id = ANY($1::text[])", ids):
+            reports[row["havip_id"]][row["instance_id"]] = _report(row)
+        return {
+            havip_id: Contest(
+                owner_target_id=owner_target_id, candidates=tuple(candidates[havip_id]), reports=reports[havip_id]
+            )
+            for havip_id, owner_target_id in owners.items()
+        }
+
+    async def instance_status(self, instance_id: str) -> InstanceStatus | None:
+        status = await self._conn.fetchval("SELECT status FROM instances WHERE instance_id = $1", instance_id)
+        return None if status is None else InstanceStatus(status)
+
+    async def add_attachment(self, command: AttachmentAccepted) -> None:
+        await self._conn.execute(
+            "INSERT INTO attachments (havip_id, target_id, instance_id, eni_id) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING",
+            command.havip_id,
+            command.target_id,
+            command.instance_id,
+            command.eni_id,
+        )
+
+    async def remove_attachment(self, havip_id: str, target_id: str) -> None:
+        await self._conn.execute("DELETE FROM attachments WHERE havip_id = $1 AND target_id = $2", havip_id, target_id)
+
+    async def eip_holder(self, eip_id: str) -> str | None:
+        holder: str | None = await self._conn.fetchval("SELECT havip_id FROM havip_eips WHERE eip_id = $1", eip_id)
+        return holder
+
+    async def associate_eip(self, command: EipAssociationAccepted) -> None:
+        await self._conn.execute(
+            "INSERT INTO havip_eips (eip_id, havip_id, ip_address) VALUES ($1, $2, $3::inet)"
+            " ON CONFLICT (eip_id) DO NOTHING",
+            command.eip_id,
+            command.havip_id,
+            command.eip_address,
+        )
+
+    async def unassociate_eip(self, havip_id: str, eip_id: str) -> None:
+        await self._conn.execute("DELETE FROM havip_eips WHERE eip_id = $1 AND havip_id = $2", eip_id, havip_id)
+
+    async def dependants(self, havip_id: str) -> tuple[int, int]:
+        row = await self._conn.fetchrow(
+            "SELECT (SELECT count(*) FROM attachments WHERE havip_id = $1) AS attachments,"
+            " (SELECT count(*) FROM havip_eips WHERE havip_id = $1) AS eips",
+            havip_id,
+        )
+        return row["attachments"], row["eips"]
+
+    async def mark_deleted(self, havip_id: str) -> None:
+        await self._conn.execute(
+            "UPDATE havips SET status = $2, owner_target_id = NULL, version = version + 1, updated_at = now()"
+            " WHERE havip_id = $1",
+            havip_id,
+            HaVipStatus.DELETED.value,
+        )
+
+    async def save_reports(self, reports: Mapping[tuple[str, str], Report]) -> None:
+        await self.save_batch(reports, {}, [])
+
+    async def save_owner(self, havip_id: str, owner_target_id: str | None, status: HaVipStatus) -> int:
+        version: int = await self._conn.fetchval(
+            "UPDATE havips SET owner_target_id = $2, status = $3, version = version + 1, updated_at = now()"
+            " WHERE havip_id = $1 RETURNING version",
+            havip_id,
+            owner_target_id,
+            status.value,
+        )
+        return version
+
+    async def save_batch(
+        self,
+        reports: Mapping[tuple[str, str], Report],
+        havips: Mapping[str, HavipAfter],
+        outcomes: Sequence[OwnerOutcome],
+    ) -> None:
+        # One statement (see _SAVE_BATCH); none when the batch decided nothing.
+        if reports or havips or outcomes:
+            await self._conn.fetchval(
+                _SAVE_BATCH, *_report_columns(reports), *_owner_columns(havips), *_change_columns(outcomes)
+            )
+
+    async def take_renewals(self, limit: int, havip_ids: Collection[str] | None = None) -> list[IncomingReport]:
+        rows = (
+            await self._conn.fetch(_TAKE_RENEWALS, limit)
+            if havip_ids is None
+            else await self._conn.fetch(_TAKE_RENEWALS_OF, sorted(havip_ids))
+        )
+        return [
+            IncomingReport(
+                havip_id=row["havip_id"],
+                tenant_id=row["tenant_id"],
+                message_id=row["message_id"],
+                report=Report(
+                    instance_id=row["instance_id"],
+                    state=VrrpState.MASTER,
+                    priority=row["priority"],
+                    seq=row["seq"],
+                    reported_at=row["reported_at"],
+                    received_at=row["received_at"],
+                    expires_at=row["received_at"] + timedelta(seconds=row["lease_seconds"]),
+                ),
+                renewal=True,
+            )
+            for row in rows
+        ]
+
+    async def load_reports(self, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], Report]:
+        rows = await self._conn.fetch(
+            "SELECT r.* FROM vrrp_reports r JOIN unnest($1::text[], $2::text[]) AS c(havip_id, instance_id)"
+            " ON r.havip_id = c.havip_id AND r.instance_id = c.instance_id",
+            [havip_id for havip_id, _ in claims],
+            [instance_id for _, instance_id in claims],
+        )
+        return {(row["havip_id"], row["instance_id"]): _report(row) for row in rows}
+
+    async def extend_claims(
+        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], Report]
+    ) -> set[tuple[str, str]]:
+        if not renewals:
+            return set()
+        keys = [(item.havip_id, item.report.instance_id) for item in renewals]
+        rows = await self._conn.fetch(
+            _EXTEND,
+            [havip_id for havip_id, _ in keys],
+            [instance_id for _, instance_id in keys],
+            [item.report.seq for item in renewals],
+            [item.report.reported_at for item in renewals],
+            [item.report.received_at for item in renewals],
+            [item.report.expires_at for item in renewals],
+            [item.report.source.value for item in renewals],
+            [stored[key].seq for key in keys],
+            [stored[key].reported_at for key in keys],
+        )
+        return {(row["havip_id"], row["instance_id"]) for row in rows}
+
+    async def record_inventory(self, change: InventoryChange) -> bool:
+        return await record_inventory(self._conn, change, "mapping")
+
+    async def states(self, havip_ids: Collection[str]) -> list[HaVipMappingChanged]:
+        # On this connection: what is about to be committed, without another connection and its
+        # round trips on the failover path.
+        return await load_mappings(self._conn, sorted(havip_ids)) if havip_ids else []
+
+
+def _havip_row(row: asyncpg.Record) -> HavipRow:
+    return HavipRow(
+        havip_id=row["havip_id"],
+        tenant_id=row["tenant_id"],
+        owner_target_id=row["owner_target_id"],
+        status=HaVipStatus(row["status"]),
+        version=row["version"],
+        published_version=row["published_version"],
+    )
 
 
 def _report_columns(reports: Mapping[tuple[str, str], Report]) -> tuple[list[object], ...]:
@@ -161,96 +429,6 @@ def _change_columns(outcomes: Sequence[OwnerOutcome]) -> tuple[list[object], ...
     )
 
 
-# Owners whose claim ran out while another attached, running instance holds a live one.
-_LAPSED = """
-SELECT h.havip_id
-  FROM havips h
-  JOIN attachments a ON a.havip_id = h.havip_id AND a.target_id = h.owner_target_id
-  JOIN vrrp_reports o ON o.havip_id = h.havip_id AND o.instance_id = a.instance_id
- WHERE o.state = 'MASTER' AND o.expires_at IS NOT NULL AND o.expires_at <= $1
-   AND EXISTS (
-        SELECT 1 FROM vrrp_reports c
-          JOIN attachments ca ON ca.havip_id = c.havip_id AND ca.instance_id = c.instance_id
-          JOIN instances ci ON ci.instance_id = c.instance_id
-         WHERE c.havip_id = h.havip_id AND c.instance_id <> o.instance_id AND c.state = 'MASTER'
-           AND (c.expires_at IS NULL OR c.expires_at > $1) AND ci.status = $2)
- ORDER BY h.havip_id
- LIMIT $3
-"""
-
-
-async def havips_with_lapsed_owner(pool: asyncpg.Pool, at: datetime, limit: int = 1000) -> list[str]:
-    rows = await pool.fetch(_LAPSED, at, InstanceStatus.RUNNING.value, limit)
-    return [row["havip_id"] for row in rows]
-
-
-async def mark_published(pool: asyncpg.Pool, versions: Mapping[str, int]) -> None:
-    """Record the version of each HAVIP now on `havip.mappings` (one statement for all)."""
-    if not versions:
-        return
-    await pool.execute(
-        "UPDATE havips h SET published_version = p.version"
-        " FROM unnest($1::text[], $2::bigint[]) AS p(havip_id, version)"
-        " WHERE h.havip_id = p.havip_id AND h.published_version < p.version",
-        list(versions),
-        list(versions.values()),
-    )
-
-
-async def forget_published(pool: asyncpg.Pool) -> int:
-    """The mappings topic was lost: every HAVIP's state must be published again (the sweep does it)."""
-    status = await pool.execute("UPDATE havips SET published_version = 0 WHERE published_version > 0")
-    return int(status.split()[-1])
-
-
-async def restamp_versions(conn: asyncpg.Connection) -> int:
-    """Move every HAVIP's version past anything published before this database run; publish them all.
-
-    The database may have lost commits whose versions reached havip.mappings, and a forwarder
-    keeps only newer versions: without this it would hold a lost state for good. The server's
-    clock in microseconds is above any version published before the restart (a version grows
-    by one per change, and was itself either small or such a clock reading, earlier); a HAVIP
-    that changes faster than once a microsecond keeps counting from its own. The lease sweep
-    then publishes every HAVIP again, at its new version.
-    """
-    status = await conn.execute(
-        "UPDATE havips SET version = greatest(version + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)"
-    )
-    return int(status.split()[-1])
-
-
-async def unpublished_havips(pool: asyncpg.Pool, older_than: timedelta, limit: int = 1000) -> list[str]:
-    # Only changes older than a publish normally takes, so the sweep does not race the handler.
-    rows = await pool.fetch(
-        "SELECT havip_id FROM havips WHERE published_version < version AND updated_at < now() - $1::interval"
-        " ORDER BY havip_id LIMIT $2",
-        older_than,
-        limit,
-    )
-    return [row["havip_id"] for row in rows]
-
-
-async def save_outcome(
-    conn: asyncpg.Connection,
-    havip_id: str,
-    contest: Contest,
-    owner: Candidate | None,
-    change: OwnerChange | None,
-    trigger: Trigger,
-) -> int:
-    """Store the owner and status, bump the version, record why the owner changed and what caused it."""
-    version: int = await conn.fetchval(
-        "UPDATE havips SET owner_target_id = $2, status = $3, version = version + 1, updated_at = now()"
-        " WHERE havip_id = $1 RETURNING version",
-        havip_id,
-        owner.target_id if owner else None,
-        havip_status(contest).value,
-    )
-    if change is not None:
-        await save_batch(conn, {}, {}, [OwnerOutcome(havip_id, version, owner, change, trigger)])
-    return version
-
-
 # The renewals gateways left since the last look, marked taken in the same transaction that applies
 # them (a worker that dies first leaves them for the next look). SKIP LOCKED: two workers share them.
 _RENEWAL_COLUMNS = (
@@ -272,50 +450,6 @@ RETURNING {_RENEWAL_COLUMNS}
 """
 
 
-async def take_renewals(
-    conn: asyncpg.Connection, limit: int, havip_ids: Collection[str] | None = None
-) -> list[IncomingReport]:
-    """Lease renewals not applied yet, as reports (a renewal is a MASTER claim with a lease).
-
-    At most `limit`; or, given `havip_ids`, those of these HAVIPs (at most one per attached
-    instance each). Rows another transaction is taking are skipped: it applies them.
-    """
-    rows = (
-        await conn.fetch(_TAKE_RENEWALS, limit)
-        if havip_ids is None
-        else await conn.fetch(_TAKE_RENEWALS_OF, sorted(havip_ids))
-    )
-    return [
-        IncomingReport(
-            havip_id=row["havip_id"],
-            tenant_id=row["tenant_id"],
-            message_id=row["message_id"],
-            report=Report(
-                instance_id=row["instance_id"],
-                state=VrrpState.MASTER,
-                priority=row["priority"],
-                seq=row["seq"],
-                reported_at=row["reported_at"],
-                received_at=row["received_at"],
-                expires_at=row["received_at"] + timedelta(seconds=row["lease_seconds"]),
-            ),
-            renewal=True,
-        )
-        for row in rows
-    ]
-
-
-async def load_reports(conn: asyncpg.Connection, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], Report]:
-    """The stored report of each (havip_id, instance_id) that has one."""
-    rows = await conn.fetch(
-        "SELECT r.* FROM vrrp_reports r JOIN unnest($1::text[], $2::text[]) AS c(havip_id, instance_id)"
-        " ON r.havip_id = c.havip_id AND r.instance_id = c.instance_id",
-        [havip_id for havip_id, _ in claims],
-        [instance_id for _, instance_id in claims],
-    )
-    return {(row["havip_id"], row["instance_id"]): _report(row) for row in rows}
-
-
 # Each renewal replaces the report it was judged against, only if that is still the stored one
 # (its seq and clock): a report applied meanwhile by anyone sends the renewal the long way.
 _EXTEND = """
@@ -331,29 +465,6 @@ RETURNING r.havip_id, r.instance_id
 """
 
 
-async def extend_claims(
-    conn: asyncpg.Connection, renewals: Sequence[IncomingReport], judged: Mapping[tuple[str, str], Report]
-) -> set[tuple[str, str]]:
-    """Store renewals that only extend a claim (election.only_extends), as judged; the claims stored."""
-    if not renewals:
-        return set()
-    keys = [(item.havip_id, item.report.instance_id) for item in renewals]
-    stored = [renewed(judged[key], item.report) for key, item in zip(keys, renewals, strict=True)]
-    rows = await conn.fetch(
-        _EXTEND,
-        [havip_id for havip_id, _ in keys],
-        [instance_id for _, instance_id in keys],
-        [report.seq for report in stored],
-        [report.reported_at for report in stored],
-        [report.received_at for report in stored],
-        [report.expires_at for report in stored],
-        [report.source.value for report in stored],
-        [judged[key].seq for key in keys],
-        [judged[key].reported_at for key in keys],
-    )
-    return {(row["havip_id"], row["instance_id"]) for row in rows}
-
-
 def _report(row: asyncpg.Record) -> Report:
     return Report(
         instance_id=row["instance_id"],
@@ -367,9 +478,17 @@ def _report(row: asyncpg.Record) -> Report:
     )
 
 
-async def forget_renewals(pool: asyncpg.Pool, older_than: timedelta) -> int:
-    """Drop the rows of claims that stopped renewing long ago; how many went."""
-    status = await pool.execute(
-        "DELETE FROM claim_renewals WHERE taken AND received_at < now() - $1::interval", older_than
+async def restamp_versions(conn: asyncpg.Connection) -> int:
+    """Move every HAVIP's version past anything published before this database run; publish them all.
+
+    The database may have lost commits whose versions reached havip.mappings, and a forwarder
+    keeps only newer versions: without this it would hold a lost state for good. The server's
+    clock in microseconds is above any version published before the restart (a version grows
+    by one per change, and was itself either small or such a clock reading, earlier); a HAVIP
+    that changes faster than once a microsecond keeps counting from its own. The lease sweep
+    then publishes every HAVIP again, at its new version.
+    """
+    status = await conn.execute(
+        "UPDATE havips SET version = greatest(version + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)"
     )
     return int(status.split()[-1])

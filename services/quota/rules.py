@@ -138,12 +138,20 @@ def check_not_deleting(havip: ReservedHaVip) -> None:
 
 
 def check_deletable(havip: ReservedHaVip, *, attachments: int, eips: int) -> None:
-    """A HAVIP is released only when nothing depends on it (the seed's DeleteHaVip rule)."""
     check_not_deleting(havip)
+    check_no_dependants(havip.havip_id, attachments=attachments, eips=eips)
+
+
+def check_no_dependants(havip_id: str, *, attachments: int, eips: int) -> None:
+    """A HAVIP is deleted only when nothing depends on it (the seed's DeleteHaVip rule).
+
+    Quota checks its ledger's counts, the mapping service its tables' (which can still hold an
+    attachment quota already released): the same rule on each one's own copy.
+    """
     if attachments or eips:
         raise HaVipError(
             ErrorCode.DEPENDENCY_HAVIP,
-            f"{havip.havip_id} still has {attachments} attachment(s) and {eips} EIP(s); detach and release them first",
+            f"{havip_id} still has {attachments} attachment(s) and {eips} EIP(s); detach and release them first",
         )
 
 
