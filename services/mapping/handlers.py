@@ -57,6 +57,7 @@ RENEWALS_APPLIED = MetricCounter(
     "havip_mapping_renewals_applied_total", "Lease renewals taken from claim_renewals and applied", ["with"]
 )
 
+
 def report_of(reported: VrrpReported) -> Report:
     lease = reported.lease_seconds
     return Report(

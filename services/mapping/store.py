@@ -17,6 +17,7 @@ from ipaddress import IPv4Address
 
 import asyncpg
 
+from schemas.errors import ErrorCode
 from schemas.messages import (
     AttachmentAccepted,
     EipAssociationAccepted,
@@ -153,7 +154,10 @@ class PostgresMappingTransaction:
         row = await self._conn.fetchrow(
             "SELECT rejected_code, rejected_reason FROM applied_commands WHERE command_id = $1", command_id
         )
-        return None if row is None else CommandAnswer(row["rejected_code"], row["rejected_reason"])
+        if row is None:
+            return None
+        code = row["rejected_code"]
+        return CommandAnswer(None if code is None else ErrorCode(code), row["rejected_reason"])
 
     async def record_command(self, command_id: str, havip_id: str, answer: CommandAnswer) -> None:
         await self._conn.execute(
