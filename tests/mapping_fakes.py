@@ -1,7 +1,7 @@
 """The mapping tables in memory: `services.mapping.tables.MappingStore` without PostgreSQL.
 
 For unit tests of the mapping handlers at memory speed. It keeps what the
-PostgreSQL tables keep and answers as they do; tests/contract/test_mapping_store.py
+PostgreSQL tables keep and answers as they do; tests/contract/mapping_store.py
 runs one suite against both, so a difference is a failing test, not a surprise.
 Transactions run one at a time (a lock over the whole store: every HAVIP's row lock
 at once) and roll back by restoring a copy taken when they began.
@@ -35,7 +35,7 @@ from schemas.messages import (
     utcnow,
 )
 from services.mapping.election import Candidate, Contest, Report
-from services.mapping.report_batch import HavipAfter, IncomingReport, LockedHavip, OwnerOutcome
+from services.mapping.report_batch import HavipAfter, IncomingReport, LockedHavip, OwnerOutcome, claim_renewal
 from services.mapping.tables import CannotHold, CommandAnswer, HavipRow
 from services.runtime.inventory import InventoryChange
 
@@ -263,20 +263,16 @@ class MemoryMappingTransaction:
         for key in waiting:
             row = self._t.renewals[key] = replace(self._t.renewals[key], taken=True)
             taken.append(
-                IncomingReport(
-                    havip_id=row.havip_id,
-                    tenant_id=row.tenant_id,
-                    message_id=row.message_id,
-                    report=Report(
-                        instance_id=row.instance_id,
-                        state=VrrpState.MASTER,
-                        priority=row.priority,
-                        seq=row.seq,
-                        reported_at=row.reported_at,
-                        received_at=row.received_at,
-                        expires_at=row.received_at + timedelta(seconds=row.lease_seconds),
-                    ),
-                    renewal=True,
+                claim_renewal(
+                    row.havip_id,
+                    row.tenant_id,
+                    row.message_id,
+                    row.instance_id,
+                    priority=row.priority,
+                    seq=row.seq,
+                    reported_at=row.reported_at,
+                    received_at=row.received_at,
+                    lease_seconds=row.lease_seconds,
                 )
             )
         return taken

@@ -33,7 +33,6 @@ from schemas.messages import (
     ObservedClaimsRenewed,
     ReportSource,
     VrrpReported,
-    VrrpState,
     utcnow,
 )
 from services.mapping.commands import COMMAND_TYPE, Reelect, apply_accepted
@@ -44,6 +43,7 @@ from services.mapping.report_batch import (
     OwnerOutcome,
     Refusal,
     ReportPlan,
+    claim_renewal,
     havip_status,
     in_arrival_order,
     plan_reports,
@@ -192,24 +192,19 @@ async def on_observed_renewals(context: MappingContext, batch: Sequence[Observed
     incoming: list[IncomingReport] = []
     record_of: list[int] = []
     for index, record in enumerate(batch):
-        lease = timedelta(seconds=record.lease_seconds)
         for claim in record.claims:
             incoming.append(
-                IncomingReport(
-                    havip_id=claim.havip_id,
-                    tenant_id=claim.tenant_id,
-                    message_id=record.message_id,
-                    report=Report(
-                        instance_id=claim.instance_id,
-                        state=VrrpState.MASTER,
-                        priority=claim.priority,
-                        seq=claim.seq,
-                        reported_at=claim.seen_at,
-                        received_at=claim.seen_at,
-                        expires_at=claim.seen_at + lease,
-                        source=ReportSource.OBSERVER,
-                    ),
-                    renewal=True,
+                claim_renewal(
+                    claim.havip_id,
+                    claim.tenant_id,
+                    record.message_id,
+                    claim.instance_id,
+                    priority=claim.priority,
+                    seq=claim.seq,
+                    reported_at=claim.seen_at,
+                    received_at=claim.seen_at,
+                    lease_seconds=record.lease_seconds,
+                    source=ReportSource.OBSERVER,
                 )
             )
             record_of.append(index)

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from schemas.errors import ErrorCode
-from schemas.messages import HaVipStatus
+from schemas.messages import HaVipStatus, ReportSource, VrrpState
 from services.mapping.election import (
     Candidate,
     Contest,
@@ -61,6 +61,34 @@ class IncomingReport:
     # A lease renewal (the gateways' claim_renewals, an observer's ObservedClaimsRenewed): it only
     # repeats a claim, so it extends or revives one but never starts one the other source ended.
     renewal: bool = False
+
+
+def claim_renewal(
+    havip_id: str,
+    tenant_id: str,
+    message_id: str,
+    instance_id: str,
+    *,
+    priority: int,
+    seq: int,
+    reported_at: datetime,
+    received_at: datetime,
+    lease_seconds: float,
+    source: ReportSource = ReportSource.AGENT,
+) -> IncomingReport:
+    """A renewal as the report it stands for: a MASTER claim at its priority, live for its lease
+    from when the platform received (or the observer saw) it."""
+    report = Report(
+        instance_id=instance_id,
+        state=VrrpState.MASTER,
+        priority=priority,
+        seq=seq,
+        reported_at=reported_at,
+        received_at=received_at,
+        expires_at=received_at + timedelta(seconds=lease_seconds),
+        source=source,
+    )
+    return IncomingReport(havip_id, tenant_id, message_id, report, renewal=True)
 
 
 @dataclass(frozen=True)

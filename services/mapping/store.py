@@ -29,7 +29,7 @@ from schemas.messages import (
     VrrpState,
 )
 from services.mapping.election import Candidate, Contest, Report
-from services.mapping.report_batch import HavipAfter, IncomingReport, LockedHavip, OwnerOutcome
+from services.mapping.report_batch import HavipAfter, IncomingReport, LockedHavip, OwnerOutcome, claim_renewal
 from services.mapping.tables import CannotHold, CommandAnswer, HavipRow
 from services.readmodel.mappings import load_mappings
 from services.runtime.inventory import InventoryChange, record_inventory
@@ -324,20 +324,16 @@ class PostgresMappingTransaction:
             else await self._conn.fetch(_TAKE_RENEWALS_OF, sorted(havip_ids))
         )
         return [
-            IncomingReport(
-                havip_id=row["havip_id"],
-                tenant_id=row["tenant_id"],
-                message_id=row["message_id"],
-                report=Report(
-                    instance_id=row["instance_id"],
-                    state=VrrpState.MASTER,
-                    priority=row["priority"],
-                    seq=row["seq"],
-                    reported_at=row["reported_at"],
-                    received_at=row["received_at"],
-                    expires_at=row["received_at"] + timedelta(seconds=row["lease_seconds"]),
-                ),
-                renewal=True,
+            claim_renewal(
+                row["havip_id"],
+                row["tenant_id"],
+                row["message_id"],
+                row["instance_id"],
+                priority=row["priority"],
+                seq=row["seq"],
+                reported_at=row["reported_at"],
+                received_at=row["received_at"],
+                lease_seconds=row["lease_seconds"],
             )
             for row in rows
         ]

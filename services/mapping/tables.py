@@ -3,7 +3,7 @@
 `MappingStore` is the seam between the rules (election, report_batch, commands) and
 PostgreSQL: `services.mapping.store` keeps the tables in PostgreSQL, and the tests keep
 them in memory (tests/mapping_fakes.py) to run the handlers at memory speed. One contract
-suite (tests/contract/test_mapping_store.py) runs against both, so they cannot drift.
+suite (tests/contract/mapping_store.py) runs against both, so they cannot drift.
 
 A `MappingTransaction` is one unit of work: everything it changes commits together or not
 at all. Locking a HAVIP holds it until the transaction ends, so commands, reports, lease

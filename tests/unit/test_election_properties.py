@@ -1,7 +1,7 @@
 """Random interleavings of reports, renewals, expiries, attaches, detaches, status changes,
 duplicates and redeliveries, driven through the election code the mapping service uses.
 
-The driver below takes each report through `plan_reports`, as `OwnerTracker` does
+The driver below takes each report through `plan_reports`, as the mapping handlers do
 (a batch of one here; tests/unit/test_report_batch.py shows a batch decides as its
 reports would one at a time), deduplicates
 commands and inventory changes the way the tables do, and runs the lease sweep
