@@ -1,4 +1,8 @@
-"""Quota against a real broker and PostgreSQL: limits hold under races."""
+"""Quota against a real broker and PostgreSQL: limits hold under races.
+
+The rules themselves are tested on the in-memory store (tests/unit/test_quota_ledger.py); here
+only what PostgreSQL's locks and two worker processes make of them.
+"""
 
 from __future__ import annotations
 
@@ -69,15 +73,6 @@ async def test_15_instances_racing_for_one_havip_leave_exactly_10(db: asyncpg.Po
     )
     outcomes = Counter(d.code if isinstance(d, CommandRejected) else "accepted" for d in decisions)
     assert outcomes == {"accepted": 10, ErrorCode.QUOTA_HAVIP_ASSOCIATION: 5}
-
-
-async def test_a_redelivered_command_gets_the_same_decision(db: asyncpg.Pool) -> None:
-    await _seed_inventory(db, instances=1)
-    ledger = QuotaLedger(PostgresLedgerStore(db), Limits())
-    create = CreateHaVip(command_id="create-x", tenant_id=TENANT, havip_id="havip-x", vswitch_id="vsw-a")
-    first, again = await ledger.decide(create), await ledger.decide(create)
-    assert first == again
-    assert await db.fetchval("SELECT count(*) FROM quota_havips") == 1
 
 
 async def test_two_creates_never_get_the_same_address(db: asyncpg.Pool) -> None:
