@@ -26,16 +26,8 @@ from schemas.messages import (
     InstanceChanged,
     VSwitchChanged,
 )
-from services.quota import rules
+from services.quota import releases, rules
 from services.quota.decisions import Decision, StoredDecision, decision_from_json, decision_to_json
-from services.quota.releases import (
-    FreeAttachment,
-    FreeCreatedHaVip,
-    FreeDeletedHaVip,
-    FreeEipAssociation,
-    KeepHaVip,
-    Release,
-)
 from services.quota.store import AttachmentCounts, Dependents
 from services.runtime.inventory import InventoryChange
 
@@ -221,24 +213,24 @@ class MemoryLedgerTransaction:
         del self._t.havip_eips[eip_id]
         return True
 
-    async def release(self, release: Release) -> None:
+    async def release(self, release: releases.Release) -> None:
         t = self._t
         match release:
-            case FreeDeletedHaVip():
+            case releases.FreeDeletedHaVip():
                 h = t.havips.get(release.havip_id)
                 if h is not None and h.deleting_command_id == release.command_id:
                     del t.havips[release.havip_id]
-            case KeepHaVip():
+            case releases.KeepHaVip():
                 for h in t.havips.values():
                     if h.deleting_command_id == release.command_id:
                         h.deleting_command_id = None
-            case FreeCreatedHaVip():
+            case releases.FreeCreatedHaVip():
                 h = t.havips.get(release.havip_id)
                 if h is not None and h.accepted.command_id == release.command_id:
                     t.attachments = {k: a for k, a in t.attachments.items() if k[0] != release.havip_id}
                     t.havip_eips = {k: e for k, e in t.havip_eips.items() if e.havip_id != release.havip_id}
                     del t.havips[release.havip_id]
-            case FreeAttachment():
+            case releases.FreeAttachment():
                 t.attachments = {k: a for k, a in t.attachments.items() if a.command_id != release.command_id}
-            case FreeEipAssociation():
+            case releases.FreeEipAssociation():
                 t.havip_eips = {k: e for k, e in t.havip_eips.items() if e.command_id != release.command_id}

@@ -14,16 +14,8 @@ from ipaddress import IPv4Address, ip_address
 import asyncpg
 
 from schemas.messages import AttachmentAccepted, EipAssociationAccepted, HaVipCreationAccepted, HaVipDeletionAccepted
-from services.quota import rules
+from services.quota import releases, rules
 from services.quota.decisions import Decision, StoredDecision, decision_from_json, decision_to_json
-from services.quota.releases import (
-    FreeAttachment,
-    FreeCreatedHaVip,
-    FreeDeletedHaVip,
-    FreeEipAssociation,
-    KeepHaVip,
-    Release,
-)
 from services.quota.store import AttachmentCounts, Dependents
 from services.quota.tenant_limits import limits_for
 
@@ -196,21 +188,21 @@ class PostgresLedgerTransaction:
         )
         return bool(status != "DELETE 0")
 
-    async def release(self, release: Release) -> None:
+    async def release(self, release: releases.Release) -> None:
         conn = self._conn
         match release:
-            case FreeDeletedHaVip():
+            case releases.FreeDeletedHaVip():
                 await conn.execute(
                     "DELETE FROM quota_havips WHERE havip_id = $1 AND deleting_command_id = $2",
                     release.havip_id,
                     release.command_id,
                 )
-            case KeepHaVip():
+            case releases.KeepHaVip():
                 await conn.execute(
                     "UPDATE quota_havips SET deleting_command_id = NULL WHERE deleting_command_id = $1",
                     release.command_id,
                 )
-            case FreeCreatedHaVip():
+            case releases.FreeCreatedHaVip():
                 owned = await conn.fetchval(
                     "SELECT 1 FROM quota_havips WHERE havip_id = $1 AND command_id = $2 FOR UPDATE",
                     release.havip_id,
@@ -220,7 +212,7 @@ class PostgresLedgerTransaction:
                     await conn.execute("DELETE FROM quota_attachments WHERE havip_id = $1", release.havip_id)
                     await conn.execute("DELETE FROM quota_havip_eips WHERE havip_id = $1", release.havip_id)
                     await conn.execute("DELETE FROM quota_havips WHERE havip_id = $1", release.havip_id)
-            case FreeAttachment():
+            case releases.FreeAttachment():
                 await conn.execute("DELETE FROM quota_attachments WHERE command_id = $1", release.command_id)
-            case FreeEipAssociation():
+            case releases.FreeEipAssociation():
                 await conn.execute("DELETE FROM quota_havip_eips WHERE command_id = $1", release.command_id)
