@@ -25,8 +25,7 @@ from typing import Any
 import asyncpg
 
 from services.gateway import tenants, tokens
-from services.quota.rules import Limits
-from services.quota.tenant_limits import limits_for, set_limits
+from services.quota.tenant_limits import default_limits, limits_for, set_limits
 from services.runtime.db import connect_pool
 from services.runtime.settings import Settings, load_settings
 
@@ -138,15 +137,6 @@ def _rate_or_reset(text: str) -> float | str:
 def _overrides(args: argparse.Namespace) -> dict[str, int | None]:
     given = {column: getattr(args, flag) for flag, column in LIMIT_FLAGS.items() if getattr(args, flag) is not None}
     return {column: None if value == RESET else value for column, value in given.items()}
-
-
-def default_limits(settings: Settings) -> Limits:
-    return Limits(
-        attachments_per_havip=settings.max_attachments_per_havip,
-        havips_per_instance=settings.max_havips_per_instance,
-        eips_per_havip=settings.max_eips_per_havip,
-        havips=settings.max_havips_per_tenant,
-    )
 
 
 # --- the commands: each prints its answer and returns the exit status ------------------------------

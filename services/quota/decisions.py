@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 from schemas.errors import ErrorCode
 from schemas.messages import (
@@ -38,6 +39,28 @@ def rejection(command: Command, code: ErrorCode, reason: str) -> CommandRejected
         code=code,
         reason=reason,
     )
+
+
+@dataclass(frozen=True)
+class StoredDecision:
+    decision: Decision
+    digest: str | None  # None: stored before digests were kept
+
+
+def replayed(command: Command, digest: str, earlier: StoredDecision) -> Decision:
+    """The answer to a command id already decided.
+
+    The same command again (a redelivery, or a producer's retry) gets the stored decision;
+    another command reusing the id is refused with IdempotentParameterMismatch, which is not
+    stored and settles nothing.
+    """
+    if earlier.digest not in (None, digest):
+        return rejection(
+            command,
+            ErrorCode.IDEMPOTENT_MISMATCH,
+            f"command_id {command.command_id} was already used by a different command",
+        )
+    return earlier.decision
 
 
 def decision_to_json(decision: Decision) -> str:

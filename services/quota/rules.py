@@ -7,14 +7,18 @@ never race.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 
 from schemas.errors import ErrorCode, HaVipError
+from schemas.ipv4 import parse_ipv4
 from schemas.messages import InstanceStatus
 
 ATTACHABLE_STATUSES = frozenset({InstanceStatus.RUNNING, InstanceStatus.STOPPED})
+
+# Codes that may only mean "our inventory copy is behind", not "no such thing".
+INVENTORY_MISSES = frozenset({ErrorCode.NOT_FOUND_VSWITCH, ErrorCode.NOT_FOUND_INSTANCE, ErrorCode.NOT_FOUND_EIP})
 
 
 @dataclass(frozen=True)
@@ -25,12 +29,77 @@ class Limits:
     havips: int = 100  # per tenant
 
 
+LIMIT_NAMES = tuple(f.name for f in fields(Limits))
+
+
+def limits_with(defaults: Limits, overrides: Mapping[str, int | None]) -> Limits:
+    """A tenant's limits: each override that is set, else the cloud-wide default.
+
+    A limit never overridden (None) follows the default, so changing a default changes every
+    tenant that never had an override.
+    """
+    return replace(defaults, **{name: value for name in LIMIT_NAMES if (value := overrides.get(name)) is not None})
+
+
+@dataclass(frozen=True)
+class InventoryVSwitch:
+    """A vSwitch as the inventory has it: any IP version, any tenant."""
+
+    vswitch_id: str
+    tenant_id: str
+    vpc_id: str
+    cidr: IPv4Network | IPv6Network
+
+
 @dataclass(frozen=True)
 class VSwitch:
     vswitch_id: str
     tenant_id: str
     vpc_id: str
     cidr: IPv4Network
+
+
+def usable_vswitch(vswitch_id: str, tenant_id: str, found: InventoryVSwitch | None) -> VSwitch:
+    """The vSwitch a tenant may put a HAVIP in; another tenant's answers as a missing one."""
+    if found is None or found.tenant_id != tenant_id:
+        raise HaVipError(ErrorCode.NOT_FOUND_VSWITCH, f"vSwitch {vswitch_id} was not found")
+    if not isinstance(found.cidr, IPv4Network):
+        raise HaVipError(ErrorCode.IP_VERSION, f"vSwitch {vswitch_id} is not an IPv4 network")
+    return VSwitch(found.vswitch_id, found.tenant_id, found.vpc_id, found.cidr)
+
+
+@dataclass(frozen=True)
+class InventoryEni:
+    eni_id: str
+    instance_id: str
+    vswitch_id: str
+
+
+@dataclass(frozen=True)
+class InventoryInstance:
+    instance_id: str
+    tenant_id: str
+    vswitch_id: str
+    status: str
+
+
+def instance_id_of(target_id: str, eni: InventoryEni | None) -> str:
+    """A target is an ENI (its instance is the one it is plugged into) or else an instance itself."""
+    return eni.instance_id if eni is not None else target_id
+
+
+def attachment_target(target_id: str, eni: InventoryEni | None, instance: InventoryInstance | None) -> Target:
+    """What `target_id` names: an ENI sits in its own vSwitch, an instance in its primary one."""
+    if instance is None:
+        raise HaVipError(ErrorCode.NOT_FOUND_INSTANCE, f"{target_id} was not found")
+    return Target(
+        target_id=target_id,
+        instance_id=instance.instance_id,
+        eni_id=eni.eni_id if eni is not None else None,
+        tenant_id=instance.tenant_id,
+        vswitch_id=eni.vswitch_id if eni is not None else instance.vswitch_id,
+        instance_status=instance.status,
+    )
 
 
 @dataclass(frozen=True)
@@ -51,6 +120,19 @@ class ReservedHaVip:
     tenant_id: str
     vswitch_id: str
     deleting: bool = False
+
+
+def visible_havip(havip_id: str, tenant_id: str, found: ReservedHaVip | None) -> ReservedHaVip:
+    """The tenant's own HAVIP; another tenant's answers as a missing one."""
+    if found is None or found.tenant_id != tenant_id:
+        raise HaVipError(ErrorCode.NOT_FOUND_HAVIP, f"{havip_id} was not found")
+    return found
+
+
+def check_havip_id_free(havip_id: str, *, taken: bool) -> None:
+    if taken:
+        # The same answer whoever holds the id: it must not tell whose it is.
+        raise HaVipError(ErrorCode.INVALID_PARAMETER, f"havip_id {havip_id} is already taken")
 
 
 def reserved_addresses(cidr: IPv4Network) -> frozenset[IPv4Address]:
@@ -82,6 +164,16 @@ def choose_free_address(vswitch: VSwitch, used: Iterable[IPv4Address]) -> IPv4Ad
         if address not in taken:
             return address
     raise HaVipError(ErrorCode.IP_EXHAUSTED, f"vSwitch {vswitch.vswitch_id} has no free address left")
+
+
+def havip_address(requested: str | None, vswitch: VSwitch, used: Iterable[IPv4Address]) -> IPv4Address:
+    """The address asked for, if it may be had; else the lowest free one."""
+    if requested is None:
+        return choose_free_address(vswitch, used)
+    address = parse_ipv4(requested)
+    check_address_in_vswitch(address, vswitch)
+    check_address_free(address, used)
+    return address
 
 
 def check_attachment(
@@ -125,6 +217,11 @@ def check_attachment(
         )
 
 
+def check_was_attached(*, detached: bool, havip_id: str, target_id: str) -> None:
+    if not detached:
+        raise HaVipError(ErrorCode.NOT_FOUND_ATTACHMENT, f"{target_id} is not attached to {havip_id}")
+
+
 def check_havip_count(tenant_id: str, held: int, limits: Limits) -> None:
     if held >= limits.havips:
         raise HaVipError(
@@ -163,6 +260,13 @@ class Eip:
     held_by: str | None  # the HAVIP it is associated with, if any
 
 
+def eip_of(eip_id: str, found: Eip | None) -> Eip:
+    # Another tenant's EIP is refused by check_eip_association with the same answer.
+    if found is None:
+        raise HaVipError(ErrorCode.NOT_FOUND_EIP, f"{eip_id} was not found")
+    return found
+
+
 def check_eip_association(havip: ReservedHaVip, eip: Eip, *, havip_eips: int, limits: Limits) -> None:
     """May `eip` be associated with `havip`, given the HAVIP's EIP count read under lock?"""
     check_not_deleting(havip)
@@ -178,3 +282,8 @@ def check_eip_association(havip: ReservedHaVip, eip: Eip, *, havip_eips: int, li
             ErrorCode.QUOTA_HAVIP_EIP,
             f"{havip.havip_id} already has {havip_eips} EIP(s) (limit {limits.eips_per_havip})",
         )
+
+
+def check_was_associated(*, released: bool, havip_id: str, eip_id: str) -> None:
+    if not released:
+        raise HaVipError(ErrorCode.NOT_FOUND_EIP, f"{eip_id} is not associated with {havip_id}")

@@ -1,25 +1,32 @@
 """Per-tenant limits: quota's table of overrides, read under the ledger's locks.
 
-A NULL column takes the cloud-wide default from the settings, so changing a
-default changes every tenant that never had an override.
+A NULL column is no override (rules.limits_with says what that means).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import asyncpg
 
-from services.quota.rules import Limits
+from services.quota.rules import LIMIT_NAMES, Limits, limits_with
+from services.runtime.settings import Settings
 
-_COLUMNS = ("havips", "attachments_per_havip", "havips_per_instance", "eips_per_havip")
+# One column per limit, named as the limit.
+_COLUMNS = LIMIT_NAMES
+
+
+def default_limits(settings: Settings) -> Limits:
+    """The cloud-wide limits, as configured."""
+    return Limits(
+        attachments_per_havip=settings.max_attachments_per_havip,
+        havips_per_instance=settings.max_havips_per_instance,
+        eips_per_havip=settings.max_eips_per_havip,
+        havips=settings.max_havips_per_tenant,
+    )
 
 
 async def limits_for(db: asyncpg.Connection | asyncpg.Pool, tenant_id: str, defaults: Limits) -> Limits:
     row = await db.fetchrow(f"SELECT {', '.join(_COLUMNS)} FROM quota_tenant_limits WHERE tenant_id = $1", tenant_id)
-    if row is None:
-        return defaults
-    return replace(defaults, **{column: row[column] for column in _COLUMNS if row[column] is not None})
+    return defaults if row is None else limits_with(defaults, dict(row))
 
 
 async def set_limits(db: asyncpg.Connection | asyncpg.Pool, tenant_id: str, overrides: dict[str, int | None]) -> None:

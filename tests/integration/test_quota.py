@@ -1,4 +1,8 @@
-"""Quota against a real broker and PostgreSQL: limits hold under races."""
+"""Quota against a real broker and PostgreSQL: limits hold under races.
+
+The rules themselves are tested on the in-memory store (tests/unit/test_quota_ledger.py); here
+only what PostgreSQL's locks and two worker processes make of them.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from schemas.errors import ErrorCode
 from schemas.messages import AttachHaVip, AttachmentAccepted, CommandRejected, CreateHaVip, HaVipCreationAccepted
 from services.dev.processes import ServiceProcess
 from services.quota.ledger import QuotaLedger
+from services.quota.postgres_store import PostgresLedgerStore
 from services.quota.rules import Limits
 from services.runtime.inventory import record_inventory
 from services.runtime.settings import Settings
@@ -38,12 +43,12 @@ async def _create(ledger: QuotaLedger, n: int) -> None:
 
 async def test_30_havips_racing_for_one_instance_leave_exactly_5(db: asyncpg.Pool) -> None:
     await _seed_inventory(db, instances=1)
-    ledger = QuotaLedger(db, Limits())
+    ledger = QuotaLedger(PostgresLedgerStore(db), Limits())
     for n in range(30):
         await _create(ledger, n)
     decisions = await asyncio.gather(
         *(
-            QuotaLedger(db, Limits()).decide(
+            QuotaLedger(PostgresLedgerStore(db), Limits()).decide(
                 AttachHaVip(command_id=f"attach-{n}", tenant_id=TENANT, havip_id=f"havip-{n}", target_id="i-0")
             )
             for n in range(30)
@@ -56,11 +61,11 @@ async def test_30_havips_racing_for_one_instance_leave_exactly_5(db: asyncpg.Poo
 
 async def test_15_instances_racing_for_one_havip_leave_exactly_10(db: asyncpg.Pool) -> None:
     await _seed_inventory(db, instances=15)
-    ledger = QuotaLedger(db, Limits())
+    ledger = QuotaLedger(PostgresLedgerStore(db), Limits())
     await _create(ledger, 0)
     decisions = await asyncio.gather(
         *(
-            QuotaLedger(db, Limits()).decide(
+            QuotaLedger(PostgresLedgerStore(db), Limits()).decide(
                 AttachHaVip(command_id=f"attach-{n}", tenant_id=TENANT, havip_id="havip-0", target_id=f"i-{n}")
             )
             for n in range(15)
@@ -70,20 +75,11 @@ async def test_15_instances_racing_for_one_havip_leave_exactly_10(db: asyncpg.Po
     assert outcomes == {"accepted": 10, ErrorCode.QUOTA_HAVIP_ASSOCIATION: 5}
 
 
-async def test_a_redelivered_command_gets_the_same_decision(db: asyncpg.Pool) -> None:
-    await _seed_inventory(db, instances=1)
-    ledger = QuotaLedger(db, Limits())
-    create = CreateHaVip(command_id="create-x", tenant_id=TENANT, havip_id="havip-x", vswitch_id="vsw-a")
-    first, again = await ledger.decide(create), await ledger.decide(create)
-    assert first == again
-    assert await db.fetchval("SELECT count(*) FROM quota_havips") == 1
-
-
 async def test_two_creates_never_get_the_same_address(db: asyncpg.Pool) -> None:
     await _seed_inventory(db, instances=3)
     decisions = await asyncio.gather(
         *(
-            QuotaLedger(db, Limits()).decide(
+            QuotaLedger(PostgresLedgerStore(db), Limits()).decide(
                 CreateHaVip(command_id=f"c-{n}", tenant_id=TENANT, havip_id=f"h-{n}", vswitch_id="vsw-a")
             )
             for n in range(20)
