@@ -2,7 +2,7 @@
 
 One transaction at a time (a lock held for the whole block), so what PostgreSQL's row and
 advisory locks make of racing transactions, one after the other, is all this store ever does.
-A block that raises leaves the tables as they were. tests/quota_store_contract.py holds both
+A block that raises leaves the tables as they were. tests/contract/quota_store.py holds both
 stores to the same behaviour.
 """
 

@@ -8,15 +8,15 @@ import pytest
 from schemas.messages import VrrpReported
 from services.gateway.renewals import write_renewals
 from services.mapping.store import PostgresMappingStore
-from tests.contract.mapping_store import *  # noqa: F403 (the suite's tests, collected here)
-from tests.contract.mapping_store import Tables
+from tests.contract.mapping_store import MappingStoreContract, Tables
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def tables(db: asyncpg.Pool) -> Tables:
-    async def leave_renewal(reported: VrrpReported) -> None:
-        await write_renewals(db, [reported])  # as a gateway leaves them
+class TestPostgresMappingStore(MappingStoreContract):
+    @pytest.fixture
+    async def tables(self, db: asyncpg.Pool) -> Tables:
+        async def leave_renewal(reported: VrrpReported) -> None:
+            await write_renewals(db, [reported])  # as a gateway leaves them
 
-    return Tables(PostgresMappingStore(db), leave_renewal)
+        return Tables(PostgresMappingStore(db), leave_renewal)

@@ -10,7 +10,7 @@ import pytest
 from services.quota.postgres_store import PostgresLedgerStore
 from services.quota.tenant_limits import set_limits
 from services.runtime.inventory import InventoryChange, record_inventory
-from tests.quota_store_contract import LedgerStoreContract
+from tests.contract.quota_store import LedgerStoreContract
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from services.runtime.inventory import InventoryChange
+from tests.contract.quota_store import LedgerStoreContract
 from tests.quota_fakes import MemoryLedgerStore
-from tests.quota_store_contract import LedgerStoreContract
 
 
 class MemoryBackend:
