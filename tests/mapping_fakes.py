@@ -1,4 +1,4 @@
-"""The mapping tables in memory: `services.mapping.tables.MappingStore` without PostgreSQL.
+"""The mapping tables in memory: `services.mapping.store.MappingStore` without PostgreSQL.
 
 For unit tests of the mapping handlers at memory speed. It keeps what the
 PostgreSQL tables keep and answers as they do; tests/contract/mapping_store.py
@@ -36,7 +36,7 @@ from schemas.messages import (
 )
 from services.mapping.election import Candidate, Contest, Report
 from services.mapping.report_batch import HavipAfter, IncomingReport, LockedHavip, OwnerOutcome, claim_renewal
-from services.mapping.tables import CannotHold, CommandAnswer, HavipRow
+from services.mapping.store import CannotHold, CommandAnswer, HavipRow
 from services.runtime.inventory import InventoryChange
 
 
@@ -106,7 +106,7 @@ def _inventory_key(change: InventoryChange) -> tuple[str, str]:
 
 
 class MemoryMappingTransaction:
-    """One transaction on the tables in memory (a `tables.MappingTransaction`)."""
+    """One transaction on the tables in memory (a `store.MappingTransaction`)."""
 
     def __init__(self, store: MemoryMappingStore) -> None:
         self._store = store
@@ -329,7 +329,7 @@ def _row(havip: StoredHavip) -> HavipRow:
 
 
 class MemoryMappingStore:
-    """The mapping tables in memory (a `tables.MappingStore`); `now` is the database's clock."""
+    """The mapping tables in memory (a `store.MappingStore`); `now` is the database's clock."""
 
     def __init__(self, now: Callable[[], datetime] = utcnow) -> None:
         self.tables = MappingTablesInMemory()

@@ -3,7 +3,7 @@
 Read in this order: `election` (who owns a HAVIP: the rules, pure), `report_batch` (a batch
 of reports decided at once, pure), `commands` (what an accepted command changes), `handlers`
 (one per message), `sweep` (what the timer does), `publishing` (what leaves the service),
-`tables` (what the service needs of its tables) and `store` (those tables in PostgreSQL).
+`store` (what the service needs of its tables) and `postgres_store` (those tables in PostgreSQL).
 `main` wires them. Other packages use none of it but `main.run`; the pure modules are
 imported by benches and tests.
 """

@@ -25,7 +25,7 @@ from schemas.messages import (
     InstanceStatus,
 )
 from services.mapping.election import Contest, withdrawn_on_detach
-from services.mapping.tables import MappingTransaction
+from services.mapping.store import MappingTransaction
 from services.quota.rules import check_no_dependants
 
 # Which tenant command each accepted command carries out (results name the tenant's command).

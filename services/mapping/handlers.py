@@ -3,7 +3,7 @@
 One handler per message, registered in main.py: an accepted command, a batch of
 VRRP reports, a batch of an observer's renewed claims, an inventory change. The
 rules are election.py, report_batch.py and commands.py; the tables are behind
-`tables.MappingStore`; states go out through `publishing`.
+`store.MappingStore`; states go out through `publishing`.
 
 VRRP reports come in batches (see report_batch.py): a bounded number of
 statements per batch, however many reports it holds. Lease renewals (every
@@ -48,7 +48,7 @@ from services.mapping.report_batch import (
     in_arrival_order,
     plan_reports,
 )
-from services.mapping.tables import CannotHold, CommandAnswer, MappingTransaction
+from services.mapping.store import CannotHold, CommandAnswer, MappingTransaction
 from services.runtime.inventory import InventoryChange
 
 log = logging.getLogger(__name__)

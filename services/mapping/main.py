@@ -11,9 +11,9 @@ from schemas import messages, topics
 from schemas.errors import Unappliable
 from schemas.messages import ObservedClaimsRenewed, VrrpReported
 from services.mapping import handlers
+from services.mapping.postgres_store import PostgresMappingStore, restamp_versions
 from services.mapping.publishing import MappingContext
 from services.mapping.report_batch import IncomingReport, Refusal
-from services.mapping.store import PostgresMappingStore, restamp_versions
 from services.mapping.sweep import Sweep
 from services.runtime.broker_watch import LogCheck
 from services.runtime.consume import Delivery, Kernel, Registry

@@ -22,7 +22,7 @@ from prometheus_client import Counter as MetricCounter
 from schemas import topics
 from schemas.messages import HaVipMappingChanged
 from services.mapping.report_batch import IncomingReport, OwnerOutcome, Refusal, ReportPlan
-from services.mapping.tables import MappingStore, MappingTransaction
+from services.mapping.store import MappingStore, MappingTransaction
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """One contract for the mapping tables, run against memory and against PostgreSQL.
 
-`services.mapping.store.PostgresMappingStore` and `tests.mapping_fakes.MemoryMappingStore`
+`services.mapping.postgres_store.PostgresMappingStore` and `tests.mapping_fakes.MemoryMappingStore`
 must answer alike: the handlers' unit tests run on the second because it behaves as
 the first. Each test takes `tables`; tests/unit/test_mapping_store.py runs them on
 memory, tests/integration/test_mapping_store.py on a fresh, migrated database.
@@ -34,7 +34,7 @@ from schemas.messages import (
 )
 from services.mapping.election import Candidate, OwnerCause, OwnerChange, Report, Trigger, TriggerKind
 from services.mapping.report_batch import HavipAfter, IncomingReport, OwnerOutcome
-from services.mapping.tables import CannotHold, CommandAnswer, MappingStore
+from services.mapping.store import CannotHold, CommandAnswer, MappingStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

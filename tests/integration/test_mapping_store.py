@@ -7,7 +7,7 @@ import pytest
 
 from schemas.messages import VrrpReported
 from services.gateway.renewals import write_renewals
-from services.mapping.store import PostgresMappingStore
+from services.mapping.postgres_store import PostgresMappingStore
 from tests.contract.mapping_store import MappingStoreContract, Tables
 
 pytestmark = pytest.mark.integration
