@@ -12,8 +12,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.ipv4 import IPV4_PATTERN, parse_ipv4
-from schemas.messages import MAX_LEASE_SECONDS, MAX_REPORTS_PER_REQUEST, HaVipStatus, Id, ReportSource, VrrpState
-from services.gateway.operations import OperationStatus
+from schemas.messages import (
+    MAX_LEASE_SECONDS,
+    MAX_REPORTS_PER_REQUEST,
+    HaVipStatus,
+    Id,
+    OperationStatus,
+    ReportSource,
+    VrrpState,
+)
 
 # Free text is stored in PostgreSQL, whose text and jsonb types cannot hold U+0000.
 NO_NUL_PATTERN = r"^[^\u0000]*$"

@@ -13,19 +13,11 @@ import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
-from schemas.messages import CommandRejected, CommandResult, CommandSucceeded
-
-
-class OperationStatus(StrEnum):
-    PENDING = "Pending"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
+from schemas.messages import CommandRejected, CommandResult, CommandSucceeded, OperationStatus
 
 PENDING = OperationStatus.PENDING
 
