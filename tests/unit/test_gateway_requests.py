@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, HaVipError
 from services.gateway.api import WAIT_PATTERN, parse_wait
-from services.gateway.idempotency import check_idempotency_key, request_fingerprint
+from services.gateway.idempotency import Idempotency, check_idempotency_key, in_flight, request_fingerprint
 from services.gateway.models import AssociationRequest, CreateHaVipRequest, VrrpEventRequest, check_havip_address
 from services.gateway.paging import decode_page_token, encode_page_token
 from services.runtime.http import describe_validation_errors
@@ -39,6 +39,19 @@ def test_unacceptable_idempotency_keys(key: str) -> None:
 
 def test_no_idempotency_key_is_fine() -> None:
     assert check_idempotency_key(None) is None
+
+
+def test_a_key_replays_only_the_request_it_was_first_used_for() -> None:
+    first = Idempotency(key="k-1", request_hash=request_fingerprint("POST", "/v1/havips", {"vswitch_id": "vsw-1"}))
+    first.check_replay(first.request_hash)
+    with pytest.raises(HaVipError) as refused:
+        first.check_replay(request_fingerprint("POST", "/v1/havips", {"vswitch_id": "vsw-2"}))
+    assert refused.value.code is ErrorCode.IDEMPOTENT_MISMATCH
+
+
+def test_a_key_in_flight_is_a_503_to_retry() -> None:
+    busy = in_flight()
+    assert busy.code is ErrorCode.SERVICE_UNAVAILABLE and busy.retry_after == 1
 
 
 def test_a_page_token_round_trips_for_the_same_filters() -> None:
