@@ -28,9 +28,9 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from schemas.errors import HaVipError
+from schemas.reports import VrrpEventRequest
 from services.gateway.auth import authenticate, hand_on
 from services.gateway.context import GatewayContext
-from services.gateway.models import VrrpEventRequest
 from services.gateway.observability import AGENT_DIRECTORY_ANSWERS
 from services.gateway.vrrp_api import publish_report, refusal_of
 from services.readmodel.reporters import ReporterStanding
