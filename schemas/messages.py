@@ -354,6 +354,15 @@ class CommandRejected(Message):
 CommandResult = Annotated[CommandSucceeded | CommandRejected, Field(discriminator="type")]
 
 
+# What a command's one terminal outcome makes of the tenant's operation (`GET /v1/operations/{id}`):
+# Pending until its CommandSucceeded or CommandRejected settles it. The gateway writes it; the
+# read models read it, so it lives with the outcomes rather than in either service.
+class OperationStatus(StrEnum):
+    PENDING = "Pending"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
 # --- vrrp.events (key: havip_id) ---------------------------------------------
 
 

@@ -1,4 +1,7 @@
-"""A VRRP report as the agent keeps it, and as the gateway receives it."""
+"""A VRRP report as the agent keeps it (`VrrpReport`, one spool file each), and as it sends it (`VrrpReport.wire`).
+
+On the wire a report is `schemas.reports.VrrpEventRequest`, the model the gateway parses.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ class VrrpReport(BaseModel):
         return NameKey(self.kind, self.name)
 
     def wire(self, lease_seconds: float | None) -> dict[str, Any]:
-        """The body item `POST /v1/vrrp-events` takes for this report."""
+        """The body item `POST /v1/vrrp-events` takes for this report (a `schemas.reports.VrrpEventRequest`)."""
         return {
             "havip_id": self.havip_id,
             "state": self.state.value,

@@ -25,7 +25,7 @@ from schemas.messages import Id
 from services.gateway import tokens
 from services.gateway.auth import CallerToken, Tenant
 from services.gateway.context import GatewayContext, gateway_context
-from services.gateway.idempotency import IdempotencyKey, check_idempotency_key, request_fingerprint
+from services.gateway.idempotency import Idempotency, IdempotencyKey, idempotency_of, in_flight
 from services.gateway.models import NO_NUL_PATTERN
 from services.gateway.sealed import SealBroken, seal, unseal
 from services.readmodel.instances import find_instance
@@ -180,10 +180,10 @@ async def _answer_once(
 
     A refusal (an HaVipError) is not recorded: the same request may succeed later.
     """
-    key = check_idempotency_key(idempotency_key)
-    fingerprint = request_fingerprint(request.method, request.url.path, wanted)
+    idempotency = idempotency_of(idempotency_key, request, wanted)
+    key = idempotency.key
     if key is not None:
-        earlier = await _replay(context.pool, tenant_id, key, fingerprint, secret)
+        earlier = await _replay(context.pool, tenant_id, idempotency, secret)
         if earlier is not None:
             return earlier
     try:
@@ -196,7 +196,7 @@ async def _answer_once(
                     " VALUES ($1, $2, $3, $4, $5)",
                     tenant_id,
                     key,
-                    fingerprint,
+                    idempotency.request_hash,
                     status,
                     seal(answer, secret, key),
                 )
@@ -204,30 +204,26 @@ async def _answer_once(
         if key is None or exc.table_name != "idempotent_answers":
             raise
         # Two identical requests raced and the other one won: answer as it did (our action rolled back).
-        earlier = await _replay(context.pool, tenant_id, key, fingerprint, secret)
+        earlier = await _replay(context.pool, tenant_id, idempotency, secret)
         if earlier is None:
-            raise HaVipError(
-                ErrorCode.SERVICE_UNAVAILABLE, "a request with this Idempotency-Key is in flight; retry"
-            ) from exc
+            raise in_flight() from exc
         return earlier
     return status, answer
 
 
-async def _replay(
-    db: asyncpg.Pool, tenant_id: str, key: str, fingerprint: str, secret: str
-) -> tuple[int, bytes] | None:
+async def _replay(db: asyncpg.Pool, tenant_id: str, idempotency: Idempotency, secret: str) -> tuple[int, bytes] | None:
+    assert idempotency.key is not None
     row = await db.fetchrow(
         "SELECT request_hash, status, sealed_body FROM idempotent_answers"
         " WHERE tenant_id = $1 AND idempotency_key = $2",
         tenant_id,
-        key,
+        idempotency.key,
     )
     if row is None:
         return None
-    if row["request_hash"] != fingerprint:
-        raise HaVipError(ErrorCode.IDEMPOTENT_MISMATCH, "this Idempotency-Key was used with a different request")
+    idempotency.check_replay(row["request_hash"])
     try:
-        return row["status"], unseal(row["sealed_body"], secret, key)
+        return row["status"], unseal(row["sealed_body"], secret, idempotency.key)
     except SealBroken:
         # Another of the tenant's tokens used this key first; only that token can open its answer.
         raise HaVipError(

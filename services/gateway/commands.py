@@ -11,32 +11,23 @@ with the operation it first created, and never records twice.
 from __future__ import annotations
 
 import logging
-import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from schemas import topics
-from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import TenantCommand
 from services.gateway import operations, outbox
 from services.gateway.broker import BrokerLink
+from services.gateway.havips import require_havip
+from services.gateway.idempotency import Idempotency, in_flight
 from services.gateway.operations import Operation
 from services.gateway.outbox import Outbox
 from services.runtime.failpoints import failpoint
 
 log = logging.getLogger(__name__)
-
-
-def new_operation_id() -> str:
-    return f"op-{uuid.uuid4().hex}"
-
-
-@dataclass(frozen=True)
-class Idempotency:
-    key: str | None
-    request_hash: str
 
 
 @dataclass(frozen=True)
@@ -63,12 +54,36 @@ class CommandSubmitter:
         await self._outbox.deliver(command.command_id)
         return recorded
 
+    async def submit_for_havip(
+        self,
+        command: TenantCommand | Callable[[], Awaitable[TenantCommand]],
+        request: dict[str, Any],
+        idempotency: Idempotency,
+        *,
+        tenant_id: str,
+        havip_id: str,
+    ) -> Submitted:
+        """A command on an existing HAVIP; `command` may be made only once it is known to be new.
+
+        Replay first: a retried request gets its first answer even if the HAVIP has changed since
+        (a retried delete must not answer that the HAVIP does not exist). Only a new request is checked.
+        """
+        earlier = await self.replay(tenant_id, idempotency)
+        if earlier is not None:
+            return earlier
+        await require_havip(self._pool, tenant_id, havip_id)
+        resolved = command if not callable(command) else await command()
+        return await self.submit(resolved, request, idempotency)
+
     async def replay(self, tenant_id: str, idempotency: Idempotency) -> Submitted | None:
         """The operation an earlier request with this key recorded (409 if its request differed), or None."""
         if idempotency.key is None:
             return None
         earlier = await operations.find_by_idempotency_key(self._pool, tenant_id, idempotency.key)
-        return _replay(earlier, idempotency) if earlier is not None else None
+        if earlier is None:
+            return None
+        idempotency.check_replay(earlier.request_hash)
+        return Submitted(earlier, replayed=True)
 
     async def _record(self, command: TenantCommand, request: dict[str, Any], idempotency: Idempotency) -> Submitted:
         tenant_id = command.tenant_id
@@ -93,12 +108,4 @@ class CommandSubmitter:
                 return Submitted(created, replayed=False)
             except asyncpg.UniqueViolationError:
                 continue
-        raise HaVipError(
-            ErrorCode.SERVICE_UNAVAILABLE, "a request with this Idempotency-Key is in flight; retry", retry_after=1
-        )
-
-
-def _replay(earlier: Operation, idempotency: Idempotency) -> Submitted:
-    if earlier.request_hash != idempotency.request_hash:
-        raise HaVipError(ErrorCode.IDEMPOTENT_MISMATCH, "this Idempotency-Key was used with a different request")
-    return Submitted(earlier, replayed=True)
+        raise in_flight()

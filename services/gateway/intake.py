@@ -9,12 +9,13 @@ What it answers: a single report (not the batch form) as JSON within the
 body limit, with a Bearer token the agent directory holds, for a HAVIP the
 directory says the instance is attached to, with a seq that is not ahead of
 the clock. Those are exactly the reports services/gateway/vrrp_api.py would
-accept, and this path accepts them the same way: the same throttle, the same
-publish (`publish_report`), the same metrics and answers, including a 429
-or a 503 once it has counted the request. Everything else (a token or an
-attachment the directory cannot confirm, a malformed body, the batch form) goes on to
-FastAPI untouched and before anything is counted, so it is decided, refused
-or asked of the database there, in one place.
+accept, and this path accepts them the same way: the same authentication and
+throttle (`auth.authenticate`), the same publish (`publish_report`), the same
+metrics and answers, including a 429 or a 503. A malformed body, the batch
+form or a token the directory does not hold goes on to FastAPI untouched and
+uncounted; a held agent's report the directory cannot accept (an attachment
+it cannot confirm, a refusal) goes on counted, with its principal (`auth.hand_on`).
+Either way FastAPI decides it, refuses it or asks the database, in one place.
 """
 
 from __future__ import annotations
@@ -26,12 +27,11 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from schemas.errors import ErrorCode, HaVipError
+from schemas.errors import HaVipError
+from schemas.reports import VrrpEventRequest
+from services.gateway.auth import authenticate, hand_on
 from services.gateway.context import GatewayContext
-from services.gateway.models import VrrpEventRequest
 from services.gateway.observability import AGENT_DIRECTORY_ANSWERS
-from services.gateway.throttle import request_rate
-from services.gateway.tokens import hash_token
 from services.gateway.vrrp_api import publish_report, refusal_of
 from services.readmodel.reporters import ReporterStanding
 from services.runtime.lean_http import LeanAnswers, json_body_within, read_body, replay
@@ -67,30 +67,27 @@ class ReportIntake:
     async def _accept(
         self, context: GatewayContext, token: str, body: bytes, scope: Scope, send: Send, started: float
     ) -> bool:
-        """Answer the report if this path may (True); False, having counted nothing, for FastAPI to."""
-        principal = context.directory.principal(hash_token(token))
-        if principal is None or principal.kind != "agent" or principal.instance_id is None:
-            return False
+        """Answer the report if this path may (True); False for FastAPI to, having counted the
+        request only if it says so (`hand_on`), so FastAPI counts it exactly once either way."""
         try:
             report = VrrpEventRequest.model_validate_json(body)
         except ValidationError:
             return False
-        held = context.directory.standing(principal.tenant_id, principal.instance_id, [report.havip_id])
-        if held is None or held[report.havip_id] is not ReporterStanding.ATTACHED:
-            return False
-        if refusal_of(ReporterStanding.ATTACHED, report, principal.instance_id) is not None:
-            return False
-        # From here on the request counts, exactly as in services/gateway/auth.py and vrrp_api.py.
-        AGENT_DIRECTORY_ANSWERS.labels("token", "directory").inc()
-        rate, burst = request_rate(principal, context.settings)
-        wait = context.throttle.take(principal.token_id, rate, burst)
         try:
-            if wait is not None:
-                raise HaVipError(
-                    ErrorCode.THROTTLED,
-                    f"this token may make {rate:g} requests per second; retry later",
-                    retry_after=wait,
-                )
+            principal = await authenticate(context, token, directory_only=True)
+            if principal is None:
+                return False
+            if principal.kind != "agent" or principal.instance_id is None:
+                hand_on(scope, principal)
+                return False
+            held = context.directory.standing(principal.tenant_id, principal.instance_id, [report.havip_id])
+            if (
+                held is None
+                or held[report.havip_id] is not ReporterStanding.ATTACHED
+                or refusal_of(ReporterStanding.ATTACHED, report, principal.instance_id) is not None
+            ):
+                hand_on(scope, principal)
+                return False
             AGENT_DIRECTORY_ANSWERS.labels("attachment", "directory").inc()
             message_id = await publish_report(context, principal.tenant_id, principal.instance_id, report)
         except HaVipError as error:

@@ -6,14 +6,21 @@ not a silently ignored option.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.ipv4 import IPV4_PATTERN, parse_ipv4
-from schemas.messages import MAX_LEASE_SECONDS, MAX_REPORTS_PER_REQUEST, HaVipStatus, Id, ReportSource, VrrpState
-from services.gateway.operations import OperationStatus
+from schemas.messages import (
+    MAX_REPORTS_PER_REQUEST,
+    HaVipStatus,
+    Id,
+    OperationStatus,
+    ReportSource,
+    VrrpState,
+)
+from schemas.reports import VrrpEventRequest
 
 # Free text is stored in PostgreSQL, whose text and jsonb types cannot hold U+0000.
 NO_NUL_PATTERN = r"^[^\u0000]*$"
@@ -70,38 +77,6 @@ class AssociationRequest(_Request):
 # theirs, in microseconds) but not by more than this: a value far in the future
 # would make every later report from that instance look stale for as long.
 SEQ_AHEAD_LIMIT = timedelta(days=1)
-# The largest seq the API documents: the largest integer a JSON number holds exactly (2^53 - 1, about
-# the year 2255 in microseconds), rather than the messages' int64 MAX_SEQ, which a client's doubles
-# round to 2^63 (out of range). Either is far above what _not_far_ahead lets through today.
-MAX_REQUEST_SEQ = 2**53 - 1
-
-
-class VrrpEventRequest(_Request):
-    havip_id: Id
-    state: VrrpState
-    priority: int = Field(ge=0, le=255)
-    seq: int = Field(
-        ge=0,
-        le=MAX_REQUEST_SEQ,
-        description="Grows with every report of this instance: a counter, or microseconds since the epoch"
-        " (at most one day ahead of the gateway's clock).",
-    )
-    reported_at: datetime | None = None
-    lease_seconds: float | None = Field(
-        default=None,
-        ge=0,
-        le=MAX_LEASE_SECONDS,
-        description="A MASTER claim stays live this long unless renewed; null: until another state is reported.",
-    )
-
-    @field_validator("reported_at")
-    @classmethod
-    def _naive_means_utc(cls, value: datetime | None) -> datetime | None:
-        # Agents on instances with a naive clock string still mean UTC; a
-        # report must never be compared across offsets by accident.
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
 
 
 def seq_too_far_ahead(seq: int, now: datetime) -> bool:

@@ -9,23 +9,14 @@ the outcome then creates it, so it is visible under its command_id too.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import asyncpg
 
-from schemas.messages import CommandRejected, CommandResult, CommandSucceeded
-
-
-class OperationStatus(StrEnum):
-    PENDING = "Pending"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-
+from schemas.messages import CommandRejected, CommandResult, CommandSucceeded, OperationStatus
 
 PENDING = OperationStatus.PENDING
 
@@ -107,18 +98,6 @@ async def find_operation(db: asyncpg.Pool | asyncpg.Connection, tenant_id: str, 
         f"SELECT {_COLUMNS} FROM operations WHERE operation_id = $1 AND tenant_id = $2", operation_id, tenant_id
     )
     return _operation(row) if row else None
-
-
-async def wait_for_outcome(
-    db: asyncpg.Pool, tenant_id: str, operation_id: str, *, timeout: float, every: float = 0.1
-) -> Operation | None:
-    """The operation once it is terminal, or as it is when `timeout` runs out (None: no such operation)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        found = await find_operation(db, tenant_id, operation_id)
-        if found is None or found.status is not PENDING or asyncio.get_running_loop().time() >= deadline:
-            return found
-        await asyncio.sleep(every)
 
 
 async def record_outcome(db: asyncpg.Pool | asyncpg.Connection, result: CommandResult) -> bool:

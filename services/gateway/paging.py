@@ -1,8 +1,8 @@
-"""Opaque page tokens for listing HAVIPs.
+"""Opaque page tokens, and cutting a page, for listing HAVIPs and a HAVIP's owner history.
 
-A token remembers the last HAVIP id of the page (keyset paging over the
-tenant's index, stable under inserts) and the filters it was issued for, so
-a token reused with other filters is refused instead of skipping rows.
+A token remembers the last key of the page (keyset paging over an index,
+stable under inserts) and the filters it was issued for, so a token reused
+with other filters is refused instead of skipping rows.
 """
 
 from __future__ import annotations
@@ -11,9 +11,12 @@ import base64
 import binascii
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from schemas.errors import ErrorCode, HaVipError
+
+T = TypeVar("T")
 
 
 def _filters_digest(filters: Mapping[str, str | None]) -> str:
@@ -39,3 +42,24 @@ def decode_page_token(token: str | None, filters: Mapping[str, str | None]) -> s
     if not isinstance(after, str) or digest != _filters_digest(filters):
         raise HaVipError(ErrorCode.INVALID_PARAMETER, "page_token was issued for other filters")
     return after
+
+
+def cut_page(
+    found: Sequence[T], page_size: int, key: Callable[[T], str], filters: Mapping[str, str | None]
+) -> tuple[list[T], str | None]:
+    """The page and the token for the next one, from `page_size + 1` rows read.
+
+    One more than asked tells whether another page exists without a count(*).
+    """
+    page = list(found[:page_size])
+    next_token = encode_page_token(key(page[-1]), filters) if len(found) > page_size else None
+    return page, next_token
+
+
+def numeric_cursor(after: str | None) -> int | None:
+    """The key to continue after, for a list keyed by a number (the owner history's change ids)."""
+    if after is None:
+        return None
+    if not after.isdigit():
+        raise HaVipError(ErrorCode.INVALID_PARAMETER, "page_token is not a token this API issued")
+    return int(after)

@@ -21,13 +21,13 @@ from fastapi import APIRouter, Depends
 from schemas import topics
 from schemas.errors import ErrorCode, HaVipError
 from schemas.messages import VrrpReported, utcnow
+from schemas.reports import VrrpEventRequest
 from services.gateway.auth import Agent
 from services.gateway.context import GatewayContext, gateway_context
 from services.gateway.models import (
     VrrpEventAccepted,
     VrrpEventBatch,
     VrrpEventOutcome,
-    VrrpEventRequest,
     VrrpEventResults,
     seq_too_far_ahead,
 )

@@ -417,6 +417,45 @@ async def test_listing_pages_through_the_tenants_havips(gateway: httpx.AsyncClie
     assert_error(reused, 400, "InvalidParameter")
 
 
+async def test_a_status_filter_pages_past_havips_whose_pending_delete_changes_their_status(
+    gateway: httpx.AsyncClient, db: asyncpg.Pool
+) -> None:
+    for n in range(6):
+        await seed_havip(db, f"havip-{n}", ip_address=f"192.168.1.{100 + n}")
+    await seed_havip(db, "havip-gone", ip_address="192.168.1.99", status="Deleted")
+    # Deletes the mapping service has not applied yet: havip-1..3 (and the deleted one) are Deleting.
+    for havip_id in ("havip-1", "havip-2", "havip-3", "havip-gone"):
+        await db.execute(
+            "INSERT INTO operations (operation_id, tenant_id, kind, havip_id, status, request)"
+            " VALUES ($1, $2, 'DeleteHaVip', $3, 'Pending', '{}'::jsonb)",
+            f"op-delete-{havip_id}",
+            TENANT,
+            havip_id,
+        )
+
+    async def listed(**filters: str) -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        token = None
+        for _ in range(10):
+            params: dict[str, Any] = {"page_size": 1, **filters, **({"page_token": token} if token else {})}
+            page = await gateway.get("/v1/havips", params=params, headers=TENANT_AUTH)
+            assert page.status_code == 200, page.text
+            seen += [(h["havip_id"], h["status"]) for h in page.json()["havips"]]
+            token = page.json()["next_page_token"]
+            if token is None:
+                return seen
+        raise AssertionError(f"more pages than HAVIPs: {seen}")
+
+    available = [("havip-0", "Available"), ("havip-4", "Available"), ("havip-5", "Available")]
+    deleting = [("havip-1", "Deleting"), ("havip-2", "Deleting"), ("havip-3", "Deleting")]
+    assert await listed(status="Available") == available
+    assert await listed(status="Deleting") == deleting
+    assert await listed(status="Deleted") == [("havip-gone", "Deleted")]
+    assert await listed() == sorted(available + deleting)
+    shown = await gateway.get("/v1/havips/havip-2", headers=TENANT_AUTH)
+    assert shown.json()["status"] == "Deleting"
+
+
 async def test_unknown_routes_and_methods_answer_in_the_error_format(gateway: httpx.AsyncClient) -> None:
     assert_error(await gateway.get("/v2/nothing", headers=TENANT_AUTH), 404, "NotFound")
     assert_error(await gateway.put("/v1/operations/op-1", headers=TENANT_AUTH), 405, "MethodNotAllowed")

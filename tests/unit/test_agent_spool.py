@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from schemas.messages import VrrpState
+from schemas.reports import VrrpEventRequest
 from services.agent.files import LockBusy
 from services.agent.keepalived import Kind, NameKey
 from services.agent.reports import Origin, ReportDraft
@@ -65,6 +66,15 @@ def test_a_report_round_trips_through_its_file(tmp_path: Path) -> None:
         "reported_at": "2026-11-25T10:00:00+00:00",
         "lease_seconds": None,
     }
+
+
+@pytest.mark.parametrize("lease", [None, 12.5])
+def test_what_the_agent_sends_is_what_the_gateway_takes(tmp_path: Path, lease: float | None) -> None:
+    report = spool_in(tmp_path, counting_clock(1_764_064_800_000_000)).append(draft(VrrpState.BACKUP))
+    taken = VrrpEventRequest.model_validate(report.wire(lease))
+    assert taken == VrrpEventRequest(
+        havip_id="havip-1", state=VrrpState.BACKUP, priority=100, seq=report.seq, reported_at=T0, lease_seconds=lease
+    )
 
 
 def test_removing_what_was_delivered_leaves_the_rest_in_order(tmp_path: Path) -> None:

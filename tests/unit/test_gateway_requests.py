@@ -9,10 +9,10 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, HaVipError
-from services.gateway.api import WAIT_PATTERN, parse_wait
-from services.gateway.idempotency import check_idempotency_key, request_fingerprint
+from services.gateway.idempotency import Idempotency, check_idempotency_key, in_flight, request_fingerprint
 from services.gateway.models import AssociationRequest, CreateHaVipRequest, VrrpEventRequest, check_havip_address
-from services.gateway.paging import decode_page_token, encode_page_token
+from services.gateway.paging import cut_page, decode_page_token, encode_page_token, numeric_cursor
+from services.gateway.waiting import WAIT_PATTERN, parse_wait
 from services.runtime.http import describe_validation_errors
 
 
@@ -41,6 +41,19 @@ def test_no_idempotency_key_is_fine() -> None:
     assert check_idempotency_key(None) is None
 
 
+def test_a_key_replays_only_the_request_it_was_first_used_for() -> None:
+    first = Idempotency(key="k-1", request_hash=request_fingerprint("POST", "/v1/havips", {"vswitch_id": "vsw-1"}))
+    first.check_replay(first.request_hash)
+    with pytest.raises(HaVipError) as refused:
+        first.check_replay(request_fingerprint("POST", "/v1/havips", {"vswitch_id": "vsw-2"}))
+    assert refused.value.code is ErrorCode.IDEMPOTENT_MISMATCH
+
+
+def test_a_key_in_flight_is_a_503_to_retry() -> None:
+    busy = in_flight()
+    assert busy.code is ErrorCode.SERVICE_UNAVAILABLE and busy.retry_after == 1
+
+
 def test_a_page_token_round_trips_for_the_same_filters() -> None:
     filters = {"vswitch_id": "vsw-1", "status": None, "ip_address": None}
     token = encode_page_token("havip-0007", filters)
@@ -61,6 +74,23 @@ def test_a_forged_page_token_is_invalid_parameter(token: str) -> None:
     with pytest.raises(HaVipError) as caught:
         decode_page_token(token, {})
     assert caught.value.code == ErrorCode.INVALID_PARAMETER
+
+
+def test_a_page_is_cut_from_one_more_row_than_asked() -> None:
+    filters = {"vswitch_id": "vsw-1"}
+    page, token = cut_page(["h-1", "h-2", "h-3"], 2, str, filters)
+    assert page == ["h-1", "h-2"]
+    assert token is not None and decode_page_token(token, filters) == "h-2"
+    assert cut_page(["h-1", "h-2"], 2, str, filters) == (["h-1", "h-2"], None)
+    assert cut_page([], 2, str, filters) == ([], None)
+
+
+def test_a_numeric_cursor_is_a_number_or_refused() -> None:
+    assert numeric_cursor(None) is None
+    assert numeric_cursor("42") == 42
+    with pytest.raises(HaVipError) as refused:
+        numeric_cursor("h-1")
+    assert refused.value.code is ErrorCode.INVALID_PARAMETER
 
 
 def test_havip_addresses_are_ipv4_in_canonical_form() -> None:
