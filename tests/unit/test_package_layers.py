@@ -60,3 +60,56 @@ def late():
         "services.gateway.auth",
         "services.gateway.models",
     } <= found
+
+
+def package_graph(*, top_level_only: bool = False) -> dict[str, set[str]]:
+    """Each part of services/ (a package, or a module like cli) -> the other parts it imports."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(SERVICES.rglob("*.py")):
+        part = path.relative_to(SERVICES).with_suffix("").parts[0]
+        within = ".".join(path.relative_to(SERVICES.parent).parts[:-1])
+        source = path.read_text()
+        if top_level_only:
+            tree = ast.parse(source)
+            source = "\n".join(ast.unparse(node) for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom))
+        used = graph.setdefault(part, set())
+        for module in imported_modules(source, within):
+            names = module.split(".")
+            if names[0] == "services" and len(names) > 1 and names[1] != part:
+                used.add(names[1])
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle of `graph`, each once, from the first of its parts in sorted order."""
+    found: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+
+    def walk(path: list[str]) -> None:
+        for following in sorted(graph.get(path[-1], ())):
+            if following == path[0] and frozenset(path) not in seen:
+                seen.add(frozenset(path))
+                found.append([*path, following])
+            elif following not in path:
+                walk([*path, following])
+
+    for start in sorted(graph):
+        walk([start])
+    return found
+
+
+def test_no_two_packages_depend_on_each_other_even_through_a_third() -> None:
+    # A cycle means neither side can be read, tested or changed without the other.
+    assert cycles(package_graph()) == []
+
+
+def test_the_cycle_finder_sees_a_cycle_through_a_third_package() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_production_package_imports_the_dev_tooling() -> None:
+    # services/dev is not in the image; only the command line reaches it, when asked for it.
+    graph = package_graph()
+    assert sorted(part for part, used in graph.items() if "dev" in used and part not in ("dev", "cli")) == []
+    assert "dev" not in package_graph(top_level_only=True)["cli"]
