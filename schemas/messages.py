@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
@@ -411,6 +411,12 @@ class VrrpReported(Message):
         " received_at when the frame arrived). Reports of one source are ordered by seq, of two sources by"
         " received_at, the platform's clock.",
     )
+
+    @property
+    def lease_ends_at(self) -> datetime | None:
+        """When the claim stops being live unless renewed (its lease runs from the gateway's clock);
+        None without a lease."""
+        return None if self.lease_seconds is None else self.received_at + timedelta(seconds=self.lease_seconds)
 
 
 # Observed claims renewed in one record: the observer repeats its live claims every few seconds,

@@ -85,15 +85,14 @@ def is_renewal(last: SeenReport | None, report: VrrpReported) -> bool:
 
 
 def seen(report: VrrpReported) -> SeenReport:
-    lease = report.lease_seconds
-    claims = report.state is VrrpState.MASTER and lease is not None and lease > 0
+    claims = report.state is VrrpState.MASTER and report.lease_seconds is not None and report.lease_seconds > 0
     return SeenReport(
         state=report.state,
         priority=report.priority,
         seq=report.seq,
         reported_at=report.reported_at,
         received_at=report.received_at,
-        live_until=report.received_at + timedelta(seconds=lease) if claims and lease else None,
+        live_until=report.lease_ends_at if claims else None,
     )
 
 

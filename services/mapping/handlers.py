@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from prometheus_client import Counter as MetricCounter
 
@@ -59,7 +59,6 @@ RENEWALS_APPLIED = MetricCounter(
 
 
 def report_of(reported: VrrpReported) -> Report:
-    lease = reported.lease_seconds
     return Report(
         instance_id=reported.instance_id,
         state=reported.state,
@@ -67,7 +66,7 @@ def report_of(reported: VrrpReported) -> Report:
         seq=reported.seq,
         reported_at=reported.reported_at,
         received_at=reported.received_at,
-        expires_at=None if lease is None else reported.received_at + timedelta(seconds=lease),
+        expires_at=reported.lease_ends_at,
         source=reported.source,
     )
 
