@@ -34,7 +34,7 @@ from schemas.messages import (
     VSwitchChanged,
     utcnow,
 )
-from services.mapping.election import Candidate, Contest, Report
+from services.mapping.election import Candidate, Contest, VrrpReport
 from services.mapping.report_batch import HavipAfter, IncomingReport, LockedHavip, OwnerOutcome, claim_renewal
 from services.mapping.store import CannotHold, CommandAnswer, HavipRow
 from services.runtime.inventory import InventoryChange
@@ -79,7 +79,7 @@ class MappingTablesInMemory:
     havips: dict[str, StoredHavip] = field(default_factory=dict)
     attachments: dict[tuple[str, str], AttachmentAccepted] = field(default_factory=dict)  # (havip, target)
     havip_eips: dict[str, tuple[str, str]] = field(default_factory=dict)  # eip -> (havip, address)
-    reports: dict[tuple[str, str], Report] = field(default_factory=dict)  # (havip, instance)
+    reports: dict[tuple[str, str], VrrpReport] = field(default_factory=dict)  # (havip, instance)
     owner_changes: list[OwnerOutcome] = field(default_factory=list)
     commands: dict[str, tuple[str, CommandAnswer]] = field(default_factory=dict)
     renewals: dict[tuple[str, str], StoredRenewal] = field(default_factory=dict)
@@ -228,7 +228,7 @@ class MemoryMappingTransaction:
             havip.status, havip.owner_target_id = HaVipStatus.DELETED, None
             self._changed(havip)
 
-    async def save_reports(self, reports: Mapping[tuple[str, str], Report]) -> None:
+    async def save_reports(self, reports: Mapping[tuple[str, str], VrrpReport]) -> None:
         await self.save_batch(reports, {}, [])
 
     async def save_owner(self, havip_id: str, owner_target_id: str | None, status: HaVipStatus) -> int:
@@ -239,7 +239,7 @@ class MemoryMappingTransaction:
 
     async def save_batch(
         self,
-        reports: Mapping[tuple[str, str], Report],
+        reports: Mapping[tuple[str, str], VrrpReport],
         havips: Mapping[str, HavipAfter],
         outcomes: Sequence[OwnerOutcome],
     ) -> None:
@@ -277,11 +277,11 @@ class MemoryMappingTransaction:
             )
         return taken
 
-    async def load_reports(self, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], Report]:
+    async def load_reports(self, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], VrrpReport]:
         return {key: self._t.reports[key] for key in claims if key in self._t.reports}
 
     async def extend_claims(
-        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], Report]
+        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], VrrpReport]
     ) -> set[tuple[str, str]]:
         extended = set()
         for item in renewals:

@@ -28,7 +28,7 @@ from services.agent.claims import LastState, lease_for, reconcile, renewals_due,
 from services.agent.config import AgentConfig, ConfigError, load_config
 from services.agent.delivery import Backoff, Drain, Gateway, Outcome, RetryLater, drain, log_refusals
 from services.agent.keepalived import NameKey, parse_line
-from services.agent.reports import Origin, ReportDraft, VrrpReport
+from services.agent.reports import Origin, ReportDraft, SpooledReport
 from services.agent.sequence import SequenceFile
 from services.agent.spool import Spool
 
@@ -123,7 +123,7 @@ class Agent:
         self.writer_connected = False
         self.states = writer_gone(self.states)
 
-    def _spool(self, draft: ReportDraft) -> VrrpReport | None:
+    def _spool(self, draft: ReportDraft) -> SpooledReport | None:
         try:
             report = self.spool.append(draft)
         except OSError as exc:
@@ -178,7 +178,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _lease(self, report: VrrpReport) -> float | None:
+    def _lease(self, report: SpooledReport) -> float | None:
         return lease_for(report, self.states, self.writer_connected, self.config.lease_seconds)
 
     async def _renew(self) -> None:

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from schemas.messages import VrrpState
 from services.agent.keepalived import NameKey
-from services.agent.reports import Origin, ReportDraft, VrrpReport
+from services.agent.reports import Origin, ReportDraft, SpooledReport
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class Renewal:
 
 
 def lease_for(
-    report: VrrpReport, states: Mapping[NameKey, LastState], writer_connected: bool, lease: float
+    report: SpooledReport, states: Mapping[NameKey, LastState], writer_connected: bool, lease: float
 ) -> float | None:
     """The lease a spooled report carries, decided when it is sent, not when it was written.
 

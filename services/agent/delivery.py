@@ -25,7 +25,7 @@ import httpx
 
 from schemas.messages import MAX_REPORTS_PER_REQUEST
 from services.agent.files import LockBusy
-from services.agent.reports import VrrpReport
+from services.agent.reports import SpooledReport
 from services.agent.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class Drain(enum.Enum):
 
 
 async def drain(
-    spool: Spool, gateway: Gateway, lease: Callable[[VrrpReport], float | None], backoff: Backoff
+    spool: Spool, gateway: Gateway, lease: Callable[[SpooledReport], float | None], backoff: Backoff
 ) -> tuple[Drain, float]:
     """Send the spool oldest first until it is empty or the gateway fails; the float is the wait before retrying.
 

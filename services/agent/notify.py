@@ -23,7 +23,7 @@ from services.agent.claims import lease_for
 from services.agent.config import AgentConfig, ConfigError, load_config
 from services.agent.delivery import Backoff, Drain, Gateway, drain
 from services.agent.keepalived import event_from_fields
-from services.agent.reports import Origin, ReportDraft, VrrpReport
+from services.agent.reports import Origin, ReportDraft, SpooledReport
 from services.agent.sequence import SequenceFile
 from services.agent.spool import Spool
 
@@ -77,7 +77,7 @@ def run(
     return 0
 
 
-def notify_lease(report: VrrpReport, lease: float) -> float | None:
+def notify_lease(report: SpooledReport, lease: float) -> float | None:
     """This process knows nothing of keepalived's present state: the agent's claims it sends are history (0)."""
     return lease_for(report, {}, writer_connected=False, lease=lease)
 

@@ -1,4 +1,4 @@
-"""A VRRP report as the agent keeps it (`VrrpReport`, one spool file each), and as it sends it (`VrrpReport.wire`).
+"""A VRRP report as the agent keeps it (`SpooledReport`, a spool file each) and sends it (`SpooledReport.wire`).
 
 On the wire a report is `schemas.reports.VrrpEventRequest`, the model the gateway parses.
 """
@@ -23,7 +23,7 @@ class Origin(enum.StrEnum):
     NOTIFY = "notify"
 
 
-class VrrpReport(BaseModel):
+class SpooledReport(BaseModel):
     """One numbered report; what the spool holds, one JSON file each."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -67,8 +67,8 @@ class ReportDraft:
     origin: Origin
     key: NameKey
 
-    def numbered(self, seq: int) -> VrrpReport:
-        return VrrpReport(
+    def numbered(self, seq: int) -> SpooledReport:
+        return SpooledReport(
             havip_id=self.havip_id,
             state=self.state,
             priority=self.priority,

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from services.agent.files import fsync_directory, locked, write_atomically
-from services.agent.reports import ReportDraft, VrrpReport
+from services.agent.reports import ReportDraft, SpooledReport
 from services.agent.sequence import SequenceFile
 
 log = logging.getLogger(__name__)
@@ -37,24 +37,24 @@ class Spool:
         self._append_lock = directory / ".append.lock"
         self._deliver_lock = directory / ".deliver.lock"
 
-    def append(self, draft: ReportDraft) -> VrrpReport:
+    def append(self, draft: ReportDraft) -> SpooledReport:
         """Number the report and store it; it is on disk when this returns."""
         with locked(self._append_lock):
             report = draft.numbered(self.sequence.next())
             write_atomically(self._path(report.seq), report.model_dump_json().encode("utf-8"))
         return report
 
-    def oldest(self, limit: int) -> list[VrrpReport]:
+    def oldest(self, limit: int) -> list[SpooledReport]:
         """Up to `limit` reports, oldest first; unreadable files are set aside, not fatal."""
         with locked(self._append_lock, shared=True):
             names = sorted(name for name in os.listdir(self.directory) if _is_report(name))
-        reports: list[VrrpReport] = []
+        reports: list[SpooledReport] = []
         for name in names:
             if len(reports) == limit:
                 break
             path = self.directory / name
             try:
-                reports.append(VrrpReport.model_validate_json(path.read_bytes()))
+                reports.append(SpooledReport.model_validate_json(path.read_bytes()))
             except FileNotFoundError:
                 continue  # another deliverer finished it between the listing and the read
             except (ValidationError, UnicodeDecodeError) as exc:
@@ -69,7 +69,7 @@ class Spool:
     def __len__(self) -> int:
         return sum(1 for name in os.listdir(self.directory) if _is_report(name))
 
-    def remove(self, reports: list[VrrpReport]) -> None:
+    def remove(self, reports: list[SpooledReport]) -> None:
         for report in reports:
             with contextlib.suppress(FileNotFoundError):
                 self._path(report.seq).unlink()

@@ -49,7 +49,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Report:
+class VrrpReport:
     """The last VRRP state an instance reported for this HAVIP."""
 
     instance_id: str
@@ -65,7 +65,7 @@ class Report:
     def live_at(self, at: datetime) -> bool:
         return self.state is VrrpState.MASTER and (self.expires_at is None or at < self.expires_at)
 
-    def newer_than(self, other: Report) -> bool:
+    def newer_than(self, other: VrrpReport) -> bool:
         """Whether this report is the instance's later word than `other`.
 
         One source orders its own reports (the agent numbers them; the observer numbers by its
@@ -127,12 +127,12 @@ class Contest:
 
     owner_target_id: str | None
     candidates: tuple[Candidate, ...]
-    reports: Mapping[str, Report]  # by instance_id
+    reports: Mapping[str, VrrpReport]  # by instance_id
 
     def candidate(self, target_id: str | None) -> Candidate | None:
         return next((c for c in self.candidates if c.target_id == target_id), None)
 
-    def with_report(self, report: Report) -> Contest:
+    def with_report(self, report: VrrpReport) -> Contest:
         return replace(self, reports={**self.reports, report.instance_id: report})
 
     def claims(self, candidate: Candidate) -> bool:
@@ -145,7 +145,7 @@ class Contest:
         return candidate.eligible and report is not None and report.live_at(at)
 
 
-def judge_report(contest: Contest, report: Report, *, renewal: bool = False) -> ReportVerdict:
+def judge_report(contest: Contest, report: VrrpReport, *, renewal: bool = False) -> ReportVerdict:
     """How a report counts; `renewal`: it only repeats a MASTER claim its source made before."""
     last = contest.reports.get(report.instance_id)
     if last is not None and not report.newer_than(last):
@@ -157,7 +157,7 @@ def judge_report(contest: Contest, report: Report, *, renewal: bool = False) -> 
     return ReportVerdict.FRESH
 
 
-def ended_by_other_source(stored: Report, renewal: Report) -> bool:
+def ended_by_other_source(stored: VrrpReport, renewal: VrrpReport) -> bool:
     """Whether the other source saw this claim end (a state other than MASTER), so that a renewal
     from this one must not bring it back.
 
@@ -173,7 +173,7 @@ def ended_by_other_source(stored: Report, renewal: Report) -> bool:
     return stored.source is not renewal.source and stored.state is not VrrpState.MASTER
 
 
-def only_extends(stored: Report | None, renewal: Report) -> bool:
+def only_extends(stored: VrrpReport | None, renewal: VrrpReport) -> bool:
     """Whether `renewal` changes nothing but when the claim it repeats runs out.
 
     The stored report is a MASTER claim with a lease, live when the renewal arrived, at the same
@@ -192,7 +192,7 @@ def only_extends(stored: Report | None, renewal: Report) -> bool:
     )
 
 
-def renewed(stored: Report | None, report: Report) -> Report:
+def renewed(stored: VrrpReport | None, report: VrrpReport) -> VrrpReport:
     """What is kept of a fresh report: itself; or, when it only renews a live claim the other source
     heard (the agent's renewal of a claim the observer holds, or the other way round), itself with
     the later of the two lease ends.
@@ -214,13 +214,13 @@ def renewed(stored: Report | None, report: Report) -> Report:
     return report
 
 
-def withdrawn(report: Report) -> Report:
+def withdrawn(report: VrrpReport) -> VrrpReport:
     """What is kept of a report that cannot count (its instance is not attached): its place in
     the sequence, so the same report redelivered after an attach is still stale, and no claim."""
     return replace(report, state=VrrpState.STOP, expires_at=None)
 
 
-def withdrawn_on_detach(contest: Contest, target_id: str) -> list[Report]:
+def withdrawn_on_detach(contest: Contest, target_id: str) -> list[VrrpReport]:
     """The reports withdrawn when `target_id` is detached: its instance's, unless the instance is
     still attached another way (by itself and by an ENI).
 
@@ -236,7 +236,7 @@ def withdrawn_on_detach(contest: Contest, target_id: str) -> list[Report]:
     return [] if report is None else [withdrawn(report)]
 
 
-def rank(candidate: Candidate, report: Report) -> tuple[int, IPv4Address, str]:
+def rank(candidate: Candidate, report: VrrpReport) -> tuple[int, IPv4Address, str]:
     # RFC 5798 §6.4.3: higher priority, then higher primary address; the id only makes it total.
     return (report.priority, candidate.primary_ip, candidate.target_id)
 

@@ -36,7 +36,7 @@ from schemas.messages import (
     utcnow,
 )
 from services.mapping.commands import COMMAND_TYPE, Reelect, apply_accepted
-from services.mapping.election import Contest, Report, Trigger, TriggerKind, elect, explain
+from services.mapping.election import Contest, Trigger, TriggerKind, VrrpReport, elect, explain
 from services.mapping.publishing import MappingContext, account, owner_changed
 from services.mapping.report_batch import (
     IncomingReport,
@@ -58,8 +58,8 @@ RENEWALS_APPLIED = MetricCounter(
 )
 
 
-def report_of(reported: VrrpReported) -> Report:
-    return Report(
+def report_of(reported: VrrpReported) -> VrrpReport:
+    return VrrpReport(
         instance_id=reported.instance_id,
         state=reported.state,
         priority=reported.priority,

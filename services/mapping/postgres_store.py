@@ -28,7 +28,7 @@ from schemas.messages import (
     ReportSource,
     VrrpState,
 )
-from services.mapping.election import Candidate, Contest, Report
+from services.mapping.election import Candidate, Contest, VrrpReport
 from services.mapping.report_batch import HavipAfter, IncomingReport, LockedHavip, OwnerOutcome, claim_renewal
 from services.mapping.store import CannotHold, CommandAnswer, HavipRow
 from services.readmodel.mappings import load_mappings
@@ -233,7 +233,7 @@ class PostgresMappingTransaction:
                     instance_status=InstanceStatus(row["status"]),
                 )
             )
-        reports: dict[str, dict[str, Report]] = {havip_id: {} for havip_id in ids}
+        reports: dict[str, dict[str, VrrpReport]] = {havip_id: {} for havip_id in ids}
         for row in await self._conn.fetch("SELECT * FROM vrrp_reports WHERE havip_id = ANY($1::text[])", ids):
             reports[row["havip_id"]][row["instance_id"]] = _report(row)
         return {
@@ -292,7 +292,7 @@ class PostgresMappingTransaction:
             HaVipStatus.DELETED.value,
         )
 
-    async def save_reports(self, reports: Mapping[tuple[str, str], Report]) -> None:
+    async def save_reports(self, reports: Mapping[tuple[str, str], VrrpReport]) -> None:
         await self.save_batch(reports, {}, [])
 
     async def save_owner(self, havip_id: str, owner_target_id: str | None, status: HaVipStatus) -> int:
@@ -307,7 +307,7 @@ class PostgresMappingTransaction:
 
     async def save_batch(
         self,
-        reports: Mapping[tuple[str, str], Report],
+        reports: Mapping[tuple[str, str], VrrpReport],
         havips: Mapping[str, HavipAfter],
         outcomes: Sequence[OwnerOutcome],
     ) -> None:
@@ -338,7 +338,7 @@ class PostgresMappingTransaction:
             for row in rows
         ]
 
-    async def load_reports(self, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], Report]:
+    async def load_reports(self, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], VrrpReport]:
         rows = await self._conn.fetch(
             "SELECT r.* FROM vrrp_reports r JOIN unnest($1::text[], $2::text[]) AS c(havip_id, instance_id)"
             " ON r.havip_id = c.havip_id AND r.instance_id = c.instance_id",
@@ -348,7 +348,7 @@ class PostgresMappingTransaction:
         return {(row["havip_id"], row["instance_id"]): _report(row) for row in rows}
 
     async def extend_claims(
-        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], Report]
+        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], VrrpReport]
     ) -> set[tuple[str, str]]:
         if not renewals:
             return set()
@@ -387,7 +387,7 @@ def _havip_row(row: asyncpg.Record) -> HavipRow:
     )
 
 
-def _report_columns(reports: Mapping[tuple[str, str], Report]) -> tuple[list[object], ...]:
+def _report_columns(reports: Mapping[tuple[str, str], VrrpReport]) -> tuple[list[object], ...]:
     rows = list(reports.items())
     return (
         [havip_id for (havip_id, _), _ in rows],
@@ -465,8 +465,8 @@ RETURNING r.havip_id, r.instance_id
 """
 
 
-def _report(row: asyncpg.Record) -> Report:
-    return Report(
+def _report(row: asyncpg.Record) -> VrrpReport:
+    return VrrpReport(
         instance_id=row["instance_id"],
         state=VrrpState(row["state"]),
         priority=row["priority"],

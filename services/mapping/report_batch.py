@@ -27,10 +27,10 @@ from services.mapping.election import (
     Candidate,
     Contest,
     OwnerChange,
-    Report,
     ReportVerdict,
     Trigger,
     TriggerKind,
+    VrrpReport,
     elect,
     explain,
     judge_report,
@@ -57,7 +57,7 @@ class IncomingReport:
     havip_id: str
     tenant_id: str
     message_id: str
-    report: Report
+    report: VrrpReport
     # A lease renewal (the gateways' claim_renewals, an observer's ObservedClaimsRenewed): it only
     # repeats a claim, so it extends or revives one but never starts one the other source ended.
     renewal: bool = False
@@ -78,7 +78,7 @@ def claim_renewal(
 ) -> IncomingReport:
     """A renewal as the report it stands for: a MASTER claim at its priority, live for its lease
     from when the platform received (or the observer saw) it."""
-    report = Report(
+    report = VrrpReport(
         instance_id=instance_id,
         state=VrrpState.MASTER,
         priority=priority,
@@ -123,7 +123,7 @@ class HavipAfter:
 @dataclass
 class ReportPlan:
     # The last report per (havip_id, instance_id): what the vrrp_reports rows end as.
-    reports: dict[tuple[str, str], Report] = field(default_factory=dict)
+    reports: dict[tuple[str, str], VrrpReport] = field(default_factory=dict)
     outcomes: list[OwnerOutcome] = field(default_factory=list)
     havips: dict[str, HavipAfter] = field(default_factory=dict)
     # HAVIPs to publish: changed now, or committed earlier and never published (a crash between the two).

@@ -28,7 +28,7 @@ from schemas.messages import (
     HaVipStatus,
     InstanceStatus,
 )
-from services.mapping.election import Contest, Report
+from services.mapping.election import Contest, VrrpReport
 from services.mapping.report_batch import HavipAfter, IncomingReport, LockedHavip, OwnerOutcome
 from services.runtime.inventory import InventoryChange
 
@@ -107,7 +107,7 @@ class MappingTransaction(Protocol):
         """Deleted, with no owner, at a new version; the row stays for its history."""
         ...
 
-    async def save_reports(self, reports: Mapping[tuple[str, str], Report]) -> None: ...
+    async def save_reports(self, reports: Mapping[tuple[str, str], VrrpReport]) -> None: ...
 
     async def save_owner(self, havip_id: str, owner_target_id: str | None, status: HaVipStatus) -> int:
         """Store the owner and status at the HAVIP's next version; that version."""
@@ -115,7 +115,7 @@ class MappingTransaction(Protocol):
 
     async def save_batch(
         self,
-        reports: Mapping[tuple[str, str], Report],
+        reports: Mapping[tuple[str, str], VrrpReport],
         havips: Mapping[str, HavipAfter],
         outcomes: Sequence[OwnerOutcome],
     ) -> None:
@@ -129,10 +129,10 @@ class MappingTransaction(Protocol):
         """
         ...
 
-    async def load_reports(self, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], Report]: ...
+    async def load_reports(self, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], VrrpReport]: ...
 
     async def extend_claims(
-        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], Report]
+        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], VrrpReport]
     ) -> set[tuple[str, str]]:
         """Store these renewed reports where the stored one is still the one they were judged against."""
         ...

@@ -32,7 +32,7 @@ from schemas.messages import (
     VrrpReported,
     VrrpState,
 )
-from services.mapping.election import Candidate, OwnerCause, OwnerChange, Report, Trigger, TriggerKind
+from services.mapping.election import Candidate, OwnerCause, OwnerChange, Trigger, TriggerKind, VrrpReport
 from services.mapping.report_batch import HavipAfter, IncomingReport, OwnerOutcome
 from services.mapping.store import CannotHold, CommandAnswer, MappingStore
 
@@ -82,8 +82,8 @@ def instance(
     )
 
 
-def master(instance_id: str, seq: int, at: float, lease: float | None = 2.5, priority: int = 100) -> Report:
-    return Report(
+def master(instance_id: str, seq: int, at: float, lease: float | None = 2.5, priority: int = 100) -> VrrpReport:
+    return VrrpReport(
         instance_id,
         VrrpState.MASTER,
         priority,
@@ -395,7 +395,9 @@ class MappingStoreContract:
     async def test_reports_keep_their_source(self, tables: Tables) -> None:
         store = tables.store
         await two_attached(store)
-        seen = Report("i-a", VrrpState.STOP, 0, 7, reported_at=t(1.0), received_at=t(1.0), source=ReportSource.OBSERVER)
+        seen = VrrpReport(
+            "i-a", VrrpState.STOP, 0, 7, reported_at=t(1.0), received_at=t(1.0), source=ReportSource.OBSERVER
+        )
         async with store.transaction() as tx:
             await tx.save_reports({("havip-1", "i-a"): seen})
             assert await tx.load_reports([("havip-1", "i-a")]) == {("havip-1", "i-a"): seen}

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from schemas.messages import VrrpState
 from services.agent.claims import LastState, Renewal, lease_for, reconcile, renewals_due, writer_gone
 from services.agent.keepalived import Kind, NameKey
-from services.agent.reports import Origin, ReportDraft, VrrpReport
+from services.agent.reports import Origin, ReportDraft, SpooledReport
 
 MASTER, BACKUP, FAULT, STOP = VrrpState.MASTER, VrrpState.BACKUP, VrrpState.FAULT, VrrpState.STOP
 VI_1 = NameKey(Kind.INSTANCE, "VI_1")
@@ -15,7 +15,7 @@ T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 LEASE = 2.5
 
 
-def report(state: VrrpState, seq: int, key: NameKey = VI_1, origin: Origin = Origin.FIFO) -> VrrpReport:
+def report(state: VrrpState, seq: int, key: NameKey = VI_1, origin: Origin = Origin.FIFO) -> SpooledReport:
     return ReportDraft("havip-1", state, 100, T0, origin, key).numbered(seq)
 
 

@@ -24,7 +24,7 @@ from services.agent.delivery import (
     verdict,
 )
 from services.agent.keepalived import Kind, NameKey
-from services.agent.reports import Origin, ReportDraft, VrrpReport
+from services.agent.reports import Origin, ReportDraft, SpooledReport
 from services.agent.sequence import SequenceFile
 from services.agent.spool import Spool
 
@@ -145,13 +145,13 @@ def accept_all(request: httpx.Request) -> httpx.Response:
     return httpx.Response(202, json={"results": [accepted(r) for r in json.loads(request.content)["reports"]]})
 
 
-def filled_spool(tmp_path: Path, count: int, state: VrrpState = VrrpState.BACKUP) -> tuple[Spool, list[VrrpReport]]:
+def filled_spool(tmp_path: Path, count: int, state: VrrpState = VrrpState.BACKUP) -> tuple[Spool, list[SpooledReport]]:
     spool = Spool(tmp_path / "spool", SequenceFile(tmp_path / "sequence"))
     key = NameKey(Kind.INSTANCE, "VI_1")
     return spool, [spool.append(ReportDraft("havip-a", state, 100, T0, Origin.FIFO, key)) for _ in range(count)]
 
 
-def no_lease(report: VrrpReport) -> float | None:
+def no_lease(report: SpooledReport) -> float | None:
     return None
 
 

@@ -9,8 +9,8 @@ from services.mapping.election import (
     Candidate,
     Contest,
     OwnerCause,
-    Report,
     ReportVerdict,
+    VrrpReport,
     elect,
     explain,
     judge_report,
@@ -37,12 +37,12 @@ def report(
     seq: int = 1,
     at: float = 0.0,
     lease: float | None = 2.5,
-) -> Report:
+) -> VrrpReport:
     expires = None if lease is None or state is not VrrpState.MASTER else t(at + lease)
-    return Report(instance, state, priority, seq, reported_at=t(at), received_at=t(at), expires_at=expires)
+    return VrrpReport(instance, state, priority, seq, reported_at=t(at), received_at=t(at), expires_at=expires)
 
 
-def contest(*reports: Report, owner: str | None = None, candidates: tuple[Candidate, ...] = (A, B, C)) -> Contest:
+def contest(*reports: VrrpReport, owner: str | None = None, candidates: tuple[Candidate, ...] = (A, B, C)) -> Contest:
     return Contest(owner_target_id=owner, candidates=candidates, reports={r.instance_id: r for r in reports})
 
 

@@ -25,7 +25,7 @@ from schemas.messages import InstanceStatus, VrrpState
 from services.mapping.election import (
     Candidate,
     Contest,
-    Report,
+    VrrpReport,
     elect,
     lapse_due,
     rank,
@@ -55,7 +55,7 @@ class StatusChanged:
     status: InstanceStatus
 
 
-Message = Report | Attach | Detach | StatusChanged
+Message = VrrpReport | Attach | Detach | StatusChanged
 
 
 @dataclass
@@ -71,7 +71,7 @@ class World:
     delivered: list[Message] = field(default_factory=list)
 
     def handle(self, message: Message) -> None:
-        if isinstance(message, Report):
+        if isinstance(message, VrrpReport):
             self._report(message)
         elif isinstance(message, Attach | Detach):
             if message.command_id in self.applied_commands:
@@ -87,7 +87,7 @@ class World:
             )
             self._elect(replace(self.contest, candidates=candidates), self.now)
 
-    def _report(self, report: Report) -> None:
+    def _report(self, report: VrrpReport) -> None:
         locked = LockedHavip("h-1", "t-1", version=1, published_version=1, contest=self.contest)
         plan = plan_reports({"h-1": locked}, [IncomingReport("h-1", "t-1", "m-1", report)])
         self.contest = plan.contests["h-1"]
@@ -172,11 +172,11 @@ def play(world: World, step: tuple[object, ...], counter: list[int]) -> None:
     world.sweep()
 
 
-def _new_report(world: World, instance: str, state: VrrpState, priority: int, lease: float | None) -> Report:
+def _new_report(world: World, instance: str, state: VrrpState, priority: int, lease: float | None) -> VrrpReport:
     seq = world.seqs.get(instance, 0) + 1
     world.seqs[instance] = seq
     expires = None if lease is None or state is not VrrpState.MASTER else world.now + timedelta(seconds=lease)
-    return Report(instance, state, priority, seq, reported_at=world.now, received_at=world.now, expires_at=expires)
+    return VrrpReport(instance, state, priority, seq, reported_at=world.now, received_at=world.now, expires_at=expires)
 
 
 def check_invariants(world: World) -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from schemas.errors import ErrorCode
 from schemas.messages import HaVipStatus, InstanceStatus, ReportSource, VrrpState
-from services.mapping.election import Candidate, Contest, OwnerCause, Report, ReportVerdict, TriggerKind
+from services.mapping.election import Candidate, Contest, OwnerCause, ReportVerdict, TriggerKind, VrrpReport
 from services.mapping.report_batch import IncomingReport, LockedHavip, ReportPlan, plan_reports
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -23,19 +23,19 @@ def t(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def report(instance: str, state: VrrpState, seq: int, at: float, priority: int = 100, lease: float = 2.5) -> Report:
+def report(instance: str, state: VrrpState, seq: int, at: float, priority: int = 100, lease: float = 2.5) -> VrrpReport:
     expires = t(at + lease) if state is VrrpState.MASTER else None
-    return Report(instance, state, priority, seq, reported_at=t(at), received_at=t(at), expires_at=expires)
+    return VrrpReport(instance, state, priority, seq, reported_at=t(at), received_at=t(at), expires_at=expires)
 
 
 def havip(
-    havip_id: str = "h-1", *reports: Report, owner: str | None = None, version: int = 3, published: int = 3
+    havip_id: str = "h-1", *reports: VrrpReport, owner: str | None = None, version: int = 3, published: int = 3
 ) -> LockedHavip:
     contest = Contest(owner, (A, B), {r.instance_id: r for r in reports})
     return LockedHavip(havip_id, "t-1", version=version, published_version=published, contest=contest)
 
 
-def incoming(report_: Report, havip_id: str = "h-1", tenant: str = "t-1") -> IncomingReport:
+def incoming(report_: VrrpReport, havip_id: str = "h-1", tenant: str = "t-1") -> IncomingReport:
     return IncomingReport(havip_id, tenant, f"m-{report_.instance_id}-{report_.seq}", report_)
 
 
