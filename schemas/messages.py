@@ -67,6 +67,10 @@ def _json_number(value: Any) -> Any:
     # It keeps taking 7.0 for an int, as JSON Schema does.
     if isinstance(value, bool | str):
         raise PydanticCustomError("json_number", "must be a JSON number, not a string or a boolean")
+    if isinstance(value, float) and value.is_integer():
+        # JSON Schema takes 1e20 for the integer it is; pydantic refuses an integral float past 64
+        # bits (int_parsing_size), so the same record would pass the schema and fail the parser.
+        return int(value)
     return value
 
 
