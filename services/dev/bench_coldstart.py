@@ -13,7 +13,6 @@ is started a few times and the median start reported (all are in the JSON).
 from __future__ import annotations
 
 import asyncio
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +22,12 @@ import httpx
 import psutil
 
 from services.dev import bench_seed
-from services.dev.benchkit import format_table, plot_bars, write_json
+from services.dev.benchkit import format_table, metric_value, plot_bars, write_json
 from services.dev.embedded import free_port
 from services.dev.processes import ServiceProcess
 from services.dev.stack import dev_stack
 from services.runtime.db import connect_pool
 from services.runtime.settings import Settings
-
-_TABLE_SIZE = re.compile(r"^havip_forwarder_table_havips (\S+)$", re.MULTILINE)
 
 
 def run_coldstart_bench(settings: Settings, sizes: list[int], starts: int, out_dir: Path) -> int:
@@ -78,11 +75,10 @@ def _start_forwarder(settings: Settings, workdir: Path, size: int) -> dict[str, 
         ready = _wait_ready(forwarder, started, timeout=900)
         assert forwarder.process is not None
         rss = psutil.Process(forwarder.process.pid).memory_info().rss
-        metrics = httpx.get(f"{forwarder.url}/metrics", timeout=10).text
-        held = _TABLE_SIZE.search(metrics)
+        held = metric_value(httpx.get(f"{forwarder.url}/metrics", timeout=10).text, "havip_forwarder_table_havips")
     finally:
         forwarder.stop()
-    return {"ready_seconds": ready, "rss_bytes": rss, "table_havips": int(float(held[1])) if held else None}
+    return {"ready_seconds": ready, "rss_bytes": rss, "table_havips": None if held is None else int(held)}
 
 
 def _wait_ready(forwarder: ServiceProcess, started: float, timeout: float) -> float:

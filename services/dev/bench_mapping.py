@@ -39,8 +39,9 @@ from aiokafka import AIOKafkaProducer
 
 from schemas import topics
 from schemas.messages import MAX_LEASE_SECONDS, VrrpReported, VrrpState
+from services.dev.bench_harness import scrape_metrics
 from services.dev.bench_renewals import TENANT, seed_live_masters
-from services.dev.benchkit import plot_rates, write_json
+from services.dev.benchkit import metric_sum, plot_rates, write_json
 from services.dev.embedded import free_port
 from services.dev.processes import ServiceProcess
 from services.dev.stack import dev_stack
@@ -53,9 +54,9 @@ from services.runtime.settings import Settings
 # few enough that a fetch stays fast on the embedded broker (it slows as a partition grows).
 BACKLOG = 20_000
 WARMUP_SECONDS = 5.0
-APPLIED_LABELS = ('service="mapping"', 'outcome="applied"', f'topic="{topics.VRRP.name}"')
-# Renewals taken from the table, whichever way (the sweep, or with a state change of their HAVIP).
-RENEWALS_APPLIED = "havip_mapping_renewals_applied_total{"
+# The stream's figures for the mapping worker's reports; renewals are counted apart, taken from
+# the table whichever way (the sweep, or with a state change of their HAVIP).
+OF_REPORTS = {"service": "mapping", "topic": topics.VRRP.name}
 
 
 @dataclass(frozen=True)
@@ -301,32 +302,17 @@ def _renewal(havip: int, seq: int, now: datetime) -> VrrpReported:
 
 
 async def _renewals_applied(metrics: httpx.AsyncClient) -> int:
-    return int(
-        sum(float(line.rsplit(" ", 1)[1]) for line in await _metric_lines(metrics) if line.startswith(RENEWALS_APPLIED))
-    )
+    return int(metric_sum(await scrape_metrics(metrics), "havip_mapping_renewals_applied_total"))
 
 
 async def _batches(metrics: httpx.AsyncClient) -> tuple[float, float]:
     """How many batches of reports the worker applied, and the seconds spent in them."""
-    count = total = 0.0
-    for line in await _metric_lines(metrics):
-        if 'service="mapping"' in line and f'topic="{topics.VRRP.name}"' in line:
-            if line.startswith("havip_stream_batch_seconds_count{"):
-                count = float(line.rsplit(" ", 1)[1])
-            elif line.startswith("havip_stream_batch_seconds_sum{"):
-                total = float(line.rsplit(" ", 1)[1])
-    return count, total
-
-
-async def _metric_lines(metrics: httpx.AsyncClient) -> list[str]:
-    answer = await metrics.get("/metrics")
-    answer.raise_for_status()
-    return answer.text.splitlines()
+    text = await scrape_metrics(metrics)
+    return (
+        metric_sum(text, "havip_stream_batch_seconds_count", **OF_REPORTS),
+        metric_sum(text, "havip_stream_batch_seconds_sum", **OF_REPORTS),
+    )
 
 
 async def _applied(metrics: httpx.AsyncClient) -> int:
-    applied = 0
-    for line in await _metric_lines(metrics):
-        if line.startswith("havip_stream_records_total{") and all(label in line for label in APPLIED_LABELS):
-            applied += int(float(line.rsplit(" ", 1)[1]))
-    return applied
+    return int(metric_sum(await scrape_metrics(metrics), "havip_stream_records_total", outcome="applied", **OF_REPORTS))
