@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from services.dev.bench_harness import bench_stack
 from services.dev.keepalived_failover import FailoverCluster, FailoverTiming
 from services.dev.keepalived_lab import lab_unavailable_reason
 from services.dev.keepalived_scenarios import (
@@ -44,7 +44,6 @@ from services.dev.keepalived_scenarios import (
     split_brain,
     wait_holders,
 )
-from services.dev.stack import dev_stack
 from services.runtime.settings import Settings
 
 Source = Literal["agent", "observer", "both"]
@@ -70,11 +69,9 @@ def run_keepalived_bench(settings: Settings, rounds: int, source: Source = "agen
     if unavailable is not None:
         print(f"cannot run keepalived here: {unavailable}")
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting a stack (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir) as stack:
+    with bench_stack(settings) as stack:
         urls = (stack.url("gateway"), stack.url("forwarder"))
-        results = asyncio.run(_bench(stack.settings, *urls, workdir, rounds, source))
+        results = asyncio.run(_bench(stack.settings, *urls, stack.workdir, rounds, source))
     _print_summary(results)
     return 0 if all(all(held) for held in results.checks.values()) else 1
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,12 +38,9 @@ from aiokafka import AIOKafkaProducer
 
 from schemas import topics
 from schemas.messages import MAX_LEASE_SECONDS, VrrpReported, VrrpState
-from services.dev.bench_harness import scrape_metrics
+from services.dev.bench_harness import bench_service, bench_stack, scrape_metrics
 from services.dev.bench_renewals import TENANT, seed_live_masters
 from services.dev.benchkit import metric_sum, plot_rates, write_json
-from services.dev.embedded import free_port
-from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
 from services.gateway.renewals import write_renewals
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_producer, topic_name
@@ -80,10 +76,8 @@ class Phase:
 
 
 def run_mapping_bench(settings: Settings, havips: int, seconds: float, out_dir: Path) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        phases = asyncio.run(_bench(stack.settings, workdir, havips, seconds))
+    with bench_stack(settings, services=()) as stack:
+        phases = asyncio.run(_bench(stack.settings, stack.workdir, havips, seconds))
     print()
     print(
         f"{'reports':<16}{'median/s':>10}{'mean/s':>10}{'applied':>10}{'per batch':>11}"
@@ -134,13 +128,12 @@ async def _bench(settings: Settings, workdir: Path, havips: int, seconds: float)
     finally:
         await pool.close()
     print(f"seeded {havips} HAVIPs, each owned by a live claim; starting one mapping worker", flush=True)
-    port = free_port()
-    worker = ServiceProcess("mapping", settings.model_copy(update={"mapping_port": port}), workdir).start()
+    worker = bench_service("mapping", settings, workdir).start()
     producer = new_producer(settings)
     await producer.start()
     try:
         await asyncio.to_thread(worker.wait_ready)
-        async with httpx.AsyncClient(base_url=f"http://{settings.http_host}:{port}", timeout=10) as metrics:
+        async with httpx.AsyncClient(base_url=worker.url, timeout=10) as metrics:
             renewals = Reports(havips, changes=False)
             changes = Reports(havips, changes=True)
             return [

@@ -47,7 +47,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -69,6 +68,7 @@ from schemas.messages import (
     Route,
     VSwitchChanged,
 )
+from services.dev.bench_harness import bench_workdir
 from services.dev.benchkit import Progress, format_table, metric_sum, plot_rates, spread, write_json
 from services.dev.embedded import EmbeddedBroker, exit_with_parent
 from services.dev.keepalived_lab import (
@@ -547,8 +547,7 @@ def run_observe_bench(
         print(f"cannot run the observe bench here: {unavailable}")
         return 2
     remove_stale_labs()
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting a broker (logs in {workdir}) ...", flush=True)
+    workdir = bench_workdir("a broker")
     network = Network(plan, workdir)
     # SIGTERM as Ctrl-C: the finally blocks remove the namespaces.
     previous = signal.signal(signal.SIGTERM, _interrupted)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,10 +28,9 @@ import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas import topics
+from services.dev.bench_harness import bench_service, bench_stack
 from services.dev.bench_renewals import renewal, seed_live_masters
-from services.dev.embedded import free_port
 from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
 from services.runtime.db import connect_pool
 from services.runtime.kafka import ensure_topics, new_producer, topic_name
 from services.runtime.settings import Settings
@@ -75,10 +73,8 @@ def profiles(defaults: Settings, static: bool) -> list[Profile]:
 
 
 def run_rebalance_bench(settings: Settings, rounds: int, static: bool) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        results = asyncio.run(_bench(stack.settings, workdir, profiles(settings, static), rounds))
+    with bench_stack(settings, services=()) as stack:
+        results = asyncio.run(_bench(stack.settings, stack.workdir, profiles(settings, static), rounds))
     _print_table(results, rounds)
     return 0
 
@@ -206,12 +202,10 @@ class Run:
             self._workers.clear()
 
     def _worker(self, n: int) -> ServiceProcess:
-        update: dict[str, object] = {"mapping_port": free_port()}
-        if self.profile.static:
-            update["worker_group_instance_id"] = f"mapping-{n}"
+        static = {"worker_group_instance_id": f"mapping-{n}"} if self.profile.static else {}
         logs = self.logs / f"worker-{n}"
         logs.mkdir(parents=True, exist_ok=True)
-        worker = ServiceProcess("mapping", self.settings.model_copy(update=update), logs).start()
+        worker = bench_service("mapping", self.settings, logs, **static).start()
         self._workers.append(worker)
         return worker
 

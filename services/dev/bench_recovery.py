@@ -29,18 +29,17 @@ import shutil
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
 import httpx
 import psutil
 
+from services.dev.bench_harness import bench_stack
 from services.dev.processes import ServiceProcess
-from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
+from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens
 from services.dev.walkthrough import Tenant, WalkthroughError
 from services.runtime.settings import Settings
 
@@ -51,9 +50,7 @@ LIMIT_SECONDS = 90.0
 
 
 def run_recovery_bench(settings: Settings, rounds: int) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting a stack (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir) as stack:
+    with bench_stack(settings) as stack:
         figures = asyncio.run(_bench(stack, rounds))
     _print_table(figures)
     return 0

@@ -12,7 +12,6 @@ instance takes over), which take the full path and publish.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,10 +21,8 @@ import asyncpg
 
 from schemas import topics
 from schemas.messages import MAX_LEASE_SECONDS, VrrpReported, VrrpState
+from services.dev.bench_harness import bench_service, bench_stack
 from services.dev.bench_seed import TENANT, seed_havips
-from services.dev.embedded import free_port
-from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
@@ -35,10 +32,8 @@ MakeReport = Callable[[int], VrrpReported]
 
 
 def run_renewal_bench(settings: Settings, havips: int, renewals: int, changes: int) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        result = asyncio.run(_bench(stack.settings, workdir, havips, renewals, changes))
+    with bench_stack(settings, services=()) as stack:
+        result = asyncio.run(_bench(stack.settings, stack.workdir, havips, renewals, changes))
     renewal_rate, change_rate = result
     print(f"renewals:      {renewal_rate:9.0f} /s  (one mapping worker, {havips} HAVIPs with a live master)")
     print(f"state changes: {change_rate:9.0f} /s  (owner steps down, the other takes over; full path + publish)")
@@ -112,7 +107,7 @@ async def _drain(
         await producer.stop()
     expected = await _expected_seq_sum(pool, before, count, make)
     print(f"queued {count} {label}; starting one mapping worker", flush=True)
-    worker = ServiceProcess("mapping", settings.model_copy(update={"mapping_port": free_port()}), workdir).start()
+    worker = bench_service("mapping", settings, workdir).start()
     try:
         first = await _wait(pool, lambda total: total > before, timeout=120)
         await _wait(pool, lambda total: total >= expected, timeout=600)

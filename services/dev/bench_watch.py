@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,11 +44,8 @@ from aiokafka import AIOKafkaProducer
 from schemas import topics
 from schemas.messages import HaVipMappingChanged, HaVipStatus, MappedAttachment, Route
 from services.dev import bench_seed
-from services.dev.bench_harness import scrape_metrics
+from services.dev.bench_harness import bench_service, bench_stack, scrape_metrics
 from services.dev.benchkit import Progress, format_table, metric_value, plot_latencies, write_json
-from services.dev.embedded import free_port
-from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
 from services.dev.watch_clients import WatchClients
 from services.dev.watch_delays import (
     ChangeKey,
@@ -88,10 +84,8 @@ def run_watch_bench(
 ) -> int:
     if changes > havips:
         raise SystemExit("--changes must not exceed --havips: each change moves another HAVIP")
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        run = asyncio.run(_bench(stack.settings, workdir, havips, watchers, changes, per_second, processes))
+    with bench_stack(settings, services=()) as stack:
+        run = asyncio.run(_bench(stack.settings, stack.workdir, havips, watchers, changes, per_second, processes))
     _report(run, out_dir)
     return 0
 
@@ -104,7 +98,7 @@ async def _bench(
         await bench_seed.ensure_havips(pool, havips)
     finally:
         await pool.close()
-    forwarder = ServiceProcess("forwarder", settings.model_copy(update={"forwarder_port": free_port()}), workdir)
+    forwarder = bench_service("forwarder", settings, workdir)
     print("starting a forwarder: it loads the HAVIPs as its snapshot ...", flush=True)
     forwarder.start()
     try:
