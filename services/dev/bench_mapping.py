@@ -40,7 +40,7 @@ from schemas import topics
 from schemas.messages import MAX_LEASE_SECONDS, VrrpReported, VrrpState
 from services.dev.bench_harness import bench_service, bench_stack, scrape_metrics
 from services.dev.bench_renewals import TENANT, seed_live_masters
-from services.dev.benchkit import metric_sum, plot_rates, write_json
+from services.dev.benchkit import format_table, metric_sum, plot_rates, ratio, write_json
 from services.gateway.renewals import write_renewals
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_producer, topic_name
@@ -78,19 +78,21 @@ class Phase:
 def run_mapping_bench(settings: Settings, havips: int, seconds: float, out_dir: Path) -> int:
     with bench_stack(settings, services=()) as stack:
         phases = asyncio.run(_bench(stack.settings, stack.workdir, havips, seconds))
-    print()
-    print(
-        f"{'reports':<16}{'median/s':>10}{'mean/s':>10}{'applied':>10}{'per batch':>11}"
-        f"{'ms/batch':>10}{'busy':>7}{'producer-bound s':>18}"
-    )
-    for phase in phases:
-        size = phase.applied / phase.batches if phase.batches else 0.0
-        per_batch = 1000 * phase.batch_seconds / phase.batches if phase.batches else 0.0
-        print(
-            f"{phase.name:<16}{phase.median:>10,.0f}{phase.mean:>10,.0f}{phase.applied:>10,}{size:>11,.0f}"
-            f"{per_batch:>10.1f}{phase.batch_seconds / (WARMUP_SECONDS + phase.seconds):>7.0%}"
-            f"{phase.producer_bound_seconds:>18}"
-        )
+    rows = [
+        [
+            phase.name,
+            phase.median,
+            phase.mean,
+            phase.applied,
+            ratio(phase.applied, phase.batches),
+            ratio(1000 * phase.batch_seconds, phase.batches),
+            f"{phase.batch_seconds / (WARMUP_SECONDS + phase.seconds):.0%}",
+            phase.producer_bound_seconds,
+        ]
+        for phase in phases
+    ]
+    headers = ["reports", "median/s", "mean/s", "applied", "per batch", "ms/batch", "busy", "producer-bound s"]
+    print("\n" + format_table(headers, rows))
     pngs = plot_rates(
         out_dir, "mapping-applied-per-second", {p.name: p.per_second for p in phases}, "reports applied per second"
     )

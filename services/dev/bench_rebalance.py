@@ -20,9 +20,9 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
@@ -30,6 +30,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from schemas import topics
 from services.dev.bench_harness import bench_service, bench_stack
 from services.dev.bench_renewals import renewal, seed_live_masters
+from services.dev.benchkit import format_table, write_json
 from services.dev.processes import ServiceProcess
 from services.runtime.db import connect_pool
 from services.runtime.kafka import ensure_topics, new_producer, topic_name
@@ -72,11 +73,22 @@ def profiles(defaults: Settings, static: bool) -> list[Profile]:
     return chosen
 
 
-def run_rebalance_bench(settings: Settings, rounds: int, static: bool) -> int:
+def run_rebalance_bench(settings: Settings, rounds: int, static: bool, out_dir: Path) -> int:
     with bench_stack(settings, services=()) as stack:
         results = asyncio.run(_bench(stack.settings, stack.workdir, profiles(settings, static), rounds))
     _print_table(results, rounds)
+    path = write_json(out_dir, rebalance_results(results, rounds))
+    print(f"\nwrote {path}")
     return 0
+
+
+def rebalance_results(results: list[tuple[Profile, Figures]], rounds: int) -> dict[str, Any]:
+    """What results.json holds: per profile its timings and each scenario's seconds (null: never settled)."""
+    return {
+        "rounds": rounds,
+        "scenarios": SCENARIOS,
+        "profiles": [{**asdict(profile), "seconds": figures} for profile, figures in results],
+    }
 
 
 Figures = dict[str, list[float] | None]  # per scenario; None: the group never settled
@@ -252,11 +264,16 @@ def _print_table(results: list[tuple[Profile, Figures]], rounds: int) -> None:
     def cell(samples: list[float] | None) -> str:
         return "never settled" if samples is None else f"{statistics.median(samples):.1f} (max {max(samples):.1f})"
 
+    rows = [
+        [
+            profile.name,
+            f"{profile.session_timeout:g} s / {profile.heartbeat_interval:g} s",
+            profile.static,
+            *(cell(figures[name]) for name in SCENARIOS),
+        ]
+        for profile, figures in results
+    ]
     print(f"\nmapping worker, seconds, median (max) of {rounds} rounds:")
-    print(f"{'profile':8} {'session/heartbeat':18} {'static':7}" + "".join(f"{name:16}" for name in SCENARIOS))
-    for profile, figures in results:
-        timing = f"{profile.session_timeout:g} s / {profile.heartbeat_interval:g} s"
-        row = f"{profile.name:8} {timing:18} {'yes' if profile.static else 'no':7}"
-        print(row + "".join(f"{cell(figures[name]):16}" for name in SCENARIOS))
+    print(format_table(["profile", "session/heartbeat", "static", *SCENARIOS], rows))
     for name, meaning in SCENARIOS.items():
         print(f"  {name}: {meaning}")

@@ -91,6 +91,7 @@ def _register_benches(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     renewals.add_argument("--havips", type=int, default=10_000)
     renewals.add_argument("--renewals", type=int, default=30_000)
     renewals.add_argument("--changes", type=int, default=3_000)
+    _out_option(renewals, "renewals")
 
     mapping = _bench(sub, "mapping", _mapping, "VRRP reports one mapping worker applies per second, sustained")
     mapping.add_argument("--havips", type=int, default=10_000)
@@ -106,15 +107,18 @@ def _register_benches(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="how the platform learns: havip agent beside keepalived (default), havip observe on the host"
         " (keepalived alone: adds the graceful stop, the split brain, three nodes and an intruder), or both",
     )
+    _out_option(keepalived, "keepalived")
 
     recovery = _bench(
         sub, "recovery", _recovery, "gateway restart, PostgreSQL and broker outages, a broker that lost its topics"
     )
     recovery.add_argument("--rounds", type=int, default=3)
+    _out_option(recovery, "recovery", "results JSON")
 
     rebalance = _bench(sub, "rebalance", _rebalance, "a mapping worker SIGKILLed: until its partitions move on")
     rebalance.add_argument("--rounds", type=int, default=5)
     rebalance.add_argument("--static", action="store_true", help="also measure static group membership")
+    _out_option(rebalance, "rebalance", "results JSON")
 
     lookups = _bench(
         sub,
@@ -187,10 +191,8 @@ def _bench(
     return parser
 
 
-def _out_option(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.add_argument(
-        "--out", metavar="DIR", help=f"results JSON and PNGs (default: bench-results/{name}-<timestamp>)"
-    )
+def _out_option(parser: argparse.ArgumentParser, name: str, what: str = "results JSON and PNGs") -> None:
+    parser.add_argument("--out", metavar="DIR", help=f"{what} (default: bench-results/{name}-<timestamp>)")
 
 
 def _out(args: argparse.Namespace, name: str) -> Path:
@@ -242,7 +244,13 @@ def _soak(args: argparse.Namespace) -> int:
 def _renewals(args: argparse.Namespace) -> int:
     from services.dev.bench_renewals import run_renewal_bench
 
-    return run_renewal_bench(load_settings(), havips=args.havips, renewals=args.renewals, changes=args.changes)
+    return run_renewal_bench(
+        load_settings(),
+        havips=args.havips,
+        renewals=args.renewals,
+        changes=args.changes,
+        out_dir=_out(args, "renewals"),
+    )
 
 
 def _mapping(args: argparse.Namespace) -> int:
@@ -254,19 +262,21 @@ def _mapping(args: argparse.Namespace) -> int:
 def _keepalived(args: argparse.Namespace) -> int:
     from services.dev.bench_keepalived import run_keepalived_bench
 
-    return run_keepalived_bench(load_settings(), rounds=args.rounds, source=args.source)
+    return run_keepalived_bench(
+        load_settings(), rounds=args.rounds, source=args.source, out_dir=_out(args, "keepalived")
+    )
 
 
 def _recovery(args: argparse.Namespace) -> int:
     from services.dev.bench_recovery import run_recovery_bench
 
-    return run_recovery_bench(load_settings(), rounds=args.rounds)
+    return run_recovery_bench(load_settings(), rounds=args.rounds, out_dir=_out(args, "recovery"))
 
 
 def _rebalance(args: argparse.Namespace) -> int:
     from services.dev.bench_rebalance import run_rebalance_bench
 
-    return run_rebalance_bench(load_settings(), rounds=args.rounds, static=args.static)
+    return run_rebalance_bench(load_settings(), rounds=args.rounds, static=args.static, out_dir=_out(args, "rebalance"))
 
 
 def _lookups(args: argparse.Namespace) -> int:
