@@ -164,3 +164,9 @@ def test_histogram_parts_and_untyped_lines_are_samples_by_their_own_names() -> N
     assert metric_value(text, "havip_stream_batch_seconds_sum", topic="vrrp.events") == 0.5
     assert metric_value(text, "havip_forwarder_apply_lag_seconds") == 0.0123
     assert metric_value("", "havip_forwarder_apply_lag_seconds") is None
+
+
+def test_a_table_with_text_last_has_no_trailing_blanks() -> None:
+    table = format_table(["reports", "what"], [["renewals", "a long explanation"], ["changes", "short"]])
+    assert all(line == line.rstrip() for line in table.splitlines())
+    assert table.splitlines()[-1] == "changes   short"
