@@ -89,8 +89,9 @@ def run_failover_bench(
     renewals_per_second: float,
     round_timeout: float,
     out_dir: Path,
-    load_through: LoadThrough = LoadThrough.GATEWAY,
+    load_through: LoadThrough | str = LoadThrough.GATEWAY,
 ) -> int:
+    load_through = LoadThrough(load_through)
     with bench_stack(settings) as stack:
         phases = asyncio.run(
             _bench(

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.runtime.settings import load_settings
 
@@ -49,8 +52,8 @@ def _register_benches(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     failover = _bench(
         sub,
         "failover",
-        _failover,
         "VRRP report to forwarder answer over many failovers, idle and under background load",
+        "services.dev.bench.run_failover_bench",
     )
     failover.add_argument("--rounds", type=int, default=1000, help="failovers per phase (default 1,000)")
     failover.add_argument("--havips", type=int, default=10_000, help="HAVIPs the stack holds (default 10,000)")
@@ -73,7 +76,10 @@ def _register_benches(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _out_option(failover, "failover")
 
     soak = _bench(
-        sub, "soak", _soak, "a failover every second for half an hour under a fleet's load through the gateway"
+        sub,
+        "soak",
+        "a failover every second for half an hour under a fleet's load through the gateway",
+        "services.dev.bench_soak.run_soak_bench",
     )
     soak.add_argument("--minutes", type=float, default=30, help="how long (default 30)")
     soak.add_argument("--renewing", type=int, default=2000, help="masters renewing every second (default 2,000)")
@@ -87,18 +93,33 @@ def _register_benches(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _out_option(soak, "soak")
 
-    renewals = _bench(sub, "renewals", _renewals, "lease renewals and state changes one mapping worker applies")
+    renewals = _bench(
+        sub,
+        "renewals",
+        "lease renewals and state changes one mapping worker applies",
+        "services.dev.bench_renewals.run_renewal_bench",
+    )
     renewals.add_argument("--havips", type=int, default=10_000)
     renewals.add_argument("--renewals", type=int, default=30_000)
     renewals.add_argument("--changes", type=int, default=3_000)
     _out_option(renewals, "renewals")
 
-    mapping = _bench(sub, "mapping", _mapping, "VRRP reports one mapping worker applies per second, sustained")
+    mapping = _bench(
+        sub,
+        "mapping",
+        "VRRP reports one mapping worker applies per second, sustained",
+        "services.dev.bench_mapping.run_mapping_bench",
+    )
     mapping.add_argument("--havips", type=int, default=10_000)
     mapping.add_argument("--seconds", type=float, default=60.0, help="measured per kind of report, after a warm-up")
     _out_option(mapping, "mapping")
 
-    keepalived = _bench(sub, "keepalived", _keepalived, "real keepalived failovers, notify to forwarder (root)")
+    keepalived = _bench(
+        sub,
+        "keepalived",
+        "real keepalived failovers, notify to forwarder (root)",
+        "services.dev.bench_keepalived.run_keepalived_bench",
+    )
     keepalived.add_argument("--rounds", type=int, default=10)
     keepalived.add_argument(
         "--source",
@@ -110,12 +131,20 @@ def _register_benches(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _out_option(keepalived, "keepalived")
 
     recovery = _bench(
-        sub, "recovery", _recovery, "gateway restart, PostgreSQL and broker outages, a broker that lost its topics"
+        sub,
+        "recovery",
+        "gateway restart, PostgreSQL and broker outages, a broker that lost its topics",
+        "services.dev.bench_recovery.run_recovery_bench",
     )
     recovery.add_argument("--rounds", type=int, default=3)
     _out_option(recovery, "recovery", "results JSON")
 
-    rebalance = _bench(sub, "rebalance", _rebalance, "a mapping worker SIGKILLed: until its partitions move on")
+    rebalance = _bench(
+        sub,
+        "rebalance",
+        "a mapping worker SIGKILLed: until its partitions move on",
+        "services.dev.bench_rebalance.run_rebalance_bench",
+    )
     rebalance.add_argument("--rounds", type=int, default=5)
     rebalance.add_argument("--static", action="store_true", help="also measure static group membership")
     _out_option(rebalance, "rebalance", "results JSON")
@@ -123,43 +152,61 @@ def _register_benches(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     lookups = _bench(
         sub,
         "lookups",
-        _lookups,
         "forwarder lookups (in process, HTTP single and batch) against PostgreSQL, side by side",
+        "services.dev.bench_lookups.run_lookups_bench",
     )
     lookups.add_argument("--havips", type=int, default=10_000, help="HAVIPs the stack holds (default 10,000)")
     lookups.add_argument("--seconds", type=float, default=10.0, help="load on each side (default 10)")
     _out_option(lookups, "lookups")
 
-    coldstart = _bench(sub, "coldstart", _coldstart, "forwarder start to ready, and its memory, per fleet size")
+    coldstart = _bench(
+        sub,
+        "coldstart",
+        "forwarder start to ready, and its memory, per fleet size",
+        "services.dev.bench_coldstart.run_coldstart_bench",
+    )
     coldstart.add_argument(
         "--sizes", type=_sizes, default=[100_000, 1_000_000], help="HAVIP counts (default 100000,1000000)"
     )
     coldstart.add_argument("--starts", type=int, default=3, help="forwarder starts per size; the median is shown (3)")
     _out_option(coldstart, "coldstart")
 
-    intake = _bench(sub, "intake", _intake, "VRRP reports a gateway accepts per second over HTTP (wrk)")
+    intake = _bench(
+        sub,
+        "intake",
+        "VRRP reports a gateway accepts per second over HTTP (wrk)",
+        "services.dev.bench_intake.run_intake_bench",
+    )
     intake.add_argument("--agents", type=int, default=500, help="agent tokens the load is spread over (default 500)")
     intake.add_argument("--seconds", type=float, default=15.0, help="length of the load (default 15)")
     intake.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     _out_option(intake, "intake")
 
     watch = _bench(
-        sub, "watch", _watch, "from the forwarder applying a change to every one of many watchers having it, p50/p99"
+        sub,
+        "watch",
+        "from the forwarder applying a change to every one of many watchers having it, p50/p99",
+        "services.dev.bench_watch.run_watch_bench",
     )
     watch.add_argument("--havips", type=int, default=10_000, help="HAVIPs the forwarder holds (default 10,000)")
     watch.add_argument("--watchers", type=int, default=1000, help="watch streams on the forwarder (default 1,000)")
     watch.add_argument("--changes", type=int, default=200, help="changes produced to havip.mappings (default 200)")
     watch.add_argument("--per-second", type=float, default=20.0, help="pace of the changes (default 20)")
     watch.add_argument(
-        "--client-processes", type=int, default=2, help="processes the watch streams are spread over (default 2)"
+        "--client-processes",
+        type=int,
+        default=2,
+        dest="processes",
+        metavar="CLIENT_PROCESSES",
+        help="processes the watch streams are spread over (default 2)",
     )
     _out_option(watch, "watch")
 
     observe = _bench(
         sub,
         "observe",
-        _observe,
         "one havip observe, many HAVIPs advertising once a second on its host: CPU, drops (root)",
+        "services.dev.bench_observe.run_observe_bench",
     )
     observe.add_argument("--havips", type=int, default=1000, help="HAVIPs advertising (default 1,000)")
     observe.add_argument("--per-instance", type=int, default=5, help="HAVIPs per instance, one port each (default 5)")
@@ -167,11 +214,8 @@ def _register_benches(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     observe.add_argument("--warmup", type=float, default=10.0, help="seconds before the window (default 10)")
     _out_option(observe, "observe")
 
-    every = _bench(
-        sub,
-        "all",
-        _all,
-        "failover, mapping, lookups, watch, coldstart and intake in turn, and one table against the targets",
+    every = sub.add_parser(
+        "all", help="failover, mapping, lookups, watch, coldstart and intake in turn, and one table against the targets"
     )
     every.add_argument(
         "--quick", action="store_true", help="tiny parameters: a smoke run of a few minutes, not figures to quote"
@@ -181,14 +225,39 @@ def _register_benches(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DIR",
         help="each bench's folder, summary.json and summary.md (default: bench-results/all-<timestamp>)",
     )
+    every.set_defaults(func=_all)
 
 
 def _bench(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, run: Run, help: str
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, runs: str
 ) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=Bench(name, runs))
     return parser
+
+
+# What a bench's parsed arguments hold beside its own options.
+NOT_OPTIONS = frozenset({"command", "bench_command", "func", "out"})
+
+
+@dataclass(frozen=True)
+class Bench:
+    """A `havip bench` subcommand: `runs` (module.function) is called with the settings, `out_dir`,
+    and each option by its name; the module is imported only then."""
+
+    name: str
+    runs: str
+
+    def function(self) -> Callable[..., int]:
+        module, function = self.runs.rsplit(".", 1)
+        found: Callable[..., int] = getattr(importlib.import_module(module), function)
+        return found
+
+    def options(self, args: argparse.Namespace) -> dict[str, Any]:
+        return {key: value for key, value in vars(args).items() if key not in NOT_OPTIONS}
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        return self.function()(load_settings(), out_dir=_out(args, self.name), **self.options(args))
 
 
 def _out_option(parser: argparse.ArgumentParser, name: str, what: str = "results JSON and PNGs") -> None:
@@ -209,125 +278,6 @@ def _sizes(text: str) -> list[int]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError("give one or more positive counts, e.g. 100000,1000000")
     return sizes
-
-
-def _failover(args: argparse.Namespace) -> int:
-    from services.dev.bench import LoadThrough, run_failover_bench
-
-    return run_failover_bench(
-        load_settings(),
-        rounds=args.rounds,
-        havips=args.havips,
-        reports_per_second=args.reports_per_second,
-        renewals_per_second=args.renewals_per_second,
-        round_timeout=args.round_timeout,
-        load_through=LoadThrough(args.load_through),
-        out_dir=_out(args, "failover"),
-    )
-
-
-def _soak(args: argparse.Namespace) -> int:
-    from services.dev.bench_soak import run_soak_bench
-
-    return run_soak_bench(
-        load_settings(),
-        minutes=args.minutes,
-        renewing=args.renewing,
-        changing=args.changing,
-        changes_per_second=args.changes_per_second,
-        window_minutes=args.window_minutes,
-        round_timeout=args.round_timeout,
-        out_dir=_out(args, "soak"),
-    )
-
-
-def _renewals(args: argparse.Namespace) -> int:
-    from services.dev.bench_renewals import run_renewal_bench
-
-    return run_renewal_bench(
-        load_settings(),
-        havips=args.havips,
-        renewals=args.renewals,
-        changes=args.changes,
-        out_dir=_out(args, "renewals"),
-    )
-
-
-def _mapping(args: argparse.Namespace) -> int:
-    from services.dev.bench_mapping import run_mapping_bench
-
-    return run_mapping_bench(load_settings(), havips=args.havips, seconds=args.seconds, out_dir=_out(args, "mapping"))
-
-
-def _keepalived(args: argparse.Namespace) -> int:
-    from services.dev.bench_keepalived import run_keepalived_bench
-
-    return run_keepalived_bench(
-        load_settings(), rounds=args.rounds, source=args.source, out_dir=_out(args, "keepalived")
-    )
-
-
-def _recovery(args: argparse.Namespace) -> int:
-    from services.dev.bench_recovery import run_recovery_bench
-
-    return run_recovery_bench(load_settings(), rounds=args.rounds, out_dir=_out(args, "recovery"))
-
-
-def _rebalance(args: argparse.Namespace) -> int:
-    from services.dev.bench_rebalance import run_rebalance_bench
-
-    return run_rebalance_bench(load_settings(), rounds=args.rounds, static=args.static, out_dir=_out(args, "rebalance"))
-
-
-def _lookups(args: argparse.Namespace) -> int:
-    from services.dev.bench_lookups import run_lookups_bench
-
-    return run_lookups_bench(load_settings(), havips=args.havips, seconds=args.seconds, out_dir=_out(args, "lookups"))
-
-
-def _coldstart(args: argparse.Namespace) -> int:
-    from services.dev.bench_coldstart import run_coldstart_bench
-
-    return run_coldstart_bench(load_settings(), sizes=args.sizes, starts=args.starts, out_dir=_out(args, "coldstart"))
-
-
-def _intake(args: argparse.Namespace) -> int:
-    from services.dev.bench_intake import run_intake_bench
-
-    return run_intake_bench(
-        load_settings(),
-        agents=args.agents,
-        seconds=args.seconds,
-        connections=args.connections,
-        out_dir=_out(args, "intake"),
-    )
-
-
-def _watch(args: argparse.Namespace) -> int:
-    from services.dev.bench_watch import run_watch_bench
-
-    return run_watch_bench(
-        load_settings(),
-        havips=args.havips,
-        watchers=args.watchers,
-        changes=args.changes,
-        per_second=args.per_second,
-        processes=args.client_processes,
-        out_dir=_out(args, "watch"),
-    )
-
-
-def _observe(args: argparse.Namespace) -> int:
-    from services.dev.bench_observe import run_observe_bench
-
-    return run_observe_bench(
-        load_settings(),
-        havips=args.havips,
-        per_instance=args.per_instance,
-        seconds=args.seconds,
-        warmup=args.warmup,
-        out_dir=_out(args, "observe"),
-    )
 
 
 def _all(args: argparse.Namespace) -> int:
