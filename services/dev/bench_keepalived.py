@@ -74,7 +74,8 @@ def run_keepalived_bench(settings: Settings, rounds: int, out_dir: Path, source:
         results = asyncio.run(_bench(stack.settings, *urls, stack.workdir, rounds, source))
     summary = keepalived_results(results, rounds, source)
     _print_summary(summary)
-    pngs = plot_latencies(out_dir, "keepalived-heard-to-forwarder", _platform_ms(results))
+    heard = {scenario: _heard_ms(found) for scenario, found in _by_scenario(results.timings).items()}
+    pngs = plot_latencies(out_dir, "keepalived-heard-to-forwarder", heard)
     path = write_json(out_dir, summary)
     print(f"\nwrote {path}" + "".join(f"\n      {png}" for png in pngs))
     return 0 if all(all(held) for held in results.checks.values()) else 1
@@ -157,9 +158,6 @@ def keepalived_results(results: Results, rounds: int, source: Source) -> dict[st
     observer still held that node's claim from its last time as master (README, "keepalived and
     nothing else", known limits). Those are counted apart ("ahead"), not in the spread.
     """
-    by_scenario: dict[str, list[FailoverTiming]] = defaultdict(list)
-    for timing in results.timings:
-        by_scenario[timing.scenario].append(timing)
     takeovers = [t for t in results.timings if t.scenario != "graceful stop"]
     return {
         "rounds": rounds,
@@ -171,24 +169,28 @@ def keepalived_results(results: Results, rounds: int, source: Source) -> dict[st
                 "ahead": sum(1 for t in found if t.platform_seconds < 0),
                 "samples": [asdict(t) for t in found],
             }
-            for scenario, found in by_scenario.items()
+            for scenario, found in _by_scenario(results.timings).items()
         },
         "all_takeovers_heard_to_forwarder_ms": _spread_ms(takeovers),
         "checks": {what: {"held": sum(held), "of": len(held)} for what, held in results.checks.items()},
     }
 
 
+def _by_scenario(timings: Sequence[FailoverTiming]) -> dict[str, list[FailoverTiming]]:
+    found: dict[str, list[FailoverTiming]] = defaultdict(list)
+    for timing in timings:
+        found[timing.scenario].append(timing)
+    return found
+
+
+def _heard_ms(timings: Sequence[FailoverTiming]) -> list[float]:
+    """Heard -> forwarder of those not ahead of keepalived, in ms."""
+    return [t.platform_seconds * 1000 for t in timings if t.platform_seconds >= 0]
+
+
 def _spread_ms(timings: Sequence[FailoverTiming]) -> dict[str, float] | None:
-    known = [t.platform_seconds * 1000 for t in timings if t.platform_seconds >= 0]
-    return spread(known).as_dict() if known else None
-
-
-def _platform_ms(results: Results) -> dict[str, list[float]]:
-    by_scenario: dict[str, list[float]] = defaultdict(list)
-    for t in results.timings:
-        if t.platform_seconds >= 0:
-            by_scenario[t.scenario].append(t.platform_seconds * 1000)
-    return by_scenario
+    heard = _heard_ms(timings)
+    return spread(heard).as_dict() if heard else None
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
