@@ -39,12 +39,13 @@ from aiokafka.errors import KafkaError
 from schemas import topics
 from services.dev import bench_seed
 from services.dev.bench_fleet import fleet_split, start_fleet
+from services.dev.bench_harness import bench_stack
 from services.dev.bench_load import stop_load
 from services.dev.benchkit import Progress, format_table, plot_latencies, spread, write_json
 from services.dev.embedded import exit_with_parent
 from services.dev.owner_watch import OwnerWatch, failover
 from services.dev.processes import settings_env
-from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, bench_stack, demo_agent_tokens
+from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens
 from services.dev.walkthrough import Tenant, WalkthroughError
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_consumer, topic_name
@@ -88,9 +89,10 @@ def run_failover_bench(
     renewals_per_second: float,
     round_timeout: float,
     out_dir: Path,
-    load_through: LoadThrough = LoadThrough.GATEWAY,
+    load_through: LoadThrough | str = LoadThrough.GATEWAY,
 ) -> int:
-    with bench_stack(settings, "havip-bench-") as stack:
+    load_through = LoadThrough(load_through)
+    with bench_stack(settings) as stack:
         phases = asyncio.run(
             _bench(
                 stack,

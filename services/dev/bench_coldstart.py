@@ -13,8 +13,6 @@ is started a few times and the median start reported (all are in the JSON).
 from __future__ import annotations
 
 import asyncio
-import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,22 +21,17 @@ import httpx
 import psutil
 
 from services.dev import bench_seed
-from services.dev.benchkit import format_table, plot_bars, write_json
-from services.dev.embedded import free_port
+from services.dev.bench_harness import bench_service, bench_stack
+from services.dev.benchkit import format_table, metric_value, plot_bars, write_json
 from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
 from services.runtime.db import connect_pool
 from services.runtime.settings import Settings
 
-_TABLE_SIZE = re.compile(r"^havip_forwarder_table_havips (\S+)$", re.MULTILINE)
-
 
 def run_coldstart_bench(settings: Settings, sizes: list[int], starts: int, out_dir: Path) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
     rows: list[dict[str, Any]] = []
-    with dev_stack(settings, workdir, services=()) as stack:
-        settings = stack.settings
+    with bench_stack(settings, services=()) as stack:
+        settings, workdir = stack.settings, stack.workdir
         for size in [0, *sorted(set(sizes))]:
             seed_seconds = asyncio.run(_grow_to(settings, size))
             each = []
@@ -69,20 +62,17 @@ async def _grow_to(settings: Settings, size: int) -> float:
 
 
 def _start_forwarder(settings: Settings, workdir: Path, size: int) -> dict[str, Any]:
-    forwarder = ServiceProcess(
-        "forwarder", settings.model_copy(update={"forwarder_port": free_port()}), workdir, name=f"forwarder-{size}"
-    )
+    forwarder = bench_service("forwarder", settings, workdir, name=f"forwarder-{size}")
     started = time.perf_counter()
     forwarder.start()
     try:
         ready = _wait_ready(forwarder, started, timeout=900)
         assert forwarder.process is not None
         rss = psutil.Process(forwarder.process.pid).memory_info().rss
-        metrics = httpx.get(f"{forwarder.url}/metrics", timeout=10).text
-        held = _TABLE_SIZE.search(metrics)
+        held = metric_value(httpx.get(f"{forwarder.url}/metrics", timeout=10).text, "havip_forwarder_table_havips")
     finally:
         forwarder.stop()
-    return {"ready_seconds": ready, "rss_bytes": rss, "table_havips": int(float(held[1])) if held else None}
+    return {"ready_seconds": ready, "rss_bytes": rss, "table_havips": None if held is None else int(held)}
 
 
 def _wait_ready(forwarder: ServiceProcess, started: float, timeout: float) -> float:

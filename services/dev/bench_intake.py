@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,9 @@ from typing import Any
 import httpx
 
 from services.dev import bench_seed
+from services.dev.bench_harness import bench_service, bench_stack
 from services.dev.bench_wrk import WrkRun, ensure_wrk, request_line, run_wrk
 from services.dev.benchkit import format_table, plot_latencies, write_json
-from services.dev.embedded import free_port
-from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
 from services.runtime.db import connect_pool
 from services.runtime.settings import Settings
 
@@ -41,13 +38,11 @@ _LEASE_SECONDS = 30.0
 
 def run_intake_bench(settings: Settings, agents: int, seconds: float, connections: int, out_dir: Path) -> int:
     ensure_wrk()
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
     havips = math.ceil(agents / 2)
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        settings = stack.settings
+    with bench_stack(settings, services=()) as stack:
+        settings, workdir = stack.settings, stack.workdir
         tokens = asyncio.run(_seed(settings, havips))
-        gateway = ServiceProcess("gateway", settings.model_copy(update={"gateway_port": free_port()}), workdir)
+        gateway = bench_service("gateway", settings, workdir)
         print(f"seeded {havips:,} HAVIPs and {len(tokens):,} agent tokens; starting one gateway ...", flush=True)
         gateway.start().wait_ready()
         try:

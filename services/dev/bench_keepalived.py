@@ -21,15 +21,15 @@ How the platform learns (`source`):
 from __future__ import annotations
 
 import asyncio
-import statistics
-import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from services.dev.bench_harness import bench_stack
+from services.dev.benchkit import format_table, plot_latencies, spread, write_json
 from services.dev.keepalived_failover import FailoverCluster, FailoverTiming
 from services.dev.keepalived_lab import lab_unavailable_reason
 from services.dev.keepalived_scenarios import (
@@ -44,7 +44,6 @@ from services.dev.keepalived_scenarios import (
     split_brain,
     wait_holders,
 )
-from services.dev.stack import dev_stack
 from services.runtime.settings import Settings
 
 Source = Literal["agent", "observer", "both"]
@@ -65,17 +64,20 @@ class Results:
         print(f"round {round_ + 1}: {what}: {'held' if held else 'FAILED'} {detail}".rstrip(), flush=True)
 
 
-def run_keepalived_bench(settings: Settings, rounds: int, source: Source = "agent") -> int:
+def run_keepalived_bench(settings: Settings, rounds: int, out_dir: Path, source: Source = "agent") -> int:
     unavailable = lab_unavailable_reason()
     if unavailable is not None:
         print(f"cannot run keepalived here: {unavailable}")
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting a stack (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir) as stack:
+    with bench_stack(settings) as stack:
         urls = (stack.url("gateway"), stack.url("forwarder"))
-        results = asyncio.run(_bench(stack.settings, *urls, workdir, rounds, source))
-    _print_summary(results)
+        results = asyncio.run(_bench(stack.settings, *urls, stack.workdir, rounds, source))
+    summary = keepalived_results(results, rounds, source)
+    _print_summary(summary)
+    heard = {scenario: _heard_ms(found) for scenario, found in _by_scenario(results.timings).items()}
+    pngs = plot_latencies(out_dir, "keepalived-heard-to-forwarder", heard)
+    path = write_json(out_dir, summary)
+    print(f"\nwrote {path}" + "".join(f"\n      {png}" for png in pngs))
     return 0 if all(all(held) for held in results.checks.values()) else 1
 
 
@@ -149,38 +151,70 @@ async def _two_node_round(cluster: FailoverCluster, round_: int, results: Result
     results.record(round_, await node_restarts(cluster))
 
 
-def _print_summary(results: Results) -> None:
-    """Per scenario: keepalived's own time, and the platform's delay from what it first heard.
+def keepalived_results(results: Results, rounds: int, source: Source) -> dict[str, Any]:
+    """What results.json holds: per scenario keepalived's own time and the platform's delay after it, in ms.
 
     A delay below zero means the forwarder answered the new master before its first advert: the
     observer still held that node's claim from its last time as master (README, "keepalived and
-    nothing else", known limits). Those are counted apart, not averaged in.
+    nothing else", known limits). Those are counted apart ("ahead"), not in the spread.
     """
-    by_scenario: dict[str, list[FailoverTiming]] = defaultdict(list)
-    for timing in results.timings:
-        by_scenario[timing.scenario].append(timing)
-    print()
-    header = f"{'scenario':<22} {'n':>3}  {'keepalived median/worst':>24}  {'heard -> forwarder median/p99/worst':>36}"
-    print(f"{header}  ahead")
-    for scenario, found in by_scenario.items():
-        keepalived = [t.keepalived_seconds * 1000 for t in found]
-        platform = sorted(t.platform_seconds * 1000 for t in found if t.platform_seconds >= 0)
-        ahead = sum(1 for t in found if t.platform_seconds < 0)
-        print(
-            f"{scenario:<22} {len(found):>3}  {statistics.median(keepalived):>12.0f} / {max(keepalived):>5.0f} ms"
-            f"  {_spread(platform):>36}  {ahead:>5}"
+    takeovers = [t for t in results.timings if t.scenario != "graceful stop"]
+    return {
+        "rounds": rounds,
+        "source": source,
+        "scenarios": {
+            scenario: {
+                "keepalived_ms": spread(t.keepalived_seconds * 1000 for t in found).as_dict(),
+                "heard_to_forwarder_ms": _spread_ms(found),
+                "ahead": sum(1 for t in found if t.platform_seconds < 0),
+                "samples": [asdict(t) for t in found],
+            }
+            for scenario, found in _by_scenario(results.timings).items()
+        },
+        "all_takeovers_heard_to_forwarder_ms": _spread_ms(takeovers),
+        "checks": {what: {"held": sum(held), "of": len(held)} for what, held in results.checks.items()},
+    }
+
+
+def _by_scenario(timings: Sequence[FailoverTiming]) -> dict[str, list[FailoverTiming]]:
+    found: dict[str, list[FailoverTiming]] = defaultdict(list)
+    for timing in timings:
+        found[timing.scenario].append(timing)
+    return found
+
+
+def _heard_ms(timings: Sequence[FailoverTiming]) -> list[float]:
+    """Heard -> forwarder of those not ahead of keepalived, in ms."""
+    return [t.platform_seconds * 1000 for t in timings if t.platform_seconds >= 0]
+
+
+def _spread_ms(timings: Sequence[FailoverTiming]) -> dict[str, float] | None:
+    heard = _heard_ms(timings)
+    return spread(heard).as_dict() if heard else None
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    def figure(found: dict[str, float] | None, key: str) -> float | None:
+        return None if found is None else found[key]
+
+    rows: list[list[object]] = []
+    for scenario, found in summary["scenarios"].items():
+        ka, pf = found["keepalived_ms"], found["heard_to_forwarder_ms"]
+        rows.append(
+            [
+                scenario,
+                ka["count"],
+                ka["p50"],
+                ka["max"],
+                *(figure(pf, k) for k in ("p50", "p99", "max")),
+                found["ahead"],
+            ]
         )
-    takeovers = sorted(
-        t.platform_seconds * 1000 for t in results.timings if t.scenario != "graceful stop" and t.platform_seconds >= 0
+    every = summary["all_takeovers_heard_to_forwarder_ms"]
+    rows.append(
+        ["all takeovers", figure(every, "count"), None, None, *(figure(every, k) for k in ("p50", "p99", "max")), None]
     )
-    print(f"{'all takeovers':<22} {len(takeovers):>3}  {'':>24}  {_spread(takeovers):>36}")
-    for what, held in results.checks.items():
-        print(f"{what}: held {sum(held)} of {len(held)}")
-
-
-def _spread(values: list[float]) -> str:
-    """median / p99 / worst of sorted values, in ms."""
-    if not values:
-        return "-"
-    p99 = values[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
-    return f"{statistics.median(values):.0f} / {p99:.0f} / {values[-1]:.0f} ms"
+    headers = ["scenario", "n", "keepalived p50 ms", "worst", "heard -> forwarder p50 ms", "p99", "worst", "ahead"]
+    print("\n" + format_table(headers, rows))
+    for what, held in summary["checks"].items():
+        print(f"{what}: held {held['held']} of {held['of']}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,11 @@ import asyncpg
 import httpx
 
 from services.dev import bench_seed
+from services.dev.bench_harness import bench_service, bench_stack
 from services.dev.bench_wrk import WrkRun, ensure_wrk, request_line, run_wrk
 from services.dev.benchkit import Progress, Spread, format_table, plot_latencies, ratio, spread, write_json
 from services.dev.embedded import free_port
 from services.dev.pg_routes import ROUTE_BY_ADDRESS, lookup_route, start_pg_routes
-from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
 from services.forwarder.routes import RouteTable
 from services.readmodel.mappings import load_mappings
 from services.runtime.db import connect_pool
@@ -46,14 +44,12 @@ Key = tuple[str, str]
 
 def run_lookups_bench(settings: Settings, havips: int, seconds: float, out_dir: Path) -> int:
     ensure_wrk()
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        settings = stack.settings
+    with bench_stack(settings, services=()) as stack:
+        settings, workdir = stack.settings, stack.workdir
         asyncio.run(_seed(settings, havips))
         keys = [(bench_seed.VPC, bench_seed.havip_address(n)) for n in range(havips)]
         results: dict[str, Any] = {"havips": havips, "seconds_each": seconds}
-        forwarder = ServiceProcess("forwarder", settings.model_copy(update={"forwarder_port": free_port()}), workdir)
+        forwarder = bench_service("forwarder", settings, workdir)
         print("starting a forwarder: it loads the HAVIPs as its snapshot ...", flush=True)
         forwarder.start().wait_ready(timeout=300)
         try:

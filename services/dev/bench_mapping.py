@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,11 +38,9 @@ from aiokafka import AIOKafkaProducer
 
 from schemas import topics
 from schemas.messages import MAX_LEASE_SECONDS, VrrpReported, VrrpState
+from services.dev.bench_harness import bench_service, bench_stack, scrape_metrics
 from services.dev.bench_renewals import TENANT, seed_live_masters
-from services.dev.benchkit import plot_rates, write_json
-from services.dev.embedded import free_port
-from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
+from services.dev.benchkit import format_table, metric_sum, plot_rates, ratio, write_json
 from services.gateway.renewals import write_renewals
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_producer, topic_name
@@ -53,9 +50,9 @@ from services.runtime.settings import Settings
 # few enough that a fetch stays fast on the embedded broker (it slows as a partition grows).
 BACKLOG = 20_000
 WARMUP_SECONDS = 5.0
-APPLIED_LABELS = ('service="mapping"', 'outcome="applied"', f'topic="{topics.VRRP.name}"')
-# Renewals taken from the table, whichever way (the sweep, or with a state change of their HAVIP).
-RENEWALS_APPLIED = "havip_mapping_renewals_applied_total{"
+# The stream's figures for the mapping worker's reports; renewals are counted apart, taken from
+# the table whichever way (the sweep, or with a state change of their HAVIP).
+OF_REPORTS = {"service": "mapping", "topic": topics.VRRP.name}
 
 
 @dataclass(frozen=True)
@@ -79,23 +76,23 @@ class Phase:
 
 
 def run_mapping_bench(settings: Settings, havips: int, seconds: float, out_dir: Path) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        phases = asyncio.run(_bench(stack.settings, workdir, havips, seconds))
-    print()
-    print(
-        f"{'reports':<16}{'median/s':>10}{'mean/s':>10}{'applied':>10}{'per batch':>11}"
-        f"{'ms/batch':>10}{'busy':>7}{'producer-bound s':>18}"
-    )
-    for phase in phases:
-        size = phase.applied / phase.batches if phase.batches else 0.0
-        per_batch = 1000 * phase.batch_seconds / phase.batches if phase.batches else 0.0
-        print(
-            f"{phase.name:<16}{phase.median:>10,.0f}{phase.mean:>10,.0f}{phase.applied:>10,}{size:>11,.0f}"
-            f"{per_batch:>10.1f}{phase.batch_seconds / (WARMUP_SECONDS + phase.seconds):>7.0%}"
-            f"{phase.producer_bound_seconds:>18}"
-        )
+    with bench_stack(settings, services=()) as stack:
+        phases = asyncio.run(_bench(stack.settings, stack.workdir, havips, seconds))
+    rows = [
+        [
+            phase.name,
+            phase.median,
+            phase.mean,
+            phase.applied,
+            ratio(phase.applied, phase.batches),
+            ratio(1000 * phase.batch_seconds, phase.batches),
+            f"{phase.batch_seconds / (WARMUP_SECONDS + phase.seconds):.0%}",
+            phase.producer_bound_seconds,
+        ]
+        for phase in phases
+    ]
+    headers = ["reports", "median/s", "mean/s", "applied", "per batch", "ms/batch", "busy", "producer-bound s"]
+    print("\n" + format_table(headers, rows))
     pngs = plot_rates(
         out_dir, "mapping-applied-per-second", {p.name: p.per_second for p in phases}, "reports applied per second"
     )
@@ -133,13 +130,12 @@ async def _bench(settings: Settings, workdir: Path, havips: int, seconds: float)
     finally:
         await pool.close()
     print(f"seeded {havips} HAVIPs, each owned by a live claim; starting one mapping worker", flush=True)
-    port = free_port()
-    worker = ServiceProcess("mapping", settings.model_copy(update={"mapping_port": port}), workdir).start()
+    worker = bench_service("mapping", settings, workdir).start()
     producer = new_producer(settings)
     await producer.start()
     try:
         await asyncio.to_thread(worker.wait_ready)
-        async with httpx.AsyncClient(base_url=f"http://{settings.http_host}:{port}", timeout=10) as metrics:
+        async with httpx.AsyncClient(base_url=worker.url, timeout=10) as metrics:
             renewals = Reports(havips, changes=False)
             changes = Reports(havips, changes=True)
             return [
@@ -301,32 +297,17 @@ def _renewal(havip: int, seq: int, now: datetime) -> VrrpReported:
 
 
 async def _renewals_applied(metrics: httpx.AsyncClient) -> int:
-    return int(
-        sum(float(line.rsplit(" ", 1)[1]) for line in await _metric_lines(metrics) if line.startswith(RENEWALS_APPLIED))
-    )
+    return int(metric_sum(await scrape_metrics(metrics), "havip_mapping_renewals_applied_total"))
 
 
 async def _batches(metrics: httpx.AsyncClient) -> tuple[float, float]:
     """How many batches of reports the worker applied, and the seconds spent in them."""
-    count = total = 0.0
-    for line in await _metric_lines(metrics):
-        if 'service="mapping"' in line and f'topic="{topics.VRRP.name}"' in line:
-            if line.startswith("havip_stream_batch_seconds_count{"):
-                count = float(line.rsplit(" ", 1)[1])
-            elif line.startswith("havip_stream_batch_seconds_sum{"):
-                total = float(line.rsplit(" ", 1)[1])
-    return count, total
-
-
-async def _metric_lines(metrics: httpx.AsyncClient) -> list[str]:
-    answer = await metrics.get("/metrics")
-    answer.raise_for_status()
-    return answer.text.splitlines()
+    text = await scrape_metrics(metrics)
+    return (
+        metric_sum(text, "havip_stream_batch_seconds_count", **OF_REPORTS),
+        metric_sum(text, "havip_stream_batch_seconds_sum", **OF_REPORTS),
+    )
 
 
 async def _applied(metrics: httpx.AsyncClient) -> int:
-    applied = 0
-    for line in await _metric_lines(metrics):
-        if line.startswith("havip_stream_records_total{") and all(label in line for label in APPLIED_LABELS):
-            applied += int(float(line.rsplit(" ", 1)[1]))
-    return applied
+    return int(metric_sum(await scrape_metrics(metrics), "havip_stream_records_total", outcome="applied", **OF_REPORTS))

@@ -47,7 +47,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -57,7 +56,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import topics
 from schemas.messages import (
@@ -70,7 +68,8 @@ from schemas.messages import (
     Route,
     VSwitchChanged,
 )
-from services.dev.benchkit import Progress, format_table, plot_rates, spread, write_json
+from services.dev.bench_harness import bench_workdir
+from services.dev.benchkit import Progress, format_table, metric_sum, plot_rates, spread, write_json
 from services.dev.embedded import EmbeddedBroker, exit_with_parent
 from services.dev.keepalived_lab import (
     NAMESPACE_PREFIX,
@@ -284,16 +283,6 @@ def schedule(count: int, period: float = 1.0) -> list[float]:
 
 
 # --- reading what was measured (pure) ---------------------------------------------------------
-
-
-def metric_sum(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples called `name` whose labels include `labels`, in a /metrics text; 0 if none."""
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 def sent_by(progress: Sequence[tuple[float, int]], when: float) -> float:
@@ -558,8 +547,7 @@ def run_observe_bench(
         print(f"cannot run the observe bench here: {unavailable}")
         return 2
     remove_stale_labs()
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting a broker (logs in {workdir}) ...", flush=True)
+    workdir = bench_workdir("a broker")
     network = Network(plan, workdir)
     # SIGTERM as Ctrl-C: the finally blocks remove the namespaces.
     previous = signal.signal(signal.SIGTERM, _interrupted)

@@ -18,21 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 from aiokafka.partitioner import DefaultPartitioner
 
 from schemas import topics
+from services.dev.bench_harness import bench_service, bench_stack
 from services.dev.bench_renewals import renewal, seed_live_masters
-from services.dev.embedded import free_port
+from services.dev.benchkit import format_table, write_json
 from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
 from services.runtime.db import connect_pool
 from services.runtime.kafka import ensure_topics, new_producer, topic_name
 from services.runtime.settings import Settings
@@ -74,13 +73,22 @@ def profiles(defaults: Settings, static: bool) -> list[Profile]:
     return chosen
 
 
-def run_rebalance_bench(settings: Settings, rounds: int, static: bool) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        results = asyncio.run(_bench(stack.settings, workdir, profiles(settings, static), rounds))
+def run_rebalance_bench(settings: Settings, rounds: int, static: bool, out_dir: Path) -> int:
+    with bench_stack(settings, services=()) as stack:
+        results = asyncio.run(_bench(stack.settings, stack.workdir, profiles(settings, static), rounds))
     _print_table(results, rounds)
+    path = write_json(out_dir, rebalance_results(results, rounds))
+    print(f"\nwrote {path}")
     return 0
+
+
+def rebalance_results(results: list[tuple[Profile, Figures]], rounds: int) -> dict[str, Any]:
+    """What results.json holds: per profile its timings and each scenario's seconds (null: never settled)."""
+    return {
+        "rounds": rounds,
+        "scenarios": SCENARIOS,
+        "profiles": [{**asdict(profile), "seconds": figures} for profile, figures in results],
+    }
 
 
 Figures = dict[str, list[float] | None]  # per scenario; None: the group never settled
@@ -206,12 +214,10 @@ class Run:
             self._workers.clear()
 
     def _worker(self, n: int) -> ServiceProcess:
-        update: dict[str, object] = {"mapping_port": free_port()}
-        if self.profile.static:
-            update["worker_group_instance_id"] = f"mapping-{n}"
+        static = {"worker_group_instance_id": f"mapping-{n}"} if self.profile.static else {}
         logs = self.logs / f"worker-{n}"
         logs.mkdir(parents=True, exist_ok=True)
-        worker = ServiceProcess("mapping", self.settings.model_copy(update=update), logs).start()
+        worker = bench_service("mapping", self.settings, logs, **static).start()
         self._workers.append(worker)
         return worker
 
@@ -258,11 +264,16 @@ def _print_table(results: list[tuple[Profile, Figures]], rounds: int) -> None:
     def cell(samples: list[float] | None) -> str:
         return "never settled" if samples is None else f"{statistics.median(samples):.1f} (max {max(samples):.1f})"
 
+    rows = [
+        [
+            profile.name,
+            f"{profile.session_timeout:g} s / {profile.heartbeat_interval:g} s",
+            profile.static,
+            *(cell(figures[name]) for name in SCENARIOS),
+        ]
+        for profile, figures in results
+    ]
     print(f"\nmapping worker, seconds, median (max) of {rounds} rounds:")
-    print(f"{'profile':8} {'session/heartbeat':18} {'static':7}" + "".join(f"{name:16}" for name in SCENARIOS))
-    for profile, figures in results:
-        timing = f"{profile.session_timeout:g} s / {profile.heartbeat_interval:g} s"
-        row = f"{profile.name:8} {timing:18} {'yes' if profile.static else 'no':7}"
-        print(row + "".join(f"{cell(figures[name]):16}" for name in SCENARIOS))
+    print(format_table(["profile", "session/heartbeat", "static", *SCENARIOS], rows))
     for name, meaning in SCENARIOS.items():
         print(f"  {name}: {meaning}")

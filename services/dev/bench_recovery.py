@@ -29,18 +29,20 @@ import shutil
 import signal
 import statistics
 import subprocess
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import psutil
 
+from services.dev.bench_harness import bench_stack
+from services.dev.benchkit import format_table, write_json
 from services.dev.processes import ServiceProcess
-from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens, dev_stack
+from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens
 from services.dev.walkthrough import Tenant, WalkthroughError
 from services.runtime.settings import Settings
 
@@ -50,13 +52,26 @@ Figures = dict[str, list[float]]
 LIMIT_SECONDS = 90.0
 
 
-def run_recovery_bench(settings: Settings, rounds: int) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting a stack (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir) as stack:
+def run_recovery_bench(settings: Settings, rounds: int, out_dir: Path) -> int:
+    with bench_stack(settings) as stack:
         figures = asyncio.run(_bench(stack, rounds))
-    _print_table(figures)
+    rows = [
+        [name, len(samples), statistics.median(samples), min(samples), max(samples)]
+        for name, samples in figures.items()
+    ]
+    print("\n" + format_table(["figure", "runs", "median s", "min s", "max s"], rows))
+    path = write_json(out_dir, recovery_results(rounds, figures))
+    print(f"\nwrote {path}")
     return 0
+
+
+def recovery_results(rounds: int, figures: Figures) -> dict[str, Any]:
+    """What results.json holds: each figure's seconds, null where it did not happen within the limit."""
+    return {
+        "rounds": rounds,
+        "limit_seconds": LIMIT_SECONDS,
+        "seconds": {name: [None if math.isinf(s) else s for s in samples] for name, samples in figures.items()},
+    }
 
 
 async def _bench(stack: DevStack, rounds: int) -> Figures:
@@ -297,13 +312,3 @@ async def _signal(process: subprocess.Popen[bytes] | None, sig: signal.Signals) 
     process.send_signal(sig)
     if sig == signal.SIGKILL:
         await asyncio.to_thread(process.wait)
-
-
-def _print_table(figures: Figures) -> None:
-    width = max(len(name) for name in figures)
-    print(f"\n{'figure':<{width}}  {'runs':>4}  {'median':>8}  {'min':>8}  {'max':>8}")
-    for name, samples in figures.items():
-        print(
-            f"{name:<{width}}  {len(samples):>4}  {statistics.median(samples):>7.2f}s"
-            f"  {min(samples):>7.2f}s  {max(samples):>7.2f}s"
-        )

@@ -12,20 +12,19 @@ instance takes over), which take the full path and publish.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from schemas import topics
 from schemas.messages import MAX_LEASE_SECONDS, VrrpReported, VrrpState
+from services.dev.bench_harness import bench_service, bench_stack
 from services.dev.bench_seed import TENANT, seed_havips
-from services.dev.embedded import free_port
-from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
+from services.dev.benchkit import format_table, plot_bars, ratio, write_json
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_producer, topic_name
 from services.runtime.settings import Settings
@@ -34,16 +33,34 @@ from services.runtime.settings import Settings
 MakeReport = Callable[[int], VrrpReported]
 
 
-def run_renewal_bench(settings: Settings, havips: int, renewals: int, changes: int) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        result = asyncio.run(_bench(stack.settings, workdir, havips, renewals, changes))
-    renewal_rate, change_rate = result
-    print(f"renewals:      {renewal_rate:9.0f} /s  (one mapping worker, {havips} HAVIPs with a live master)")
-    print(f"state changes: {change_rate:9.0f} /s  (owner steps down, the other takes over; full path + publish)")
-    print(f"a renewal costs {change_rate / renewal_rate:.2f}x a state change")
+def run_renewal_bench(settings: Settings, havips: int, renewals: int, changes: int, out_dir: Path) -> int:
+    with bench_stack(settings, services=()) as stack:
+        renewal_rate, change_rate = asyncio.run(_bench(stack.settings, stack.workdir, havips, renewals, changes))
+    results = renewal_results(havips, renewals, changes, renewal_rate, change_rate)
+    rows = [
+        ["renewals", renewal_rate, f"one mapping worker, {havips:,} HAVIPs with a live master"],
+        ["state changes", change_rate, "owner steps down, the other takes over; full path + publish"],
+    ]
+    print("\n" + format_table(["reports", "applied/s", "what"], rows))
+    print(f"a renewal costs {results['renewal_cost_in_changes']:.2f}x a state change")
+    pngs = plot_bars(out_dir, "renewals-per-second", ["renewals", "state changes"], [renewal_rate, change_rate], "/s")
+    path = write_json(out_dir, results)
+    print(f"\nwrote {path}" + "".join(f"\n      {png}" for png in pngs))
     return 0
+
+
+def renewal_results(
+    havips: int, renewals: int, changes: int, renewals_per_second: float, changes_per_second: float
+) -> dict[str, Any]:
+    """What results.json holds: the two drain rates and what a renewal costs in state changes."""
+    return {
+        "havips": havips,
+        "renewals": renewals,
+        "changes": changes,
+        "renewals_per_second": renewals_per_second,
+        "changes_per_second": changes_per_second,
+        "renewal_cost_in_changes": ratio(changes_per_second, renewals_per_second),
+    }
 
 
 async def _bench(settings: Settings, workdir: Path, havips: int, renewals: int, changes: int) -> tuple[float, float]:
@@ -112,7 +129,7 @@ async def _drain(
         await producer.stop()
     expected = await _expected_seq_sum(pool, before, count, make)
     print(f"queued {count} {label}; starting one mapping worker", flush=True)
-    worker = ServiceProcess("mapping", settings.model_copy(update={"mapping_port": free_port()}), workdir).start()
+    worker = bench_service("mapping", settings, workdir).start()
     try:
         first = await _wait(pool, lambda total: total > before, timeout=120)
         await _wait(pool, lambda total: total >= expected, timeout=600)

@@ -34,10 +34,11 @@ from aiokafka import TopicPartition
 from schemas import topics
 from services.dev import bench_seed
 from services.dev.bench_fleet import start_fleet
+from services.dev.bench_harness import bench_stack
 from services.dev.bench_load import stop_load
 from services.dev.benchkit import Progress, format_table, plot_panels, spread, write_json
 from services.dev.owner_watch import OwnerWatch, failover
-from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, bench_stack, demo_agent_tokens
+from services.dev.stack import DEMO_TENANT_TOKEN, DevStack, demo_agent_tokens
 from services.dev.walkthrough import Tenant, WalkthroughError
 from services.runtime.db import connect_pool
 from services.runtime.kafka import new_consumer, topic_name
@@ -81,7 +82,7 @@ def run_soak_bench(
     round_timeout: float,
     out_dir: Path,
 ) -> int:
-    with bench_stack(settings, "havip-soak-") as stack:
+    with bench_stack(settings) as stack:
         soak = asyncio.run(
             _soak(stack, minutes, renewing, changing, changes_per_second, window_minutes, round_timeout, stack.workdir)
         )

@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,10 +44,8 @@ from aiokafka import AIOKafkaProducer
 from schemas import topics
 from schemas.messages import HaVipMappingChanged, HaVipStatus, MappedAttachment, Route
 from services.dev import bench_seed
-from services.dev.benchkit import Progress, format_table, plot_latencies, write_json
-from services.dev.embedded import free_port
-from services.dev.processes import ServiceProcess
-from services.dev.stack import dev_stack
+from services.dev.bench_harness import bench_service, bench_stack, scrape_metrics
+from services.dev.benchkit import Progress, format_table, metric_value, plot_latencies, write_json
 from services.dev.watch_clients import WatchClients
 from services.dev.watch_delays import (
     ChangeKey,
@@ -87,10 +84,8 @@ def run_watch_bench(
 ) -> int:
     if changes > havips:
         raise SystemExit("--changes must not exceed --havips: each change moves another HAVIP")
-    workdir = Path(tempfile.mkdtemp(prefix="havip-bench-"))
-    print(f"starting broker and database (logs in {workdir}) ...", flush=True)
-    with dev_stack(settings, workdir, services=()) as stack:
-        run = asyncio.run(_bench(stack.settings, workdir, havips, watchers, changes, per_second, processes))
+    with bench_stack(settings, services=()) as stack:
+        run = asyncio.run(_bench(stack.settings, stack.workdir, havips, watchers, changes, per_second, processes))
     _report(run, out_dir)
     return 0
 
@@ -103,7 +98,7 @@ async def _bench(
         await bench_seed.ensure_havips(pool, havips)
     finally:
         await pool.close()
-    forwarder = ServiceProcess("forwarder", settings.model_copy(update={"forwarder_port": free_port()}), workdir)
+    forwarder = bench_service("forwarder", settings, workdir)
     print("starting a forwarder: it loads the HAVIPs as its snapshot ...", flush=True)
     forwarder.start()
     try:
@@ -112,7 +107,7 @@ async def _bench(
             epoch, revision = await _position(http)
             print(f"opening {watchers:,} watch streams ({processes} processes) at revision {revision}", flush=True)
             async with WatchClients(forwarder.url, watchers, processes, epoch, revision, workdir) as clients:
-                open_streams = await _metric(http, "havip_forwarder_watchers")
+                open_streams = metric_value(await scrape_metrics(http), "havip_forwarder_watchers")
                 if open_streams is None or open_streams < watchers:
                     raise RuntimeError(f"the forwarder counts {open_streams} watchers, not {watchers}")
                 load_before = os.getloadavg()
@@ -184,7 +179,7 @@ async def _produce(
     topic = topic_name(settings, topics.MAPPINGS)
     # Versions from the clock: newer than the seeded HAVIPs' and than any earlier run's on a kept stack.
     first_version = time.time_ns() // 1_000_000
-    applied_before, _ = applied_position((await http.get("/metrics")).text)
+    applied_before, _ = applied_position(await scrape_metrics(http))
     produced: list[ProducedChange] = []
     progress = Progress(f"changes to {watchers:,} watchers", changes)
     started = time.monotonic()
@@ -212,7 +207,7 @@ async def _applied_at(http: httpx.AsyncClient, expected: int, occurred: float, s
     await _sleep_until(slot_end)  # read /metrics after the change's fan-out, not during it
     give_up = time.monotonic() + DATING_GIVES_UP_SECONDS
     while True:
-        applied, lag = applied_position((await http.get("/metrics")).text)
+        applied, lag = applied_position(await scrape_metrics(http))
         if applied == expected and lag is not None:
             return occurred + lag
         if applied > expected or time.monotonic() > give_up:
@@ -224,13 +219,6 @@ async def _sleep_until(when: float) -> None:
     delay = when - time.monotonic()
     if delay > 0:
         await asyncio.sleep(delay)
-
-
-async def _metric(http: httpx.AsyncClient, name: str) -> float | None:
-    for line in (await http.get("/metrics")).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def _report(run: WatchRun, out_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""What every `havip bench` shares: percentiles, a progress line, the result table, JSON and PNG files.
+"""What every `havip bench` shares: percentiles, /metrics figures, a progress line, the result table, JSON and PNGs.
 
 The arithmetic and the text are pure (tests/unit/test_benchkit.py); only
 `write_json` and the `plot_*` functions touch the disk, and only the plots
@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+from prometheus_client.parser import text_string_to_metric_families
 
 RESULTS_ROOT = Path("bench-results")
 
@@ -47,6 +49,22 @@ def percentile(ordered: Sequence[float], fraction: float) -> float:
 def spread(samples: Iterable[float]) -> Spread:
     ordered = sorted(samples)
     return Spread(len(ordered), percentile(ordered, 0.50), percentile(ordered, 0.99), ordered[-1])
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The sum of the samples called `name` whose labels include `labels`, in a /metrics text; None if none is."""
+    found = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
+    return sum(found) if found else None
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """As metric_value, 0 where no sample is: a counter that was never incremented is not exported."""
+    return metric_value(text, name, **labels) or 0.0
 
 
 def cdf_points(samples: Iterable[float]) -> tuple[list[float], list[float]]:
@@ -116,9 +134,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
     ]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
 
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in cells)]).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(row) for row in cells)])
 
 
 def format_number(value: float) -> str:

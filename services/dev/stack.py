@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -316,15 +315,6 @@ def dev_stack(
         keep_data=keep_data,
         **({"services": services} if services is not None else {}),
     )
-
-
-def bench_stack(settings: Settings, prefix: str) -> DevStack:
-    """The whole stack for a bench, in a fresh temporary folder (printed), every service on a free
-    port rather than the configured 8080-8083, which a `havip dev up` on this machine may hold."""
-    workdir = Path(tempfile.mkdtemp(prefix=prefix))
-    print(f"starting the stack (logs in {workdir}) ...", flush=True)
-    ports = {setting: free_port(settings.http_host) for setting in PORT_SETTING.values()}
-    return dev_stack(settings.model_copy(update=ports), workdir)
 
 
 def run_dev_stack(settings: Settings, workdir: str, *, fresh: bool = False) -> int:

@@ -16,13 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.dev.benchkit import Spread, spread
+from services.dev.benchkit import Spread, metric_sum, metric_value, spread
 
 ChangeKey = tuple[str, int]  # (havip_id, version)
 Receipts = Mapping[ChangeKey, Sequence[float]]
 
-# The forwarder's /metrics lines this bench reads (services/forwarder/metrics.py).
-APPLIED_FROM_STREAM = 'havip_forwarder_records_applied_total{source="stream"}'
+# The forwarder's /metrics samples this bench reads (services/forwarder/metrics.py).
+RECORDS_APPLIED = "havip_forwarder_records_applied_total"
 APPLY_LAG = "havip_forwarder_apply_lag_seconds"
 
 
@@ -91,13 +91,8 @@ def applied_position(metrics_text: str) -> tuple[int, float | None]:
     The lag is `applied - occurred_at` of the last record applied: with the counter it
     dates a change exactly when the counter shows that change, and no later one, applied.
     """
-    applied, lag = 0, None
-    for line in metrics_text.splitlines():
-        if line.startswith(APPLIED_FROM_STREAM + " "):
-            applied = int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith(APPLY_LAG + " "):
-            lag = float(line.rsplit(" ", 1)[1])
-    return applied, lag
+    applied = metric_sum(metrics_text, RECORDS_APPLIED, source="stream")
+    return int(applied), metric_value(metrics_text, APPLY_LAG)
 
 
 def summarise(delays: Sequence[ChangeDelay], per_watcher: Sequence[float], watchers: int) -> dict[str, Any]:

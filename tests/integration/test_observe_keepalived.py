@@ -18,7 +18,7 @@ import pytest
 
 from schemas import topics
 from schemas.errors import ErrorCode
-from services.dev.bench_observe import metric_sum
+from services.dev.benchkit import metric_sum
 from services.dev.keepalived_failover import FailoverCluster
 from services.dev.keepalived_lab import NodeOptions
 from services.dev.keepalived_scenarios import (

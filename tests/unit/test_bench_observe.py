@@ -9,7 +9,6 @@ import pytest
 from services.dev.bench_observe import (
     HOST_ID,
     Plan,
-    metric_sum,
     packet_socket_drops,
     schedule,
     sent_by,
@@ -107,25 +106,6 @@ def test_sent_by_interpolates_between_the_generators_lines() -> None:
     assert sent_by(progress, 9.0) == 0
     assert sent_by(progress, 11.0) == 200
     assert sent_by([], 10.0) == 0
-
-
-def test_metrics_are_summed_over_matching_labels() -> None:
-    text = "\n".join(
-        [
-            "# HELP havip_observe_frames_total Frames read on the instances' ports",
-            "# TYPE havip_observe_frames_total counter",
-            'havip_observe_frames_total{kind="vrrp",outcome="claimant"} 1200.0',
-            'havip_observe_frames_total{kind="garp",outcome="claimant"} 3.0',
-            'havip_observe_frames_total{kind="vrrp",outcome="unexpected"} 2.0',
-            "# TYPE havip_observe_ports gauge",
-            'havip_observe_ports{state="watched"} 200.0',
-            'havip_observe_ports{state="missing"} 0.0',
-        ]
-    )
-    assert metric_sum(text, "havip_observe_frames_total", kind="vrrp", outcome="claimant") == 1200
-    assert metric_sum(text, "havip_observe_frames_total") == 1205
-    assert metric_sum(text, "havip_observe_ports", state="watched") == 200
-    assert metric_sum(text, "havip_observe_reports_total") == 0
 
 
 def test_kernel_drops_are_read_from_ss() -> None:

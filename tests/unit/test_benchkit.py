@@ -1,4 +1,4 @@
-"""The pure parts of `havip bench`: percentiles, progress and table text, wrk's request lines and output."""
+"""The pure parts of `havip bench`: percentiles, /metrics figures, progress and table text, wrk's lines and output."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from services.dev.benchkit import (
     cdf_points,
     default_out_dir,
     format_table,
+    metric_sum,
+    metric_value,
     percentile,
     progress_line,
     ratio,
@@ -123,3 +125,48 @@ def test_parse_wrk_output_reads_the_done_line() -> None:
 def test_parse_wrk_output_without_a_result_says_what_wrk_printed() -> None:
     with pytest.raises(RuntimeError, match="unable to connect"):
         parse_wrk_output("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_metrics_are_summed_over_matching_labels() -> None:
+    text = "\n".join(
+        [
+            "# HELP havip_observe_frames_total Frames read on the instances' ports",
+            "# TYPE havip_observe_frames_total counter",
+            'havip_observe_frames_total{kind="vrrp",outcome="claimant"} 1200.0',
+            'havip_observe_frames_total{kind="garp",outcome="claimant"} 3.0',
+            'havip_observe_frames_total{kind="vrrp",outcome="unexpected"} 2.0',
+            "# TYPE havip_observe_ports gauge",
+            'havip_observe_ports{state="watched"} 200.0',
+            'havip_observe_ports{state="missing"} 0.0',
+        ]
+    )
+    assert metric_sum(text, "havip_observe_frames_total", kind="vrrp", outcome="claimant") == 1200
+    assert metric_sum(text, "havip_observe_frames_total") == 1205
+    assert metric_sum(text, "havip_observe_ports", state="watched") == 200
+    assert metric_sum(text, "havip_observe_reports_total") == 0
+    assert metric_value(text, "havip_observe_reports_total") is None
+    assert metric_value(text, "havip_observe_ports", state="missing") == 0.0
+
+
+def test_histogram_parts_and_untyped_lines_are_samples_by_their_own_names() -> None:
+    text = "\n".join(
+        [
+            "# TYPE havip_stream_batch_seconds histogram",
+            'havip_stream_batch_seconds_bucket{le="+Inf",service="mapping",topic="vrrp.events"} 4.0',
+            'havip_stream_batch_seconds_count{service="mapping",topic="vrrp.events"} 4.0',
+            'havip_stream_batch_seconds_sum{service="mapping",topic="vrrp.events"} 0.5',
+            'havip_stream_batch_seconds_count{service="quota",topic="quota.commands"} 9.0',
+            "havip_forwarder_apply_lag_seconds 0.0123",
+            "havip_forwarder_apply_lag_seconds_other 9",
+        ]
+    )
+    assert metric_value(text, "havip_stream_batch_seconds_count", service="mapping") == 4
+    assert metric_value(text, "havip_stream_batch_seconds_sum", topic="vrrp.events") == 0.5
+    assert metric_value(text, "havip_forwarder_apply_lag_seconds") == 0.0123
+    assert metric_value("", "havip_forwarder_apply_lag_seconds") is None
+
+
+def test_a_table_with_text_last_has_no_trailing_blanks() -> None:
+    table = format_table(["reports", "what"], [["renewals", "a long explanation"], ["changes", "short"]])
+    assert all(line == line.rstrip() for line in table.splitlines())
+    assert table.splitlines()[-1] == "changes   short"
