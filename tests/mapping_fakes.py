@@ -281,22 +281,21 @@ class MemoryMappingTransaction:
         return {key: self._t.reports[key] for key in claims if key in self._t.reports}
 
     async def extend_claims(
-        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], VrrpReport]
+        self, renewed: Mapping[tuple[str, str], VrrpReport], judged: Mapping[tuple[str, str], VrrpReport]
     ) -> set[tuple[str, str]]:
         extended = set()
-        for item in renewals:
-            key = (item.havip_id, item.report.instance_id)
-            now, judged = self._t.reports.get(key), stored[key]
-            if now is None or (now.seq, now.reported_at) != (judged.seq, judged.reported_at):
+        for key, report in renewed.items():
+            now, then = self._t.reports.get(key), judged[key]
+            if now is None or (now.seq, now.reported_at) != (then.seq, then.reported_at):
                 continue
             # Only the claim's place and lease move; its state and priority stay as stored.
             self._t.reports[key] = replace(
                 now,
-                seq=item.report.seq,
-                reported_at=item.report.reported_at,
-                received_at=item.report.received_at,
-                expires_at=item.report.expires_at,
-                source=item.report.source,
+                seq=report.seq,
+                reported_at=report.reported_at,
+                received_at=report.received_at,
+                expires_at=report.expires_at,
+                source=report.source,
             )
             extended.add(key)
         return extended

@@ -348,22 +348,22 @@ class PostgresMappingTransaction:
         return {(row["havip_id"], row["instance_id"]): _report(row) for row in rows}
 
     async def extend_claims(
-        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], VrrpReport]
+        self, renewed: Mapping[tuple[str, str], VrrpReport], judged: Mapping[tuple[str, str], VrrpReport]
     ) -> set[tuple[str, str]]:
-        if not renewals:
+        if not renewed:
             return set()
-        keys = [(item.havip_id, item.report.instance_id) for item in renewals]
+        keys, reports = list(renewed), list(renewed.values())
         rows = await self._conn.fetch(
             _EXTEND,
             [havip_id for havip_id, _ in keys],
             [instance_id for _, instance_id in keys],
-            [item.report.seq for item in renewals],
-            [item.report.reported_at for item in renewals],
-            [item.report.received_at for item in renewals],
-            [item.report.expires_at for item in renewals],
-            [item.report.source.value for item in renewals],
-            [stored[key].seq for key in keys],
-            [stored[key].reported_at for key in keys],
+            [report.seq for report in reports],
+            [report.reported_at for report in reports],
+            [report.received_at for report in reports],
+            [report.expires_at for report in reports],
+            [report.source.value for report in reports],
+            [judged[key].seq for key in keys],
+            [judged[key].reported_at for key in keys],
         )
         return {(row["havip_id"], row["instance_id"]) for row in rows}
 

@@ -132,9 +132,10 @@ class MappingTransaction(Protocol):
     async def load_reports(self, claims: Collection[tuple[str, str]]) -> dict[tuple[str, str], VrrpReport]: ...
 
     async def extend_claims(
-        self, renewals: Sequence[IncomingReport], stored: Mapping[tuple[str, str], VrrpReport]
+        self, renewed: Mapping[tuple[str, str], VrrpReport], judged: Mapping[tuple[str, str], VrrpReport]
     ) -> set[tuple[str, str]]:
-        """Store these renewed reports where the stored one is still the one they were judged against."""
+        """Store each renewed report's place and lease where the stored report is still the one it was
+        judged against (its seq and clock); the claims stored."""
         ...
 
     async def record_inventory(self, change: InventoryChange) -> bool:

@@ -9,7 +9,6 @@ change one HAVIP twice.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 from prometheus_client import Counter as MetricCounter
@@ -46,14 +45,15 @@ async def apply_renewals(context: MappingContext) -> int:
             taken = await tx.take_renewals(RENEWALS_PER_TRANSACTION)
             if not taken:
                 return applied
-            stored = await tx.load_reports([(item.havip_id, item.report.instance_id) for item in taken])
-            quick = [
-                replace(item, report=renewed(judged, item.report))
-                for item in taken
-                if only_extends(judged := stored.get((item.havip_id, item.report.instance_id)), item.report)
-            ]
+            keys = [(item.havip_id, item.report.instance_id) for item in taken]
+            stored = await tx.load_reports(keys)
+            quick = {}
+            for key, item in zip(keys, taken, strict=True):
+                judged = stored.get(key)
+                if only_extends(judged, item.report):
+                    quick[key] = renewed(judged, item.report)
             extended = await tx.extend_claims(quick, stored)
-            rest = [item for item in taken if (item.havip_id, item.report.instance_id) not in extended]
+            rest = [item for key, item in zip(keys, taken, strict=True) if key not in extended]
             # As they arrived: each is judged against the claims as the ones before it left them.
             rest.sort(key=lambda item: item.report.received_at)
             plan, states = await apply_reports(context, tx, rest) if rest else (ReportPlan(), [])

@@ -310,12 +310,9 @@ class MappingStoreContract:
             await tx.save_reports(judged)
             # i-b's report changed after the renewal was judged: that renewal must take the long way.
             await tx.save_reports({("havip-1", "i-b"): master("i-b", 2, 0.5)})
-            renewals = [
-                IncomingReport("havip-1", "tenant-a", "r-1", master("i-a", 2, 1.0, lease=15.0), renewal=True),
-                IncomingReport("havip-1", "tenant-a", "r-2", master("i-b", 3, 1.0), renewal=True),
-            ]
-            assert await tx.extend_claims(renewals, judged) == {("havip-1", "i-a")}
-            assert await tx.extend_claims([], judged) == set()
+            renewed = {("havip-1", "i-a"): master("i-a", 2, 1.0, lease=15.0), ("havip-1", "i-b"): master("i-b", 3, 1.0)}
+            assert await tx.extend_claims(renewed, judged) == {("havip-1", "i-a")}
+            assert await tx.extend_claims({}, judged) == set()
             stored = await tx.load_reports(list(judged))
         assert stored[("havip-1", "i-a")] == master("i-a", 2, 1.0, lease=15.0)
         assert stored[("havip-1", "i-b")] == master("i-b", 2, 0.5)
