@@ -112,7 +112,7 @@ def remove_leftovers(client: docker.DockerClient) -> list[str]:
         pid = int(container.labels.get(LABEL, "0"))
         if pid != os.getpid() and not _alive(pid):
             container.remove(force=True)
-            removed.append(container.name)
+            removed.append(container.name or container.short_id)
     for network in client.networks.list(filters={"label": LABEL}):
         if not _alive(int(network.attrs.get("Labels", {}).get(LABEL, "0"))):
             network.remove()
