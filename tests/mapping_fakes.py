@@ -30,6 +30,7 @@ from schemas.messages import (
     MappedAttachment,
     MappedEip,
     Route,
+    VrrpReported,
     VrrpState,
     VSwitchChanged,
     utcnow,
@@ -178,12 +179,8 @@ class MemoryMappingTransaction:
         for (h, target_id), attachment in sorted(self._t.attachments.items()):
             if h != havip_id:
                 continue
-            instance = self._t.inventory.get(("instance", attachment.instance_id))
-            eni = self._t.inventory.get(("eni", attachment.eni_id)) if attachment.eni_id else None
-            ip = eni.private_ip if isinstance(eni, EniChanged) else None
-            if ip is None and isinstance(instance, InstanceChanged):
-                ip = instance.private_ip
-            status = instance.status if isinstance(instance, InstanceChanged) else InstanceStatus.DELETED
+            instance, ip = self._store.placed(attachment)
+            status = instance.status if instance is not None else InstanceStatus.DELETED
             candidates.append(
                 Candidate(
                     target_id=target_id,
@@ -345,12 +342,34 @@ class MemoryMappingStore:
                 self.tables = before
                 raise
 
-    # What gateways do: leave the newest renewal of each claim (services.gateway.renewals).
-    def leave_renewal(self, renewal: StoredRenewal) -> None:
-        key = (renewal.havip_id, renewal.instance_id)
+    def leave_renewal(self, reported: VrrpReported) -> None:
+        """What a gateway does with a renewal (services.gateway.renewals.write_renewals): keep the
+        newest of each claim, not taken yet."""
+        assert reported.lease_seconds is not None, "a renewal has a lease"
+        key = (reported.havip_id, reported.instance_id)
         held = self.tables.renewals.get(key)
-        if held is None or held.seq < renewal.seq:
-            self.tables.renewals[key] = replace(renewal, taken=False)
+        if held is None or held.seq < reported.seq:
+            self.tables.renewals[key] = StoredRenewal(
+                havip_id=reported.havip_id,
+                instance_id=reported.instance_id,
+                tenant_id=reported.tenant_id,
+                message_id=reported.message_id,
+                priority=reported.priority,
+                seq=reported.seq,
+                reported_at=reported.reported_at,
+                received_at=reported.received_at,
+                lease_seconds=reported.lease_seconds,
+            )
+
+    def placed(self, attachment: AttachmentAccepted) -> tuple[InstanceChanged | None, str | None]:
+        """The attached instance as the inventory copy holds it, and the address traffic goes to
+        (the ENI's when attached by ENI, else the instance's; None while the copy knows neither)."""
+        instance = self.tables.inventory.get(("instance", attachment.instance_id))
+        eni = self.tables.inventory.get(("eni", attachment.eni_id)) if attachment.eni_id else None
+        held = instance if isinstance(instance, InstanceChanged) else None
+        if isinstance(eni, EniChanged):
+            return held, eni.private_ip
+        return held, held.private_ip if held else None
 
     async def states(self, havip_ids: Collection[str]) -> list[HaVipMappingChanged]:
         return self.states_now(havip_ids)
@@ -365,12 +384,8 @@ class MemoryMappingStore:
             owner = None
             attachment = t.attachments.get((havip_id, havip.owner_target_id or ""))
             if attachment is not None:
-                instance = t.inventory.get(("instance", attachment.instance_id))
-                eni = t.inventory.get(("eni", attachment.eni_id)) if attachment.eni_id else None
-                ip = eni.private_ip if isinstance(eni, EniChanged) else None
-                if ip is None and isinstance(instance, InstanceChanged):
-                    ip = instance.private_ip
-                if ip is not None and isinstance(instance, InstanceChanged):
+                instance, ip = self.placed(attachment)
+                if ip is not None and instance is not None:
                     owner = Route(
                         instance_id=attachment.instance_id,
                         eni_id=attachment.eni_id,

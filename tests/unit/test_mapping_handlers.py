@@ -37,7 +37,7 @@ from services.mapping.election import OwnerCause, TriggerKind
 from services.mapping.publishing import MappingContext
 from services.mapping.report_batch import IncomingReport, Refusal
 from tests.contract.mapping_store import created, instance
-from tests.mapping_fakes import MemoryMappingStore, StoredRenewal
+from tests.mapping_fakes import MemoryMappingStore
 
 
 @dataclass
@@ -216,9 +216,7 @@ async def test_a_late_agent_renewal_does_not_give_a_stopped_master_the_havip_bac
     stop = reported("i-a", VrrpState.STOP, 7, now + timedelta(seconds=1), source=ReportSource.OBSERVER)
     await handlers.on_reports(context, [stop])
     late = reported("i-a", VrrpState.MASTER, 41, now + timedelta(seconds=1.004))
-    store.leave_renewal(
-        StoredRenewal("havip-1", "i-a", "tenant-a", late.message_id, 100, 41, late.reported_at, late.received_at, 2.5)
-    )
+    store.leave_renewal(late)
     assert await sweep.apply_renewals(context) == 1
     assert outlets.owners()[-2:] == ["i-a", None]
     assert store.tables.reports[("havip-1", "i-a")].state is VrrpState.STOP
@@ -232,7 +230,7 @@ async def test_renewals_that_only_extend_a_live_claim_publish_nothing(
     await handlers.on_reports(context, [reported("i-a", VrrpState.MASTER, 1, now)])
     published = len(outlets.states())
     renewed_at = now + timedelta(seconds=1)
-    store.leave_renewal(StoredRenewal("havip-1", "i-a", "tenant-a", "r-2", 100, 2, renewed_at, renewed_at, 2.5))
+    store.leave_renewal(reported("i-a", VrrpState.MASTER, 2, renewed_at))
     assert await sweep.apply_renewals(context) == 1
     assert len(outlets.states()) == published
     assert store.tables.reports[("havip-1", "i-a")].expires_at == renewed_at + timedelta(seconds=2.5)
@@ -299,7 +297,7 @@ async def test_a_batch_takes_the_renewals_of_its_havips_with_it(
     now = utcnow()
     await handlers.on_reports(context, [reported("i-a", VrrpState.MASTER, 1, now)])
     renewed_at = now + timedelta(seconds=2)
-    store.leave_renewal(StoredRenewal("havip-1", "i-a", "tenant-a", "r-2", 100, 2, renewed_at, renewed_at, 2.5))
+    store.leave_renewal(reported("i-a", VrrpState.MASTER, 2, renewed_at))
     # i-b claims at 3 s with a lower priority: i-a's claim, renewed at 2 s, still outranks it.
     later = now + timedelta(seconds=3)
     assert await handlers.on_reports(context, [reported("i-b", VrrpState.MASTER, 1, later, priority=90)]) == []
